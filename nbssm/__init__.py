@@ -1,0 +1,49 @@
+"""nbssm: selective state-space models on multicore CPUs with Numba.
+
+Importing nbssm compiles nothing: public names are resolved lazily on first
+access, and kernels compile on first call (or ahead of time with
+:func:`nbssm.warmup`), with Numba's on-disk cache enabled.
+
+Public API
+----------
+Kernels (``nbssm.ops``): ``linear_scan``, ``selective_scan``, ``causal_conv1d``, ``warmup``.
+Runtime models (``nbssm.models``): ``DiagonalS4``, ``CompactMamba``, ``SelectiveMamba``.
+Language models (``nbssm.lm``): ``MambaLM``.
+Paper objects: ``signature`` (``nbssm.signature``), linear CDE scans (``nbssm.cde``).
+Specification mirror: ``nbssm.spec``.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (resolved lazily, PEP 562)
+_LAZY = {
+    "linear_scan": "nbssm.ops",
+    "selective_scan": "nbssm.ops",
+    "causal_conv1d": "nbssm.ops",
+    "warmup": "nbssm.ops",
+    "DiagonalS4": "nbssm.models",
+    "CompactMamba": "nbssm.models",
+    "SelectiveMamba": "nbssm.models",
+    "ModelState": "nbssm.models",
+    "MambaLM": "nbssm.lm",
+    "signature": "nbssm.signature",
+    "linear_cde_scan": "nbssm.cde",
+    "diagonal_cde_scan": "nbssm.cde",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nbssm' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
