@@ -1,0 +1,63 @@
+"""Numba kernel of the depthwise causal convolution with a carried history.
+
+Shapes: ``x, out (b, l, d)``; ``w_newest (W, d)`` (tap 0 multiplies the current
+token: the spec's ``convKernel``); ``bias (d,)``; ``history (b, W-1, d)``, the
+``W-1`` tokens before ``x[:, 0]``, oldest first.
+
+Per output, exactly the spec's fold (``nbssm.spec.algorithms.causal_conv_step``)::
+
+    acc = bias[d]
+    for k in 0..W-1:  acc = acc + x[t-k, d] * w_newest[k, d]     (x[-m] = history[W-1-m])
+    out = acc, or silu(acc) = acc * sigmoid(acc) when ``silu`` is set
+
+Parallel over (batch, block of channels); the time loop is inside, so results
+do not depend on the number of threads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .. import _config
+from .fastmath import sigmoid_
+
+#: channels per block
+_CBLK = 64
+
+
+@njit(cache=_config.CACHE, parallel=True, error_model="numpy")
+def causal_conv(x, w_newest, bias, has_bias, history, silu, out):
+    """Depthwise causal convolution into ``out``; see the module docstring."""
+    batch, length, channels = x.shape
+    width = w_newest.shape[0]
+    nhist = history.shape[1]  # == max(width - 1, 0)
+    nblk = (channels + _CBLK - 1) // _CBLK
+    for job in prange(batch * nblk):
+        bi = job // nblk
+        d0 = (job % nblk) * _CBLK
+        nd = min(_CBLK, channels - d0)
+        acc = np.empty(nd, dtype=x.dtype)
+        for t in range(length):
+            if has_bias:
+                for j in range(nd):
+                    acc[j] = bias[d0 + j]
+            else:
+                for j in range(nd):
+                    acc[j] = 0
+            for k in range(width):
+                p = t - k
+                if p >= 0:
+                    for j in range(nd):
+                        acc[j] = acc[j] + x[bi, p, d0 + j] * w_newest[k, d0 + j]
+                else:
+                    hp = nhist + p
+                    for j in range(nd):
+                        acc[j] = acc[j] + history[bi, hp, d0 + j] * w_newest[k, d0 + j]
+            if silu:
+                for j in range(nd):
+                    c = acc[j]
+                    out[bi, t, d0 + j] = c * sigmoid_(c)
+            else:
+                for j in range(nd):
+                    out[bi, t, d0 + j] = acc[j]

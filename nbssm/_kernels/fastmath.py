@@ -1,0 +1,288 @@
+"""Scalar math for the kernels: accurate for float64, inlined polynomials for float32.
+
+Numba from PyPI has no vectorised math library: ``math.exp`` is a scalar libm
+call that also stops LLVM from vectorising the loop around it. The float32
+kernels therefore use the inlined polynomial approximations below, written
+with float32 arithmetic only (``np.floor``, never ``math.floor``, which would
+silently promote to float64), so that a loop over channels vectorises.
+float64 always uses the C library (``math.exp``, ``math.log``), the same
+functions as the spec's double context, so float64 kernels reproduce the spec
+bit for bit.
+
+The generic names :func:`exp_`, :func:`softplus_`, :func:`sigmoid_` dispatch on
+the argument type at compile time (``numba.extending.overload``).
+
+Accuracy of the float32 approximations (measured by
+``tests/test_ops_fastmath.py`` against float64 libm over their whole range):
+
+* ``exp32``: relative error below 2.5e-7 for results >= 2**-125; results
+  below 2**-125 (arguments below about -86.64) are flushed to +0.0; arguments
+  above 88.72 give +inf; NaN gives NaN.
+* ``log1p_exp32`` (softplus): relative error below 4e-7 for any finite
+  argument; ``x`` itself above 20 (as PyTorch and mamba_ssm); NaN gives NaN.
+* ``sigmoid32``: ``1 / (1 + exp32(-x))``.
+
+NaN and infinities propagate: nothing here uses fast-math flags.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, types
+from llvmlite import ir as _ir
+from numba.extending import intrinsic, overload
+
+from .. import _config
+
+_f32 = np.float32
+
+
+# ----------------------------------------------------------------------------- prefetch
+
+
+@intrinsic
+def prefetch(typingctx, arr, offset):
+    """``prefetch(arr, offset)``: hint the CPU to load ``arr.flat[offset]`` into cache.
+
+    ``llvm.prefetch`` (read, high locality, data cache); never faults, so an
+    out-of-range offset is harmless. Used to hide memory latency when a
+    kernel walks a ``(b, l, d)`` array along ``l`` with a stride of ``d``.
+    """
+    if not isinstance(arr, types.Array) or not isinstance(offset, types.Integer):
+        return None
+    sig = types.void(arr, offset)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        i8p = _ir.IntType(8).as_pointer()
+        i32 = _ir.IntType(32)
+        fnty = _ir.FunctionType(_ir.VoidType(), [i8p, i32, i32, i32])
+        mod = builder.module
+        fn = mod.globals.get("llvm.prefetch.p0i8")
+        if fn is None:
+            fn = _ir.Function(mod, fnty, name="llvm.prefetch.p0i8")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def fma32(typingctx, a, b, c):
+    """``a * b + c`` rounded once (``llvm.fma.f32``), float32 only.
+
+    Deterministic (the same instruction on every run); used by the float32
+    polynomials, never by float64 code (which keeps the spec's separate roundings).
+    """
+    if not (a == types.float32 and b == types.float32 and c == types.float32):
+        return None
+    sig = types.float32(types.float32, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        f32 = _ir.FloatType()
+        fnty = _ir.FunctionType(f32, [f32, f32, f32])
+        mod = builder.module
+        fn = mod.globals.get("llvm.fma.f32")
+        if fn is None:
+            fn = _ir.Function(mod, fnty, name="llvm.fma.f32")
+        return builder.call(fn, list(args))
+
+    return sig, codegen
+
+
+@intrinsic
+def stack_buffer(typingctx, size, dtype):
+    """Pointer to ``size`` elements of ``dtype`` on the stack of the calling function.
+
+    Wrap with ``numba.carray(ptr, shape)``. The memory lives until the
+    function that called ``stack_buffer`` returns (LLVM inserts stack
+    save/restore when it inlines that function into a loop). Stack memory
+    cannot alias any array argument, so LLVM vectorises loops over it
+    without runtime overlap checks. Keep ``size`` small (a few KiB).
+    """
+    if not isinstance(size, types.Integer) or not isinstance(dtype, types.DTypeSpec):
+        return None
+    elem = dtype.dtype
+    sig = types.CPointer(elem)(size, dtype)
+
+    def codegen(context, builder, signature, args):
+        ty = context.get_value_type(elem)
+        ptr = builder.alloca(ty, size=args[0])
+        ptr.align = 64
+        return ptr
+
+    return sig, codegen
+
+
+# Cephes expf constants
+_LOG2E = _f32(1.44269504088896341)
+_LN2_HI = _f32(0.693359375)
+_LN2_LO = _f32(-2.12194440e-4)
+_EXP_LO = _f32(-86.64)  # exp(-86.64) ~ 2.5e-38 > 2**-126: keeps the exponent field normal
+_EXP_HI = _f32(88.72283905206835)  # largest argument with a finite float32 exp
+_P0 = _f32(1.9875691500e-4)
+_P1 = _f32(1.3981999507e-3)
+_P2 = _f32(8.3334519073e-3)
+_P3 = _f32(4.1665795894e-2)
+_P4 = _f32(1.6666665459e-1)
+_P5 = _f32(5.0000001201e-1)
+_HALF = _f32(0.5)
+_ONE = _f32(1.0)
+_TWO = _f32(2.0)
+_ZERO = _f32(0.0)
+_INF32 = _f32(np.inf)
+
+# Cephes logf constants
+_SQRTHF = _f32(0.707106781186547524)
+_L0 = _f32(7.0376836292e-2)
+_L1 = _f32(-1.1514610310e-1)
+_L2 = _f32(1.1676998740e-1)
+_L3 = _f32(-1.2420140846e-1)
+_L4 = _f32(1.4249322787e-1)
+_L5 = _f32(-1.6668057665e-1)
+_L6 = _f32(2.0000714765e-1)
+_L7 = _f32(-2.4999993993e-1)
+_L8 = _f32(3.3333331174e-1)
+_LN2 = _f32(0.693147180559945309)
+_SOFTPLUS_THRESHOLD32 = _f32(20.0)
+
+
+@njit(cache=_config.CACHE, error_model="numpy", inline="always")
+def exp32(x):
+    """float32 ``exp(x)`` by range reduction and a degree-6 polynomial (Cephes expf).
+
+    ``x = n*ln2 + r`` with ``|r| <= ln2/2``; ``exp(x) = 2 * 2**(n-1) * p(r)``;
+    ``2**(n-1)`` is built from its bits (its exponent field stays normal for
+    every clamped argument). Branch-free apart from selects, so a loop around
+    it vectorises. See the module docstring for the accuracy.
+    """
+    xc = x
+    if xc < _EXP_LO:
+        xc = _EXP_LO
+    if xc > _EXP_HI:
+        xc = _EXP_HI
+    n = np.floor(fma32(xc, _LOG2E, _HALF))
+    r = fma32(n, -_LN2_HI, xc)
+    r = fma32(n, -_LN2_LO, r)
+    r2 = r * r
+    p = fma32(_P0, r, _P1)
+    p = fma32(p, r, _P2)
+    p = fma32(p, r, _P3)
+    p = fma32(p, r, _P4)
+    p = fma32(p, r, _P5)
+    p = fma32(p, r2, r) + _ONE
+    scale = np.int32((np.int32(n) + np.int32(126)) << np.int32(23)).view(np.float32)
+    res = (p * scale) * _TWO
+    if x < _EXP_LO:
+        res = _ZERO
+    if x > _EXP_HI:
+        res = _INF32
+    return res
+
+
+@njit(cache=_config.CACHE, error_model="numpy", inline="always")
+def log32_ge1(v):
+    """float32 ``log(v)`` for ``1 <= v < inf`` (Cephes logf polynomial).
+
+    ``v = m * 2**k`` with ``sqrt(1/2) <= m < sqrt(2)``; ``log v = k*ln2 + log m``.
+    """
+    bits = np.float32(v).view(np.int32)
+    k = ((bits >> np.int32(23)) & np.int32(0xFF)) - np.int32(127)
+    m = np.int32((bits & np.int32(0x7FFFFF)) | np.int32(0x3F800000)).view(np.float32)
+    kf = np.float32(k)
+    if m > _f32(1.41421356237):
+        m = m * _HALF
+        kf = kf + _ONE
+    f = m - _ONE
+    f2 = f * f
+    q = _L0 * f + _L1
+    q = q * f + _L2
+    q = q * f + _L3
+    q = q * f + _L4
+    q = q * f + _L5
+    q = q * f + _L6
+    q = q * f + _L7
+    q = q * f + _L8
+    q = q * f * f2
+    q = q - _HALF * f2
+    return (f + q) + kf * _LN2
+
+
+@njit(cache=_config.CACHE, error_model="numpy", inline="always")
+def softplus32(x):
+    """float32 softplus ``log(1 + exp(x))``; ``x`` above 20 (PyTorch's threshold).
+
+    ``log1p(e)`` is evaluated as ``log(1+e) + (e - ((1+e) - 1)) / (1+e)``
+    (the rounding of ``1+e`` corrected to first order), so tiny results keep
+    their relative accuracy. NaN propagates through the correction term.
+    """
+    e = exp32(x)
+    v = _ONE + e
+    res = log32_ge1(v) + (e - (v - _ONE)) / v
+    if x > _SOFTPLUS_THRESHOLD32:
+        res = x
+    return res
+
+
+@njit(cache=_config.CACHE, error_model="numpy", inline="always")
+def sigmoid32(x):
+    """float32 plain sigmoid ``1 / (1 + exp(-x))``."""
+    return _ONE / (_ONE + exp32(-x))
+
+
+@njit(cache=_config.CACHE, error_model="numpy", inline="always")
+def softplus64(x):
+    """float64 plain softplus ``log(1 + exp(x))`` (the spec's List family), C semantics."""
+    return math.log(1.0 + math.exp(x))
+
+
+@njit(cache=_config.CACHE, error_model="numpy", inline="always")
+def sigmoid64(x):
+    """float64 plain sigmoid ``1 / (1 + exp(-x))`` (the spec's List family)."""
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+# ----------------------------------------------------------------------------- dispatch
+def exp_(x):  # pragma: no cover - replaced inside jitted code
+    """``exp`` of a float32 (polynomial) or float64 (libm) scalar, inside jitted code."""
+    raise NotImplementedError("exp_ is only callable from jitted code")
+
+
+def softplus_(x):  # pragma: no cover
+    """Softplus of a float32 (:func:`softplus32`) or float64 (:func:`softplus64`) scalar."""
+    raise NotImplementedError("softplus_ is only callable from jitted code")
+
+
+def sigmoid_(x):  # pragma: no cover
+    """Plain sigmoid of a float32 (:func:`sigmoid32`) or float64 (:func:`sigmoid64`) scalar."""
+    raise NotImplementedError("sigmoid_ is only callable from jitted code")
+
+
+@overload(exp_, jit_options={"error_model": "numpy"}, inline="always")
+def _ov_exp(x):
+    if x == types.float32:
+        return lambda x: exp32(x)
+    if x == types.float64:
+        return lambda x: math.exp(x)
+    return None
+
+
+@overload(softplus_, jit_options={"error_model": "numpy"}, inline="always")
+def _ov_softplus(x):
+    if x == types.float32:
+        return lambda x: softplus32(x)
+    if x == types.float64:
+        return lambda x: softplus64(x)
+    return None
+
+
+@overload(sigmoid_, jit_options={"error_model": "numpy"}, inline="always")
+def _ov_sigmoid(x):
+    if x == types.float32:
+        return lambda x: sigmoid32(x)
+    if x == types.float64:
+        return lambda x: sigmoid64(x)
+    return None

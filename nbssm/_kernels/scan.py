@@ -1,0 +1,413 @@
+"""Numba kernels of the diagonal linear scan and the fused selective scan.
+
+Plain functions on C-contiguous float32/float64 arrays that write into
+preallocated outputs; validation and layout normalisation live in
+:mod:`nbssm.ops`. Shapes (``b`` batch, ``l`` length, ``d`` channels, ``n``
+state):
+
+* linear scan: ``a, b, out (b, l, d)``; ``h0, hT (b, d)``;
+* selective scan: ``u, delta, z, y (b, l, d)``; ``A (d, n)``;
+  ``B, C (b, l, n)``; ``D, delta_bias (d,)``; ``h0, hT (b, d, n)``.
+
+Two strategies, both following :mod:`nbssm.spec.algorithms` step for step:
+
+* sequential: a time loop per (batch, block of channels), parallel over those
+  pairs with ``prange``; ``sequential_diagonal_scan``;
+* chunked: ``chunked_diagonal_scan``: local summaries per chunk (parallel),
+  a serial carry over the summaries, a fix-up that re-runs each chunk from its
+  carried state (parallel). Chunk boundaries are ``k * chunk_length`` from
+  position 0.
+
+Each parallel iteration owns a disjoint set of outputs and runs a fixed
+sequence of floating-point operations, so the results do not depend on the
+number of threads or on scheduling.
+
+The selective kernels keep the state of one block of ``_BLK`` channels in a
+small scratch laid out ``(state, channel)``, so that every operation of the
+recurrence is an elementwise operation across channel lanes (it vectorises
+without reassociating anything: the sum over the state keeps the spec's fold
+order for every channel). Nothing of size ``b * l * d * n`` is ever allocated.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import carray, njit, prange
+
+from .. import _config
+from .fastmath import exp_, prefetch, sigmoid_, softplus_, stack_buffer
+
+#: channels per block of the selective scan (one block = one set of SIMD lanes)
+_BLK = 16
+#: how many tokens ahead the selective kernels prefetch their (b, l, d) rows
+_PREFETCH = 16
+#: channels per block of the linear scan
+_LBLK = 64
+#: chunks of the linear scan run in lockstep by one parallel iteration
+_G = 8
+
+
+# ============================================================================ linear scan
+@njit(cache=_config.CACHE, error_model="numpy")
+def _linear_group_summary(a, b, PQ, bi, d0, nd, k0, ng, cl):
+    """Summaries of the full chunks ``k0 .. k0+ng-1`` for channels ``d0 .. d0+nd-1``.
+
+    ``chunk_summary`` per chunk, the ``ng <= _G`` chunks run in lockstep (their
+    dependency chains are independent, so the CPU overlaps them); writes
+    ``PQ[bi, k, 0, d]`` (P) and ``PQ[bi, k, 1, d]`` (Q).
+    """
+    dt = a.dtype
+    p = carray(stack_buffer(_G * _LBLK, dt), (_G, _LBLK))
+    q = carray(stack_buffer(_G * _LBLK, dt), (_G, _LBLK))
+    if nd == 1 and ng == _G:
+        # one channel: _G independent scalar chains, unrolled
+        pv = carray(stack_buffer(_G, dt), (_G,))
+        qv = carray(stack_buffer(_G, dt), (_G,))
+        for g in range(_G):
+            pv[g] = a[bi, (k0 + g) * cl, d0]
+            qv[g] = b[bi, (k0 + g) * cl, d0]
+        for i in range(1, cl):
+            for g in range(_G):
+                t = (k0 + g) * cl + i
+                at = a[bi, t, d0]
+                pv[g] = at * pv[g]
+                qv[g] = at * qv[g] + b[bi, t, d0]
+        for g in range(_G):
+            PQ[bi, k0 + g, 0, d0] = pv[g]
+            PQ[bi, k0 + g, 1, d0] = qv[g]
+        return
+    for g in range(ng):
+        t = (k0 + g) * cl
+        for j in range(nd):
+            p[g, j] = a[bi, t, d0 + j]
+            q[g, j] = b[bi, t, d0 + j]
+    for i in range(1, cl):
+        for g in range(ng):
+            t = (k0 + g) * cl + i
+            for j in range(nd):
+                at = a[bi, t, d0 + j]
+                p[g, j] = at * p[g, j]
+                q[g, j] = at * q[g, j] + b[bi, t, d0 + j]
+    for g in range(ng):
+        for j in range(nd):
+            PQ[bi, k0 + g, 0, d0 + j] = p[g, j]
+            PQ[bi, k0 + g, 1, d0 + j] = q[g, j]
+
+
+@njit(cache=_config.CACHE, error_model="numpy")
+def _linear_group_run(a, b, H, out, bi, d0, nd, k0, ng, cl, t_end):
+    """Fix-up of chunks ``k0 .. k0+ng-1`` from their carried states ``H[bi, k, d]``, in lockstep.
+
+    Chunk ``k`` covers ``[k*cl, min((k+1)*cl, t_end))``; every chunk of the
+    group but the last must be full. The state after each chunk is written
+    back to ``H[bi, k, d]`` (used for the final state).
+    """
+    dt = a.dtype
+    h = carray(stack_buffer(_G * _LBLK, dt), (_G, _LBLK))
+    channels = a.shape[2]
+    for g in range(ng):
+        for j in range(nd):
+            h[g, j] = H[bi, k0 + g, d0 + j]
+    last_len = min(cl, t_end - (k0 + ng - 1) * cl)
+    if nd == 1:
+        if ng == _G and last_len == cl:
+            # one channel, a full group: _G independent scalar chains, unrolled
+            hv1 = carray(stack_buffer(_G, dt), (_G,))
+            for g in range(_G):
+                hv1[g] = H[bi, k0 + g, d0]
+            for i in range(cl):
+                for g in range(_G):
+                    t = (k0 + g) * cl + i
+                    x = a[bi, t, d0] * hv1[g] + b[bi, t, d0]
+                    hv1[g] = x
+                    out[bi, t, d0] = x
+            for g in range(_G):
+                H[bi, k0 + g, d0] = hv1[g]
+        else:
+            for g in range(ng):
+                x = H[bi, k0 + g, d0]
+                for t in range((k0 + g) * cl, min((k0 + g + 1) * cl, t_end)):
+                    x = a[bi, t, d0] * x + b[bi, t, d0]
+                    out[bi, t, d0] = x
+                H[bi, k0 + g, d0] = x
+        return
+    # the lockstep part: steps present in every chunk of the group
+    for i in range(last_len):
+        for g in range(ng):
+            t = (k0 + g) * cl + i
+            for j in range(nd):
+                hv = a[bi, t, d0 + j] * h[g, j] + b[bi, t, d0 + j]
+                h[g, j] = hv
+                out[bi, t, d0 + j] = hv
+    # the rest of the full chunks when the group's last chunk is shorter
+    for i in range(last_len, cl):
+        for g in range(ng - 1):
+            t = (k0 + g) * cl + i
+            for j in range(nd):
+                hv = a[bi, t, d0 + j] * h[g, j] + b[bi, t, d0 + j]
+                h[g, j] = hv
+                out[bi, t, d0 + j] = hv
+    for g in range(ng):
+        for j in range(nd):
+            H[bi, k0 + g, d0 + j] = h[g, j]
+
+
+@njit(cache=_config.CACHE, parallel=True, error_model="numpy")
+def linear_scan_kernel(a, b, h0, out, hT, chunk_length):
+    """``h_t = a_t * h_{t-1} + b_t``, chunked in time (``chunked_diagonal_scan``).
+
+    ``chunk_length >= length`` is the sequential strategy (one chunk, phases 1
+    and 2 empty). Phase 1 (summaries of every chunk but the last) and phase 3
+    (fix-up) are parallel over (batch, block of ``_LBLK`` channels, group of
+    ``_G`` consecutive chunks run in lockstep); phase 2 (the carry) is serial
+    in the chunk index and parallel over (batch, channels).
+
+    a, b, out : (b, l, d); h0, hT : (b, d).
+    """
+    batch, length, channels = a.shape
+    nblk = (channels + _LBLK - 1) // _LBLK
+    nchunks = (length + chunk_length - 1) // chunk_length
+    nsum = max(nchunks - 1, 0)
+    # phase 1: summaries of the full chunks 0 .. nsum-1
+    PQ = np.empty((batch, nsum, 2, channels), dtype=a.dtype)
+    ngs = (nsum + _G - 1) // _G
+    for job in prange(batch * nblk * ngs):
+        grp = job % ngs
+        rest = job // ngs
+        bi = rest // nblk
+        d0 = (rest % nblk) * _LBLK
+        nd = min(_LBLK, channels - d0)
+        k0 = grp * _G
+        _linear_group_summary(a, b, PQ, bi, d0, nd, k0, min(_G, nsum - k0), chunk_length)
+    # phase 2: serial carry; H[:, k] is the state entering chunk k
+    H = np.empty((batch, max(nchunks, 1), channels), dtype=a.dtype)
+    for job in prange(batch * nblk):
+        bi = job // nblk
+        d0 = (job % nblk) * _LBLK
+        nd = min(_LBLK, channels - d0)
+        for j in range(nd):
+            H[bi, 0, d0 + j] = h0[bi, d0 + j]
+        for k in range(nsum):
+            for j in range(nd):
+                H[bi, k + 1, d0 + j] = PQ[bi, k, 0, d0 + j] * H[bi, k, d0 + j] + PQ[bi, k, 1, d0 + j]
+    # phase 3: fix-up of every chunk from its carried state
+    ngr = (nchunks + _G - 1) // _G
+    for job in prange(batch * nblk * ngr):
+        grp = job % ngr
+        rest = job // ngr
+        bi = rest // nblk
+        d0 = (rest % nblk) * _LBLK
+        nd = min(_LBLK, channels - d0)
+        k0 = grp * _G
+        _linear_group_run(a, b, H, out, bi, d0, nd, k0, min(_G, nchunks - k0), chunk_length, length)
+    # final state: the state after the last chunk (h0 when there is none)
+    for job in prange(batch * nblk):
+        bi = job // nblk
+        d0 = (job % nblk) * _LBLK
+        nd = min(_LBLK, channels - d0)
+        for j in range(nd):
+            hT[bi, d0 + j] = H[bi, nchunks - 1, d0 + j] if nchunks > 0 else h0[bi, d0 + j]
+
+
+# ========================================================================= selective scan
+@njit(cache=_config.CACHE, error_model="numpy")
+def _sel_block_geometry(blk, channels):
+    """``(d0, jw)``: the block reads lanes ``d0 .. d0+_BLK-1`` and owns lanes ``j >= jw``.
+
+    The last block is shifted left to stay inside the array (``channels >= _BLK``);
+    the lanes it shares with the previous block are computed (identically) but
+    written by the previous block only.
+    """
+    dstart = blk * _BLK
+    d0 = min(dstart, channels - _BLK)
+    return d0, dstart - d0
+
+
+@njit(cache=_config.CACHE, error_model="numpy")
+def _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_softplus,
+             bi, d0, jw, t0, t1, state, y):
+    """Run tokens ``t0..t1-1`` for the block of channels ``d0..d0+_BLK-1``.
+
+    ``state (n, _BLK)`` holds the block's state on entry and receives it on
+    exit; ``y[bi, t, d0+j]`` is written for ``j >= jw``. Per token, the spec's
+    ``SelectiveMambaBlockSpec`` order with ``A = -A_spec``, every line
+    elementwise over the block's channel lanes::
+
+        dl   = softplus(delta + delta_bias)           (as requested)
+        y    = D * u                                  (0 without D)
+        for n:  h[n] = exp(dl * A[n]) * h[n] + (dl * B[n]) * u;  y = y + h[n] * C[n]
+        y    = y * (z * sigmoid(z))                   (with z)
+
+    The working copies live on the stack (no aliasing with the arguments, so
+    every lane loop vectorises without overlap checks).
+    """
+    nstate = B.shape[2]
+    length = u.shape[1]
+    channels = u.shape[2]
+    dt = u.dtype
+    h = carray(stack_buffer(nstate * _BLK, dt), (nstate, _BLK))
+    At = carray(stack_buffer(nstate * _BLK, dt), (nstate, _BLK))
+    Dl = carray(stack_buffer(_BLK, dt), (_BLK,))
+    dl = carray(stack_buffer(_BLK, dt), (_BLK,))
+    uu = carray(stack_buffer(_BLK, dt), (_BLK,))
+    yy = carray(stack_buffer(_BLK, dt), (_BLK,))
+    for n in range(nstate):
+        for j in range(_BLK):
+            At[n, j] = A[d0 + j, n]
+            h[n, j] = state[n, j]
+    for j in range(_BLK):
+        Dl[j] = D[d0 + j] if has_D else 0
+    for t in range(t0, t1):
+        # rows (b, l, d) are `channels` apart: prefetch a few tokens ahead
+        ahead = (bi * length + t + _PREFETCH) * channels + d0
+        prefetch(u, ahead)
+        prefetch(delta, ahead)
+        prefetch(y, ahead)
+        if has_z:
+            prefetch(z, ahead)
+        for j in range(_BLK):
+            uv = u[bi, t, d0 + j]
+            dv = delta[bi, t, d0 + j]
+            if has_bias:
+                dv = dv + delta_bias[d0 + j]
+            if delta_softplus:
+                dv = softplus_(dv)
+            dl[j] = dv
+            uu[j] = uv
+            yy[j] = Dl[j] * uv if has_D else 0
+        for n in range(nstate):
+            bn = B[bi, t, n]
+            cn = C[bi, t, n]
+            for j in range(_BLK):
+                dv = dl[j]
+                hv = exp_(dv * At[n, j]) * h[n, j] + (dv * bn) * uu[j]
+                h[n, j] = hv
+                yy[j] = yy[j] + hv * cn
+        if has_z:
+            for j in range(_BLK):
+                zv = z[bi, t, d0 + j]
+                yy[j] = yy[j] * (zv * sigmoid_(zv))
+        for j in range(jw, _BLK):
+            y[bi, t, d0 + j] = yy[j]
+    for n in range(nstate):
+        for j in range(_BLK):
+            state[n, j] = h[n, j]
+
+
+@njit(cache=_config.CACHE, error_model="numpy")
+def _sel_summary(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d0, t0, t1, PQ):
+    """Summary of tokens ``t0..t1-1`` (``t1 > t0``) into ``PQ (2n, _BLK)``: rows ``[0,n)`` P, ``[n,2n)`` Q.
+
+    ``chunk_summary`` with ``a = exp(dl * A)``, ``b = (dl * B) * u``: the
+    first token initialises ``(P, Q) = (a, b)``, every later one does
+    ``P = a * P``, ``Q = a * Q + b``.
+    """
+    nstate = B.shape[2]
+    length = u.shape[1]
+    channels = u.shape[2]
+    dt = u.dtype
+    P = carray(stack_buffer(nstate * _BLK, dt), (nstate, _BLK))
+    Q = carray(stack_buffer(nstate * _BLK, dt), (nstate, _BLK))
+    At = carray(stack_buffer(nstate * _BLK, dt), (nstate, _BLK))
+    dl = carray(stack_buffer(_BLK, dt), (_BLK,))
+    uu = carray(stack_buffer(_BLK, dt), (_BLK,))
+    for n in range(nstate):
+        for j in range(_BLK):
+            At[n, j] = A[d0 + j, n]
+    for t in range(t0, t1):
+        ahead = (bi * length + t + _PREFETCH) * channels + d0
+        prefetch(u, ahead)
+        prefetch(delta, ahead)
+        for j in range(_BLK):
+            uv = u[bi, t, d0 + j]
+            dv = delta[bi, t, d0 + j]
+            if has_bias:
+                dv = dv + delta_bias[d0 + j]
+            if delta_softplus:
+                dv = softplus_(dv)
+            dl[j] = dv
+            uu[j] = uv
+        first = t == t0
+        for n in range(nstate):
+            bn = B[bi, t, n]
+            for j in range(_BLK):
+                dv = dl[j]
+                at = exp_(dv * At[n, j])
+                bt = (dv * bn) * uu[j]
+                if first:
+                    P[n, j] = at
+                    Q[n, j] = bt
+                else:
+                    P[n, j] = at * P[n, j]
+                    Q[n, j] = at * Q[n, j] + bt
+    for n in range(nstate):
+        for j in range(_BLK):
+            PQ[n, j] = P[n, j]
+            PQ[nstate + n, j] = Q[n, j]
+
+
+@njit(cache=_config.CACHE, parallel=True, error_model="numpy")
+def selective_scan_kernel(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias,
+                          delta_softplus, h0, y, hT, chunk_length):
+    """Fused selective scan, chunked in time by ``chunk_length`` (``chunked_diagonal_scan``).
+
+    ``chunk_length >= length`` is the sequential strategy (one chunk: phases 1
+    and 2 are empty, phase 3 runs the time loop from ``h0``). Requires
+    ``channels >= _BLK`` (or ``channels == 0``); :mod:`nbssm.ops` pads.
+    Parallel over (batch, channel block, chunk) in phases 1 and 3 and over
+    (batch, channel block) in phase 2.
+
+    u, delta, z, y : (b, l, d); A : (d, n); B, C : (b, l, n); D, delta_bias : (d,);
+    h0, hT : (b, d, n).
+    """
+    batch, length, channels = u.shape
+    nstate = A.shape[1]
+    dt = u.dtype
+    nblk = (channels + _BLK - 1) // _BLK
+    nchunks = (length + chunk_length - 1) // chunk_length
+    nsum = max(nchunks - 1, 0)
+    # phase 1: local summaries of every chunk but the last
+    PQ = np.empty((batch, nsum, nblk, 2 * nstate, _BLK), dtype=dt)
+    for job in prange(batch * nblk * nsum):
+        k = job % nsum
+        rest = job // nsum
+        bi = rest // nblk
+        blk = rest % nblk
+        d0, jw = _sel_block_geometry(blk, channels)
+        t0 = k * chunk_length
+        _sel_summary(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d0, t0, t0 + chunk_length,
+                     PQ[bi, k, blk])
+    # phase 2: serial carry over the summaries; H[:, k] is the state entering chunk k
+    H = np.empty((batch, max(nchunks, 1), nblk, nstate, _BLK), dtype=dt)
+    for job in prange(batch * nblk):
+        bi = job // nblk
+        blk = job % nblk
+        d0, jw = _sel_block_geometry(blk, channels)
+        for n in range(nstate):
+            for j in range(_BLK):
+                H[bi, 0, blk, n, j] = h0[bi, d0 + j, n]
+        for k in range(nsum):
+            for n in range(nstate):
+                for j in range(_BLK):
+                    H[bi, k + 1, blk, n, j] = (PQ[bi, k, blk, n, j] * H[bi, k, blk, n, j]
+                                               + PQ[bi, k, blk, nstate + n, j])
+        if nchunks == 0:
+            for n in range(nstate):
+                for j in range(jw, _BLK):
+                    hT[bi, d0 + j, n] = h0[bi, d0 + j, n]
+    # phase 3: fix-up, every chunk from its carried state, with the readout
+    for job in prange(batch * nblk * nchunks):
+        k = job % nchunks
+        rest = job // nchunks
+        bi = rest // nblk
+        blk = rest % nblk
+        d0, jw = _sel_block_geometry(blk, channels)
+        t0 = k * chunk_length
+        t1 = min(t0 + chunk_length, length)
+        state = H[bi, k, blk]  # (n, _BLK): the carried state in, the chunk's last state out
+        _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_softplus,
+                 bi, d0, jw, t0, t1, state, y)
+        if k == nchunks - 1:
+            for n in range(nstate):
+                for j in range(jw, _BLK):
+                    hT[bi, d0 + j, n] = state[n, j]

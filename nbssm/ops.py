@@ -1,0 +1,383 @@
+"""Public kernels: diagonal linear scan, fused selective scan, causal convolution.
+
+Every entry point validates its arguments, normalises layouts and dtypes once,
+and calls a Numba kernel from :mod:`nbssm._kernels`.
+
+Layout (glossary: ``b`` batch, ``l`` length, ``d`` channels, ``n`` state,
+``w`` convolution width):
+
+* sequences ``(b, l, d)``; per-step selective inputs ``B, C (b, l, n)``;
+* parameters ``A (d, n)``, ``D, delta_bias (d,)``, ``weight (d, w)``;
+* states ``(b, d)`` (linear scan), ``(b, d, n)`` (selective scan),
+  convolution history ``(b, w-1, d)``.
+Only 3-D sequences are accepted; for one sequence pass ``x[None]``.
+
+Dtypes: float32 and float64. The compute dtype is float64 if any of the
+sequence inputs (``a, b``; ``u, delta``; ``x``) is float64 or an integer array
+(integers are converted to float64), else float32; every other array is
+converted to it, and outputs have it. float16, bool, complex and object
+arrays raise ``TypeError``.
+
+Guarantees (all tested in ``tests/test_ops_*.py``):
+
+* **Inputs are never written.** Any strides, Fortran order, negative strides
+  and read-only arrays are accepted and give the same bits as a contiguous
+  copy (inputs are normalised to C-contiguous read-only arrays, so Numba
+  compiles one specialisation per dtype).
+* **Determinism.** ``strategy="auto"`` and the default ``chunk_length`` depend
+  only on ``batch * channels``, never on the length or the number of threads.
+  For given arguments the outputs are bitwise identical on any number of
+  threads, and a prefix's outputs are bitwise unchanged when tokens are
+  appended (chunk boundaries are multiples of ``chunk_length`` from position
+  0). With ``strategy="sequential"``, a sequence processed in pieces, passing
+  the final state of one piece as the initial state of the next, equals the
+  whole, bit for bit (for the chunked strategy, only up to rounding).
+* **Exactness.** float64 follows the spec's operation and fold order and uses
+  the C library's ``exp``/``log``: it reproduces the spec's double runners
+  (``nbssm.spec``) bit for bit. float32 uses inlined polynomial ``exp``/``log``
+  (relative error below 4e-7, see :mod:`nbssm._kernels.fastmath`).
+* **NaN policy.** Channels never mix: a NaN in ``u`` or ``delta`` (or ``a``,
+  ``b``, ``x``) at ``(batch i, time t, channel d)`` propagates to channel ``d``
+  of batch ``i`` from time ``t`` on (for the convolution: to times
+  ``t..t+w-1``), and every other output is bitwise unchanged. An Inf behaves
+  the same wherever the arithmetic turns it into NaN.
+* **Memory.** Nothing of size ``b * l * d * n`` is allocated; beyond the
+  outputs the kernels use O(b * d * n * l / chunk_length) for the chunked
+  strategy and O(d * n) per thread otherwise.
+
+Numba's on-disk cache is on (``NBSSM_CACHE=0`` turns it off); :func:`warmup`
+compiles (or loads) every specialisation ahead of time.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ._validate import as_float_array, check_int, optional_float_array, readonly, result_dtype
+
+STRATEGIES = ("auto", "sequential", "chunked")
+
+#: ``strategy="auto"`` picks "chunked" when ``batch * channels`` is below this (linear scan)
+LINEAR_CHUNKED_BELOW = 32
+#: ``strategy="auto"`` picks "chunked" when ``batch * channels`` is below this (selective scan)
+SELECTIVE_CHUNKED_BELOW = 16
+#: default ``chunk_length`` of the linear scan
+LINEAR_CHUNK_LENGTH = 4000
+#: default ``chunk_length`` of the selective scan
+SELECTIVE_CHUNK_LENGTH = 512
+
+
+def _kernels():
+    # imported lazily: importing nbssm.ops must not import numba
+    from ._kernels import conv, scan
+
+    return scan, conv
+
+
+def _check_3d(x, name: str):
+    arr = np.asarray(x) if x is not None else None
+    if arr is None:
+        raise TypeError(f"{name}: expected an array of shape (batch, length, channels), got None")
+    if arr.ndim != 3:
+        hint = "; for a single sequence pass x[None]" if arr.ndim == 2 else ""
+        raise ValueError(
+            f"{name}: expected shape (batch, length, channels), got {arr.shape} ({arr.ndim} dimensions){hint}"
+        )
+    return arr
+
+
+def _strategy(strategy: str, batch_channels: int, chunked_below: int) -> str:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}")
+    if strategy == "auto":
+        return "chunked" if batch_channels < chunked_below else "sequential"
+    return strategy
+
+
+def default_strategy(kind: str, batch: int, channels: int) -> str:
+    """What ``strategy="auto"`` resolves to for ``kind`` in {"linear", "selective"}.
+
+    A function of ``batch * channels`` only.
+    """
+    below = LINEAR_CHUNKED_BELOW if kind == "linear" else SELECTIVE_CHUNKED_BELOW
+    return _strategy("auto", batch * channels, below)
+
+
+def default_chunk_length(kind: str, batch: int, channels: int) -> int:
+    """The default ``chunk_length`` for ``kind`` in {"linear", "selective"}.
+
+    A function of ``batch * channels`` only (currently a constant per kind).
+    """
+    return LINEAR_CHUNK_LENGTH if kind == "linear" else SELECTIVE_CHUNK_LENGTH
+
+
+def linear_scan(a, b, initial_state=None, return_final_state=False, strategy="auto", chunk_length=None):
+    """Diagonal linear recurrence ``h_t = a_t * h_{t-1} + b_t``, every state returned.
+
+    Parameters
+    ----------
+    a, b : array_like, shape (batch, length, channels)
+        Multipliers and offsets (float32, float64 or integer).
+    initial_state : array_like, shape (batch, channels), optional
+        ``h_0``; zeros if omitted.
+    return_final_state : bool
+        Also return ``h_T`` (``initial_state`` when ``length == 0``).
+    strategy : {"auto", "sequential", "chunked"}
+        "sequential": a time loop, parallel over batch x channels.
+        "chunked": parallel in time (``nbssm.spec.algorithms.chunked_diagonal_scan``):
+        local chunk summaries, a serial carry, a fix-up. "auto": "chunked" when
+        ``batch * channels < LINEAR_CHUNKED_BELOW`` (32), else "sequential".
+    chunk_length : int, optional
+        Chunk length of the chunked strategy (default ``LINEAR_CHUNK_LENGTH`` = 4000; lengths that are multiples of 1024 make the lockstep chunks of one-channel scans collide in the L1 cache).
+
+    Returns
+    -------
+    h : ndarray, shape (batch, length, channels)
+        ``[h_1 .. h_T]`` (without ``h_0``), dtype float32 or float64.
+    final_state : ndarray, shape (batch, channels)
+        Only with ``return_final_state``.
+
+    Notes
+    -----
+    Guarantees: see the module docstring (bitwise thread-count independence,
+    prefix stability, pieces == whole for "sequential"; float64 equals the
+    spec bit for bit for "sequential" and equals the generic chunked
+    reference bit for bit for "chunked").
+
+    Spec: ``diagonalSelectiveScan`` with ``DiagonalTransition (a_t, b_t)``.
+    """
+    a_ = _check_3d(a, "a")
+    b_ = _check_3d(b, "b")
+    dt = result_dtype((a_, "a"), (b_, "b"))
+    batch, length, channels = a_.shape
+    a_ = as_float_array(a_, "a", dt)
+    b_ = as_float_array(b_, "b", dt, shape=("batch", "length", "channels"))
+    if b_.shape != a_.shape:
+        raise ValueError(f"b: expected shape {a_.shape} (the shape of a), got {b_.shape}")
+    if initial_state is None:
+        h0 = readonly(np.zeros((batch, channels), dtype=dt))
+    else:
+        h0 = as_float_array(initial_state, "initial_state", dt, shape=(batch, channels))
+    strat = _strategy(strategy, batch * channels, LINEAR_CHUNKED_BELOW)
+    if strat == "sequential":
+        cl = max(length, 1)  # one chunk: the kernel's fix-up phase is the time loop
+    else:
+        cl = default_chunk_length("linear", batch, channels) if chunk_length is None else check_int(
+            chunk_length, "chunk_length", 1)
+    out = np.empty((batch, length, channels), dtype=dt)
+    hT = np.empty((batch, channels), dtype=dt)
+    scan, _ = _kernels()
+    scan.linear_scan_kernel(a_, b_, h0, out, hT, cl)
+    return (out, hT) if return_final_state else out
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   initial_state=None, return_final_state=False, strategy="auto", chunk_length=None):
+    """Fused Mamba selective scan (mamba_ssm's ``selective_scan_fn`` semantics, nbssm layout).
+
+    For every batch ``i``, channel ``d``, state ``n`` and time ``t``::
+
+        dl      = delta[i,t,d] (+ delta_bias[d]);  dl = softplus(dl) if delta_softplus
+        h[d,n]  = exp(dl * A[d,n]) * h[d,n] + (dl * B[i,t,n]) * u[i,t,d]
+        y[i,t,d]= fold_n(acc + h[d,n] * C[i,t,n]; seed D[d] * u[i,t,d])   (seed 0 without D)
+        y      *= z * sigmoid(z)                     (silu(z), with z = z[i,t,d])
+
+    Parameters
+    ----------
+    u : array_like, shape (batch, length, channels)
+        Input.
+    delta : array_like, shape (batch, length, channels)
+        Step sizes (before ``delta_bias`` and softplus).
+    A : array_like, shape (channels, state)
+        Transition rates, negative in Mamba (``A = -exp(A_log)``); the spec's
+        positive ``A`` is ``-A`` (the negation is exact, so the transition is
+        the spec's ``exp(-(delta * A_spec))`` bit for bit).
+    B, C : array_like, shape (batch, length, state)
+        Input and readout vectors, shared by all channels.
+    D : array_like, shape (channels,), optional
+        Skip; the readout fold is seeded with ``D * u``.
+    z : array_like, shape (batch, length, channels), optional
+        Gate: ``y * silu(z)``.
+    delta_bias : array_like, shape (channels,), optional
+        Added to ``delta`` before the softplus.
+    delta_softplus : bool
+        Apply softplus to ``delta + delta_bias``. float64: ``log(1 + exp(x))``
+        exactly as the spec's List family; float32: the same with a polynomial
+        exp/log, and ``x`` itself above 20 (PyTorch's and mamba_ssm's threshold;
+        the difference is below 2.1e-9).
+    initial_state : array_like, shape (batch, channels, state), optional
+        Zeros if omitted.
+    return_final_state : bool
+        Also return the final state ``(batch, channels, state)``.
+    strategy : {"auto", "sequential", "chunked"}
+        "auto": "chunked" when ``batch * channels < SELECTIVE_CHUNKED_BELOW`` (16).
+    chunk_length : int, optional
+        Default ``SELECTIVE_CHUNK_LENGTH`` (512).
+
+    Returns
+    -------
+    y : ndarray, shape (batch, length, channels)
+    final_state : ndarray, shape (batch, channels, state)
+        Only with ``return_final_state``.
+
+    Notes
+    -----
+    The sigmoid of the gate is the plain ``1 / (1 + exp(-z))``. The state of
+    a block of 16 channels is kept in a small scratch; nothing of size
+    ``batch * length * channels * state`` is allocated. Guarantees (threads,
+    prefixes, pieces, NaN policy, inputs never written): see the module
+    docstring.
+
+    Spec: ``SelectiveMambaBlockSpec`` (the ``H_t`` and ``y_t`` lines and the
+    gate ``y_t ⊙ silu(z_t)``), with ``A = -A_spec``, ``Δ_t = softplus(delta + dtBias)``.
+    """
+    u_ = _check_3d(u, "u")
+    delta_ = _check_3d(delta, "delta")
+    dt = result_dtype((u_, "u"), (delta_, "delta"))
+    batch, length, channels = u_.shape
+    u_ = as_float_array(u_, "u", dt)
+    delta_ = as_float_array(delta_, "delta", dt, shape=(batch, length, channels))
+    A_ = as_float_array(A, "A", dt, shape=(channels, "state"))
+    nstate = A_.shape[1]
+    B_ = as_float_array(B, "B", dt, shape=(batch, length, nstate))
+    C_ = as_float_array(C, "C", dt, shape=(batch, length, nstate))
+    D_, has_D = optional_float_array(D, "D", dt, shape=(channels,))
+    z_, has_z = optional_float_array(z, "z", dt, shape=(batch, length, channels))
+    bias_, has_bias = optional_float_array(delta_bias, "delta_bias", dt, shape=(channels,))
+    if initial_state is None:
+        h0 = readonly(np.zeros((batch, channels, nstate), dtype=dt))
+    else:
+        h0 = as_float_array(initial_state, "initial_state", dt, shape=(batch, channels, nstate))
+    strat = _strategy(strategy, batch * channels, SELECTIVE_CHUNKED_BELOW)
+    if strat == "sequential":
+        cl = max(length, 1)  # one chunk: the kernel's fix-up phase is the time loop
+    else:
+        cl = default_chunk_length("selective", batch, channels) if chunk_length is None else check_int(
+            chunk_length, "chunk_length", 1)
+    scan, _ = _kernels()
+    blk = scan._BLK
+    if 0 < channels < blk:
+        # the kernel works on blocks of _BLK channel lanes: pad with inert channels
+        # (u = delta = z = A = D = bias = h0 = 0), computed independently and dropped
+        def pad(arr, axis):
+            widths = [(0, 0)] * arr.ndim
+            widths[axis] = (0, blk - channels)
+            return readonly(np.pad(arr, widths))
+
+        u_, delta_ = pad(u_, 2), pad(delta_, 2)
+        A_ = pad(A_, 0)
+        D_ = pad(D_, 0) if has_D else D_
+        bias_ = pad(bias_, 0) if has_bias else bias_
+        z_ = pad(z_, 2) if has_z else z_
+        h0 = pad(h0, 1)
+        chans = blk
+    else:
+        chans = channels
+    y = np.empty((batch, length, chans), dtype=dt)
+    hT = np.empty((batch, chans, nstate), dtype=dt)
+    scan.selective_scan_kernel(u_, delta_, A_, B_, C_, D_, z_, bias_, has_D, has_z, has_bias,
+                               bool(delta_softplus), h0, y, hT, cl)
+    if chans != channels:
+        y = np.ascontiguousarray(y[:, :, :channels])
+        hT = np.ascontiguousarray(hT[:, :channels, :])
+    return (y, hT) if return_final_state else y
+
+
+def causal_conv1d(x, weight, bias=None, history=None, return_history=False, activation=None):
+    """Depthwise causal convolution, weight in checkpoint orientation, with a carried history.
+
+    ``out[i,t,d] = fold_k(acc + x[i,t-k,d] * weight[d, w-1-k]; seed bias[d])``
+    for ``k = 0 .. w-1`` (the current token first, as the spec's fold), where
+    positions before the first token are read from ``history`` (zeros if
+    omitted: zero left padding).
+
+    Parameters
+    ----------
+    x : array_like, shape (batch, length, channels)
+    weight : array_like, shape (channels, width) or (channels, 1, width)
+        Taps oldest first, the last one multiplying the current token (the
+        orientation of a checkpoint's ``conv1d.weight``). The spec's
+        ``convKernel[k, d]`` (newest first) is ``weight[d, width-1-k]``.
+    bias : array_like, shape (channels,), optional
+        Seeds the fold (zero if omitted).
+    history : array_like, shape (batch, width-1, channels), optional
+        The ``width-1`` tokens before ``x[:, 0]``, oldest first; zeros if omitted.
+    return_history : bool
+        Also return the history after the last token, shape
+        ``(batch, width-1, channels)``, to pass with the next piece: processing
+        a sequence in pieces equals processing it whole, bit for bit.
+    activation : {None, "silu"}
+        ``"silu"`` applies ``c * sigmoid(c)`` (plain sigmoid) to every output.
+
+    Returns
+    -------
+    out : ndarray, shape (batch, length, channels)
+    history : ndarray, shape (batch, width-1, channels)
+        Only with ``return_history``.
+
+    Notes
+    -----
+    float64 reproduces the spec's fold bit for bit. A NaN in ``x`` at time
+    ``t`` reaches outputs ``t .. t+width-1`` of its channel only.
+
+    Spec: the ``c_t`` line of ``SelectiveMambaBlockSpec`` (``u_t = silu(c_t)``
+    with ``activation="silu"``); reference
+    ``nbssm.spec.algorithms.streaming_causal_conv``.
+    """
+    x_ = _check_3d(x, "x")
+    dt = result_dtype((x_, "x"))
+    batch, length, channels = x_.shape
+    x_ = as_float_array(x_, "x", dt)
+    w = np.asarray(weight) if weight is not None else None
+    if w is not None and w.ndim == 3 and w.shape[1] == 1:
+        w = w[:, 0, :]
+    w = as_float_array(w, "weight", dt, shape=(channels, "width"))
+    width = w.shape[1]
+    nhist = max(width - 1, 0)
+    w_newest = readonly(np.ascontiguousarray(w[:, ::-1].T))  # (width, channels), tap 0 = current token
+    bias_, has_bias = optional_float_array(bias, "bias", dt, shape=(channels,))
+    if history is None:
+        hist = readonly(np.zeros((batch, nhist, channels), dtype=dt))
+    else:
+        hist = as_float_array(history, "history", dt, shape=(batch, nhist, channels))
+    if activation not in (None, "silu"):
+        raise ValueError(f"activation: expected None or 'silu', got {activation!r}")
+    out = np.empty((batch, length, channels), dtype=dt)
+    _, conv = _kernels()
+    conv.causal_conv(x_, w_newest, bias_, has_bias, hist, activation == "silu", out)
+    if not return_history:
+        return out
+    if length >= nhist:
+        new_hist = np.array(x_[:, length - nhist:, :], dtype=dt, order="C")
+    else:
+        new_hist = np.concatenate([hist[:, length:, :], x_], axis=1)
+    return out, new_hist
+
+
+def warmup(verbose: bool = False) -> dict:
+    """Compile (or load from Numba's cache) every kernel for float32 and float64.
+
+    Runs each entry point and strategy once on tiny inputs; afterwards no call
+    of the public functions compiles anything (one specialisation per dtype).
+
+    Returns
+    -------
+    dict
+        ``{"seconds": total wall time}``.
+    """
+    t0 = time.perf_counter()
+    for dt in (np.float32, np.float64):
+        a = np.full((1, 3, 2), 0.5, dtype=dt)
+        for strat in ("sequential", "chunked"):
+            linear_scan(a, a, strategy=strat, chunk_length=2)
+            u = np.ones((1, 3, 2), dtype=dt)
+            A = -np.ones((2, 2), dtype=dt)
+            Bm = np.ones((1, 3, 2), dtype=dt)
+            selective_scan(u, u, A, Bm, Bm, D=np.ones(2, dt), z=u, delta_bias=np.ones(2, dt),
+                           delta_softplus=True, strategy=strat, chunk_length=2)
+        causal_conv1d(a, np.ones((2, 3), dtype=dt), bias=np.ones(2, dt))
+        if verbose:
+            print(f"warmup {np.dtype(dt).name}: {time.perf_counter() - t0:.2f} s")
+    return {"seconds": time.perf_counter() - t0}

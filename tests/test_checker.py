@@ -1,0 +1,305 @@
+"""Tests of the symbolic checker (nbssm.spec.checker, nbssm.spec.symbolic).
+
+The checker must be able to fail: wrong statements are refuted with a
+counterexample, undecided ones are unknown (never proved), a spent budget is
+unknown, and the DAG utilities agree with sympy's own (slow) operations.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from pathlib import Path
+
+import pytest
+import sympy
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sympy.core.cache import clear_cache
+
+from nbssm.spec import algorithms as ALG
+from nbssm.spec import checker as C
+from nbssm.spec import models as M
+from nbssm.spec.context import SYMPY
+from nbssm.spec.symbolic import (
+    EXPAND,
+    IDENTITY,
+    Budget,
+    BudgetExceeded,
+    NumericEvaluator,
+    Refuted,
+    Unknown,
+    compare_structures,
+    dag_equal,
+    dag_size,
+    dag_symbols,
+)
+from nbssm.spec.verdict import CONTROL, PROVED, REFUTED, UNKNOWN
+
+MINIMAL = C.PRESETS["minimal"]
+SPEC_DOC = Path("/work/shared/spec/torchlean-ssm.md")
+
+# ----------------------------------------------------------------------------- DAG utilities
+SYMS = sympy.symbols("u v w")
+
+
+def build_expr(ops: list[tuple[int, int, int]]) -> sympy.Expr:
+    """A random expression DAG: each op combines two earlier nodes (shared, not copied)."""
+    nodes = list(SYMS) + [sympy.Integer(2)]
+    for kind, i, j in ops:
+        a, b = nodes[i % len(nodes)], nodes[j % len(nodes)]
+        nodes.append([a + b, a * b, sympy.exp(a) + b, sympy.log(1 + sympy.exp(a)) * b][kind % 4])
+    return nodes[-1]
+
+
+ops_strategy = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 30), st.integers(0, 30)), min_size=1, max_size=8)
+
+
+@settings(deadline=None, max_examples=60)
+@given(ops_strategy, st.integers(0, 2))
+def test_dag_equal_agrees_with_sympy_equality(ops, which):
+    clear_cache()
+    e1 = build_expr(ops)
+    clear_cache()
+    e2 = build_expr(ops)
+    assert dag_equal(e1, e2) and e1 == e2
+    # change one leaf: both sympy and dag_equal must see a difference
+    e3 = e2.xreplace({SYMS[which]: SYMS[which] + 7})
+    assert dag_equal(e1, e3) == (e1 == e3)
+
+
+@settings(deadline=None, max_examples=40)
+@given(ops_strategy)
+def test_dag_symbols_agrees_with_free_symbols(ops):
+    e = build_expr(ops)
+    assert dag_symbols(e) == e.free_symbols
+
+
+def test_dag_traversals_are_linear_on_shared_dags():
+    # tree size 2**40, DAG size ~80: sympy's recursive == would not finish
+    F, G = sympy.Function("F"), sympy.Function("G")
+
+    def deep(n):
+        e = SYMS[0]
+        for _ in range(n):
+            e = F(e, G(e, SYMS[1]))
+        return e
+
+    clear_cache()
+    e1 = deep(40)
+    clear_cache()
+    e2 = deep(40)
+    assert e1 is not e2
+    t0 = time.perf_counter()
+    assert dag_equal(e1, e2)
+    assert dag_symbols(e1) == {SYMS[0], SYMS[1]}
+    assert dag_size(e1) < 400
+    clear_cache()
+    e3 = F(deep(39), G(deep(39), SYMS[2]))
+    assert not dag_equal(e1, e3)
+    assert time.perf_counter() - t0 < 5.0
+
+
+@settings(deadline=None, max_examples=40)
+@given(ops_strategy, st.integers(0, 10_000))
+def test_numeric_evaluator_agrees_with_sympy_evalf(ops, seed):
+    e = build_expr(ops)
+    ev = NumericEvaluator(seed=seed)
+    got = ev.evaluate(e)
+    subs = {s: sympy.Float(str(ev.symbol_value(s)), 60) for s in e.free_symbols}
+    want = e.evalf(40, subs=subs)
+    if not want.is_real or abs(want) > 1e30:
+        return
+    assert abs(complex(got) - complex(want)) <= 1e-20 * (1 + abs(complex(want)))
+
+
+def test_numeric_evaluator_piecewise_and_functions():
+    x = sympy.Symbol("x")
+    F = sympy.Function("F")
+    pw = sympy.Piecewise((x, x > 0), (-x, True))
+    for v in (0.5, -0.25):
+        ev = NumericEvaluator(values={x: v})
+        assert float(ev.evaluate(pw)) == pytest.approx(abs(v))
+    # an uninterpreted function is a fixed, deterministic, non-constant function
+    ev1, ev2 = NumericEvaluator(values={x: 0.5}), NumericEvaluator(values={x: 0.75})
+    assert ev1.evaluate(F(x)) == NumericEvaluator(values={x: 0.5}).evaluate(F(x))
+    assert ev1.evaluate(F(x)) != ev2.evaluate(F(x))
+
+
+# ----------------------------------------------------------------------------- deciders can fail
+def test_compare_refutes_wrong_algebraic_statement_with_point():
+    a, b, h = sympy.symbols("a b h")
+    with pytest.raises(Refuted, match="differ: left .* vs right .* at the point"):
+        compare_structures([a * (h + b)], [a * h + b], EXPAND)
+
+
+def test_identity_does_not_prove_algebraic_equalities():
+    # equal over the reals but not structurally identical: identity must say unknown, expand proves it
+    a, b = sympy.symbols("a b")
+    with pytest.raises(Unknown):
+        compare_structures((a + b) ** 2, a**2 + 2 * a * b + b**2, IDENTITY)
+    assert "expand" in compare_structures((a + b) ** 2, a**2 + 2 * a * b + b**2, EXPAND)
+
+
+def test_compare_refutes_length_mismatch():
+    x = sympy.Symbol("x")
+    with pytest.raises(Refuted, match="lengths differ"):
+        compare_structures([x, x], [x], IDENTITY)
+
+
+def test_prefix_causality_refutes_a_runner_reading_the_last_token():
+    xs = C.stokens("x", 2, 1)
+    ys = C.stokens("y", 1, 1)
+
+    def run(tokens):  # each output adds the last token of the whole input
+        return [[t[0] + tokens[-1][0]] for t in tokens]
+
+    with pytest.raises(Refuted, match="depends on the future input y0_0"):
+        C.prefix_causality(run, xs, ys, Budget(10))
+
+
+def test_prefix_causality_proves_a_causal_runner_and_checks_identity():
+    xs = C.stokens("x", 2, 1)
+    ys = C.stokens("y", 2, 1)
+
+    def running_sum(tokens):
+        out, acc = [], sympy.Integer(0)
+        for t in tokens:
+            acc = acc + t[0]
+            out.append([acc])
+        return out
+
+    assert "identical" in C.prefix_causality(running_sum, xs, ys, Budget(10))
+
+    calls = []
+
+    def differs_by_length(tokens):  # causal, but the prefix run is not a prefix of the long run
+        calls.append(len(tokens))
+        return [[t[0] * len(tokens)] for t in tokens]
+
+    with pytest.raises(Refuted):
+        C.prefix_causality(differs_by_length, xs, ys, Budget(10))
+
+
+def test_wrong_model_statement_refuted_with_counterexample():
+    # runList_cons with the step's state and output swapped in order of tokens: false, refuted numerically
+    d = MINIMAL
+    m = C.sym_s4(d)
+    h0 = C.svec("h0", d.state_dim)
+    x1, x2 = C.stokens("x", 2, d.input_dim)
+    with pytest.raises(Refuted, match="differ"):
+        C.sides(lambda: m.run_list(SYMPY, h0, [x1, x2]), lambda: m.run_list(SYMPY, h0, [x2, x1]), IDENTITY, Budget(10))
+
+
+# ----------------------------------------------------------------------------- registry and verdicts
+def _lean_names_in_section_5() -> set[str]:
+    text = SPEC_DOC.read_text()
+    sec = text[text.index("## 5. Theorems to mirror"):text.index("## 6.")]
+    return set(re.findall(r"`([A-Za-z][A-Za-z0-9_.]*_[A-Za-z0-9_.]+)`", sec))
+
+
+@pytest.mark.skipif(not SPEC_DOC.exists(), reason="spec document not available")
+def test_every_lean_name_of_section_5_is_a_check():
+    registered = {c.name for c in C.registry()}
+    suffixes = {n.split(".")[-1] for n in registered}
+    missing = sorted(n for n in _lean_names_in_section_5() if n not in registered and n.split(".")[-1] not in suffixes)
+    assert not missing, f"Lean names without a check: {missing}"
+
+
+def test_registry_names_unique_and_kinds_present():
+    names = [c.name for c in C.registry()]
+    assert len(names) == len(set(names))
+    kinds = {c.kind for c in C.registry()}
+    assert kinds == {"theorem", "beyond", "control"}
+    families_with_controls = {c.family for c in C.registry() if c.kind == CONTROL}
+    assert families_with_controls == {"controls"}
+    # at least one control per family named in the issue
+    control_names = " ".join(c.name for c in C.registry() if c.kind == CONTROL)
+    for word in ("causality", "scan_algebra", "runner_equivalence", "certificate", "algorithm"):
+        assert word in control_names
+
+
+@pytest.mark.parametrize("name", [c.name for c in C.registry() if c.kind == CONTROL])
+def test_controls_are_refuted_with_a_counterexample(name):
+    spec = next(c for c in C.registry() if c.name == name)
+    r = C.run_check(spec, C.PRESETS["default"], 30)
+    assert r.verdict == REFUTED, r.detail
+    assert r.passed
+    assert any(w in r.detail for w in ("depends on the future input", "differ", "reads", "satisfy"))
+
+
+def test_control_patch_is_restored():
+    real = ALG.chunk_summary
+    spec = next(c for c in C.registry() if c.name == "control_algorithm_chunked_carry_off_by_one_chunk")
+    C.run_check(spec, MINIMAL, 30)
+    assert ALG.chunk_summary is real
+    real_conv = M.causal_conv_step
+    spec = next(c for c in C.registry() if c.name == "streaming_causal_conv_refines_conv")
+    assert C.run_check(spec, MINIMAL, 30).verdict == PROVED
+    assert M.causal_conv_step is real_conv
+
+
+def test_mutated_chunked_scan_is_caught_by_the_refinement_check(monkeypatch):
+    # an off-by-one in the reference's fix-up (a different mutation than the control's) must be refuted
+    real = ALG.sequential_diagonal_scan
+
+    def skip_first(h0, a, b):
+        out = real(h0, a, b)
+        return out[:1] + out[:-1] if len(out) > 1 else out
+
+    monkeypatch.setattr(ALG, "sequential_diagonal_scan", skip_first)
+    spec = next(c for c in C.registry() if c.name == "chunked_diagonal_scan_refines_diagonalSelectiveScan")
+    r = C.run_check(spec, MINIMAL, 30)
+    assert r.verdict == REFUTED and "differ" in r.detail
+
+
+def test_budget_zero_is_unknown_without_running():
+    calls = []
+    spec = C.CheckSpec("probe", "theorem", "test", "probe", lambda d, b: calls.append(1) or "ok")
+    r = C.run_check(spec, MINIMAL, 0)
+    assert r.verdict == UNKNOWN and not r.passed and calls == []
+    assert C.run_check(spec, MINIMAL, 5).verdict == PROVED
+
+
+def test_budget_exceeded_interrupts_a_long_check():
+    spec = next(c for c in C.registry() if c.name == "selectiveMamba_runList_append_outputs_prefix")
+    t0 = time.perf_counter()
+    r = C.run_check(spec, C.PRESETS["target4"], 0.2)
+    assert r.verdict == UNKNOWN and "budget" in r.detail
+    assert time.perf_counter() - t0 < 5
+
+
+def test_exceptions_are_unknown_not_pass():
+    def boom(d, b):
+        raise ZeroDivisionError("x")
+
+    r = C.run_check(C.CheckSpec("probe", "theorem", "t", "s", boom), MINIMAL, 5)
+    assert r.verdict == UNKNOWN and "ZeroDivisionError" in r.detail
+    rc = C.run_check(C.CheckSpec("probe", "control", "t", "s", boom), MINIMAL, 5)
+    assert rc.verdict == UNKNOWN and not rc.passed
+
+
+def test_budget_object():
+    b = Budget(0)
+    with pytest.raises(BudgetExceeded):
+        b.check()
+    Budget(None).check()
+
+
+# ----------------------------------------------------------------------------- targets (slow)
+@pytest.mark.slow
+@pytest.mark.parametrize("preset,limit", [("target4", 5.0), ("target8", 15.0)])
+def test_selective_causality_targets(preset, limit):
+    spec = next(c for c in C.registry() if c.name == "selectiveMamba_runList_append_outputs_prefix")
+    r = C.run_check(spec, C.PRESETS[preset], 120)
+    assert r.verdict == PROVED, r.detail
+    # timing is reported by benchmarks/bench_checker.py; here only a generous sanity bound
+    assert r.seconds < 10 * limit
+
+
+@pytest.mark.slow
+def test_all_checks_at_minimal_and_a_wider_preset():
+    for dims in (MINIMAL, C.Dims(3, 2, 3, 2, 2, 2, 2)):
+        for r in C.run_all(dims, 60):
+            assert r.passed, (r.name, r.verdict, r.detail)

@@ -1,0 +1,252 @@
+"""Kernels against the spec's double runners, the generic references and plain-loop oracles.
+
+float64 kernels follow the spec's operation order and call the same C library exp/log as the
+spec's double context, so they are compared bit for bit; float32 is compared with the float64
+result under the tolerance table.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from naive import naive_causal_conv1d, naive_linear_scan, naive_selective_scan
+from ops_inputs import conv_inputs, linear_inputs, selective_inputs
+from tolerances import max_rel_err, tol
+
+import nbssm
+from nbssm.spec import algorithms
+from nbssm.spec.context import DOUBLE
+from nbssm.spec.models import causal_conv_step, selective_recurrence_step
+from nbssm.spec.scan import DiagonalTransition, diagonal_selective_scan
+
+
+# ----------------------------------------------------------------------------- spec adapters
+def spec_selective(kw):
+    """The selective scan through the spec's ``selective_recurrence_step`` on doubles.
+
+    A_spec = -A (the spec's positive rates); delta = softplus(delta + bias) with the
+    context's (plain, List family) softplus; gate y * silu(z).
+    """
+    u, delta, A, B, C = (np.asarray(kw[k], dtype=np.float64) for k in ("u", "delta", "A", "B", "C"))
+    batch, length, channels = u.shape
+    nstate = A.shape[1]
+    D = kw.get("D")
+    z = kw.get("z")
+    bias = kw.get("delta_bias")
+    h0 = kw.get("initial_state")
+    A_spec = [[-float(A[d, n]) for n in range(nstate)] for d in range(channels)]
+    d_skip = [0.0] * channels if D is None else [float(v) for v in D]
+    ys = np.zeros((batch, length, channels))
+    hs = np.zeros((batch, channels, nstate))
+    for i in range(batch):
+        H = [[0.0] * nstate for _ in range(channels)] if h0 is None else [list(map(float, r)) for r in h0[i]]
+        for t in range(length):
+            dl = [float(v) for v in delta[i, t]]
+            if bias is not None:
+                dl = [DOUBLE.add(dl[d], float(bias[d])) for d in range(channels)]
+            if kw.get("delta_softplus"):
+                dl = [DOUBLE.softplus(v) for v in dl]
+            H, y = selective_recurrence_step(DOUBLE, H, [float(v) for v in u[i, t]], dl, A_spec,
+                                             [float(v) for v in B[i, t]], [float(v) for v in C[i, t]], d_skip)
+            if z is not None:
+                y = [DOUBLE.mul(y[d], DOUBLE.silu(float(z[i, t, d]))) for d in range(channels)]
+            ys[i, t] = y
+        hs[i] = H
+    return ys, hs
+
+
+def spec_linear(a, b, h0):
+    """``diagonalSelectiveScan`` of the transitions ``(a_t, b_t)`` per batch element."""
+    batch, length, channels = a.shape
+    out = np.zeros((batch, length, channels))
+    for i in range(batch):
+        trs = [DiagonalTransition(list(map(float, a[i, t])), list(map(float, b[i, t]))) for t in range(length)]
+        states = diagonal_selective_scan(DOUBLE, list(map(float, h0[i])), trs)
+        if states:
+            out[i] = np.array(states)
+    return out
+
+
+def reference_chunked_selective(kw, chunk_length):
+    """The generic chunked reference evaluated on Python floats for the selective transitions.
+
+    a_t[d, n] = exp(dl * A) with libm exp, b_t = (dl * B) * u; the readout as in the spec.
+    """
+    u, delta, A, B, C = (np.asarray(kw[k], dtype=np.float64) for k in ("u", "delta", "A", "B", "C"))
+    batch, length, channels = u.shape
+    nstate = A.shape[1]
+    D, z, bias, h0 = kw["D"], kw["z"], kw["delta_bias"], kw["initial_state"]
+    ys = np.zeros((batch, length, channels))
+    for i in range(batch):
+        a_seq, b_seq, dls = [], [], []
+        for t in range(length):
+            dl = [DOUBLE.softplus(float(delta[i, t, d]) + float(bias[d])) for d in range(channels)]
+            dls.append(dl)
+            a_seq.append([math.exp(dl[d] * float(A[d, n])) for d in range(channels) for n in range(nstate)])
+            b_seq.append([(dl[d] * float(B[i, t, n])) * float(u[i, t, d]) for d in range(channels) for n in range(nstate)])
+        states = algorithms.chunked_diagonal_scan([float(v) for v in h0[i].reshape(-1)], a_seq, b_seq, chunk_length)
+        for t in range(length):
+            for d in range(channels):
+                acc = float(D[d]) * float(u[i, t, d])
+                for n in range(nstate):
+                    acc = acc + states[t][d * nstate + n] * float(C[i, t, n])
+                ys[i, t, d] = acc * DOUBLE.silu(float(z[i, t, d]))
+    return ys
+
+
+# ----------------------------------------------------------------------------- selective scan
+SELECTIVE_SHAPES = [(2, 13, 20, 4), (1, 5, 3, 2), (1, 1, 16, 1), (2, 9, 33, 3), (1, 4, 17, 0)]
+
+
+@pytest.mark.parametrize("shape", SELECTIVE_SHAPES)
+@pytest.mark.parametrize("strategy", ["sequential", "chunked"])
+def test_selective_float64_bitwise_vs_spec(shape, strategy):
+    kw = selective_inputs(1, *shape)
+    y, h = nbssm.selective_scan(**kw, return_final_state=True, strategy="sequential")
+    y_ref, h_ref = spec_selective(kw)
+    assert np.array_equal(y, y_ref)
+    assert np.array_equal(h, h_ref)
+    if strategy == "chunked":  # chunk_length >= length is exactly the sequential algorithm
+        y2, h2 = nbssm.selective_scan(**kw, return_final_state=True, strategy="chunked",
+                                      chunk_length=max(shape[1], 1))
+        assert np.array_equal(y2, y_ref) and np.array_equal(h2, h_ref)
+
+
+def test_selective_without_optional_arguments_vs_spec():
+    kw = selective_inputs(2, 2, 7, 18, 3, extras=False)
+    y, h = nbssm.selective_scan(**kw, return_final_state=True)
+    y_ref, h_ref = spec_selective(kw)
+    assert np.array_equal(y, y_ref) and np.array_equal(h, h_ref)
+
+
+@pytest.mark.parametrize("chunk_length", [1, 2, 3, 5, 64])
+def test_selective_chunked_float64_bitwise_vs_generic_reference(chunk_length):
+    kw = selective_inputs(3, 2, 11, 17, 3)
+    y = nbssm.selective_scan(**kw, strategy="chunked", chunk_length=chunk_length)
+    assert np.array_equal(y, reference_chunked_selective(kw, chunk_length))
+    y_seq = nbssm.selective_scan(**kw, strategy="sequential")
+    assert max_rel_err(y, y_seq) <= tol("float64_chunked_vs_sequential")
+
+
+def test_selective_vs_naive_oracle():
+    kw = selective_inputs(4, 2, 30, 24, 5)
+    kw_naive = {k: v for k, v in kw.items() if k != "initial_state"}
+    y, h = nbssm.selective_scan(**kw, return_final_state=True)
+    y_ref, h_ref = naive_selective_scan(**kw_naive, h0=kw["initial_state"])
+    assert max_rel_err(y, y_ref) <= tol("float64_vs_oracle")
+    assert max_rel_err(h, h_ref) <= tol("float64_vs_oracle")
+
+
+@pytest.mark.parametrize("strategy", ["sequential", "chunked"])
+def test_selective_float32_vs_float64(strategy):
+    kw64 = selective_inputs(5, 2, 200, 40, 16)
+    kw32 = {k: (v.astype(np.float32) if isinstance(v, np.ndarray) else v) for k, v in kw64.items()}
+    y64, h64 = nbssm.selective_scan(**kw64, return_final_state=True, strategy=strategy, chunk_length=64)
+    y32, h32 = nbssm.selective_scan(**kw32, return_final_state=True, strategy=strategy, chunk_length=64)
+    assert y32.dtype == np.float32 and h32.dtype == np.float32
+    assert max_rel_err(y32, y64) <= tol("float32_vs_float64")
+    assert max_rel_err(h32, h64) <= tol("float32_vs_float64")
+
+
+def test_selective_runtime_A_is_exact_negation_of_spec_A():
+    # exp(delta * (-A_spec)) == exp(-(delta * A_spec)) bit for bit: negation is exact in IEEE
+    rng = np.random.default_rng(6)
+    d, a = rng.random(1000), rng.random(1000) * 5
+    assert all(math.exp(x * (-y)) == math.exp(-(x * y)) for x, y in zip(d, a))
+
+
+# ----------------------------------------------------------------------------- linear scan
+@pytest.mark.parametrize("shape", [(2, 17, 5), (1, 1, 1), (3, 8, 70), (1, 40, 1)])
+def test_linear_float64_bitwise_vs_spec(shape):
+    a, b, h0 = linear_inputs(7, *shape)
+    out, hT = nbssm.linear_scan(a, b, h0, return_final_state=True, strategy="sequential")
+    ref = spec_linear(a, b, h0)
+    assert np.array_equal(out, ref)
+    assert np.array_equal(hT, ref[:, -1])
+    naive, _ = naive_linear_scan(a, b, h0)
+    assert np.array_equal(out, naive)  # no transcendental functions: the oracle is bitwise too
+
+
+@pytest.mark.parametrize("chunk_length", [1, 2, 3, 7, 100])
+@pytest.mark.parametrize("channels", [1, 3])  # one channel runs 8 chunks in lockstep
+def test_linear_chunked_float64_bitwise_vs_generic_reference(chunk_length, channels):
+    a, b, h0 = linear_inputs(8, 2, 29 if chunk_length < 7 else 80, channels)
+    out, hT = nbssm.linear_scan(a, b, h0, return_final_state=True, strategy="chunked", chunk_length=chunk_length)
+    for i in range(2):
+        ref = algorithms.chunked_diagonal_scan(list(map(float, h0[i])), a[i].tolist(), b[i].tolist(), chunk_length)
+        assert np.array_equal(out[i], np.array(ref))
+        assert np.array_equal(hT[i], np.array(ref[-1]))
+
+
+def test_linear_float32_vs_float64():
+    a, b, h0 = linear_inputs(9, 2, 500, 37)
+    ref = nbssm.linear_scan(a, b, h0)
+    for strategy in ("sequential", "chunked"):
+        got = nbssm.linear_scan(a.astype(np.float32), b.astype(np.float32), h0.astype(np.float32),
+                                strategy=strategy, chunk_length=33)
+        assert got.dtype == np.float32
+        assert max_rel_err(got, ref) <= tol("float32_linear_vs_float64")
+
+
+# ----------------------------------------------------------------------------- convolution
+@pytest.mark.parametrize("width", [0, 1, 2, 4])
+def test_conv_float64_bitwise_vs_spec_and_reference(width):
+    x, w, bias, hist = conv_inputs(10, 2, 9, 70, width)
+    out, new_hist = nbssm.causal_conv1d(x, w, bias=bias, history=hist, return_history=True)
+    # spec: kernel newest first is the checkpoint weight reversed
+    kernel = [[float(w[d, width - 1 - k]) for d in range(70)] for k in range(width)]
+    for i in range(2):
+        window = [list(map(float, v)) for v in hist[i][::-1]]  # newest first
+        for t in range(9):
+            window = [list(map(float, x[i, t]))] + window
+            c = causal_conv_step(DOUBLE, kernel, list(map(float, bias)), window)
+            assert np.array_equal(out[i, t], np.array(c))
+        ref_out, ref_hist = algorithms.streaming_causal_conv(
+            kernel, list(map(float, bias)), [list(map(float, v)) for v in hist[i][::-1]],
+            [x[i, :4].tolist(), x[i, 4:].tolist()])
+        assert np.array_equal(out[i], np.array(ref_out).reshape(9, 70))
+        assert np.array_equal(new_hist[i][::-1].reshape(-1), np.array(ref_hist).reshape(-1))
+    naive_out, naive_hist = naive_causal_conv1d(x, w, bias, hist)
+    assert max_rel_err(out, naive_out) <= tol("float64_vs_oracle")
+    assert np.array_equal(new_hist, naive_hist)
+
+
+def test_conv_weight_orientation_is_reverse_of_spec_kernel():
+    # a single tap at the oldest position of the checkpoint weight reads x[t - (w-1)]
+    x = np.arange(1.0, 7.0).reshape(1, 6, 1)
+    w = np.array([[1.0, 0.0, 0.0]])
+    out = nbssm.causal_conv1d(x, w)
+    assert out[0, :, 0].tolist() == [0.0, 0.0, 1.0, 2.0, 3.0, 4.0]
+    w = np.array([[0.0, 0.0, 1.0]])  # newest tap: the identity
+    assert nbssm.causal_conv1d(x, w)[0, :, 0].tolist() == x[0, :, 0].tolist()
+    w3 = np.zeros((1, 1, 3))
+    w3[0, 0, 0] = 1.0  # checkpoint layout (channels, 1, width) is accepted
+    assert nbssm.causal_conv1d(x, w3)[0, :, 0].tolist() == [0.0, 0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_conv_silu_and_float32():
+    x, w, bias, hist = conv_inputs(11, 1, 12, 20, 4)
+    out = nbssm.causal_conv1d(x, w, bias, hist, activation="silu")
+    ref, _ = naive_causal_conv1d(x, w, bias, hist, silu=True)
+    assert max_rel_err(out, ref) <= tol("float64_vs_oracle")
+    out32 = nbssm.causal_conv1d(x.astype(np.float32), w.astype(np.float32), bias.astype(np.float32),
+                                hist.astype(np.float32), activation="silu")
+    assert out32.dtype == np.float32 and max_rel_err(out32, ref) <= tol("float32_vs_float64")
+
+
+def test_refinement_checks_all_proved():
+    from nbssm.refinement import refinement_checks
+
+    results = refinement_checks(seed=0)
+    assert len(results) >= 5
+    for r in results:
+        assert r.kind == "beyond"
+        assert r.verdict == "proved", (r.name, r.detail)
+
+
+def test_refinement_tolerance_matches_the_table():
+    from nbssm.refinement import FLOAT32_TOLERANCE
+
+    assert FLOAT32_TOLERANCE == tol("float32_vs_float64")
