@@ -116,23 +116,24 @@ def _finish(final, states, unbatched, out_dtype, return_states):
     return final, states
 
 
-def _apply_m(r, AT, w, g, mr, n):
+def _apply_m(r, AS, w, g, mr, n):
     """``mr[p] = M_p r[p]`` for every path ``p`` of a block, with ``M_p = sum_i w[p, i] A_i``.
 
-    One GEMM ``g = r @ AT`` (``(bs, n) @ (n, dw*n)``) then a weighted sum over ``i``.
+    Rows are scaled first, ``g[:, i*n:(i+1)*n] = w[:, i] * r``, then one GEMM
+    ``mr = g @ AS`` with ``AS = [A_0^T; A_1^T; ...]`` (``(bs, dw*n) @ (dw*n, n)``): the sum over
+    ``i`` happens inside BLAS.
     """
-    np.matmul(r, AT, out=g)  # (bs, dw*n)
-    np.multiply(g[:, :n], w[:, 0:1], out=mr)  # (bs, n)
-    for i in range(1, w.shape[1]):
-        mr += g[:, i * n:(i + 1) * n] * w[:, i:i + 1]
+    for i in range(w.shape[1]):
+        np.multiply(r, w[:, i:i + 1], out=g[:, i * n:(i + 1) * n])
+    np.matmul(g, AS, out=mr)  # (bs, n)
 
 
 def _blas_scan(A, B, domega, dxi, z0, order, euler, return_states, block_size, dtype):
     """Dense scan through BLAS GEMMs, in blocks of paths (see linear_cde_scan)."""
     dw, n, _ = A.shape
     b, T, _ = domega.shape
-    # stacked transposes: (R @ AT)[:, i*n:(i+1)*n] = (A_i R^T)^T
-    AT = np.ascontiguousarray(np.concatenate([A[i].T for i in range(dw)], axis=1), dtype=dtype)  # (n, dw*n)
+    # stacked transposes: [w_0 R, w_1 R, ...] @ AS = sum_i w_i R A_i^T = (M R^T)^T
+    AS = np.ascontiguousarray(np.concatenate([A[i].T for i in range(dw)], axis=0), dtype=dtype)  # (dw*n, n)
     BT = np.ascontiguousarray(B.T, dtype=dtype)  # (dx, n)
     invfact = [1.0 / math.factorial(j) for j in range(order + 2)]
     final = np.empty((b, n), dtype=dtype)
@@ -154,12 +155,12 @@ def _blas_scan(A, B, domega, dxi, z0, order, euler, return_states, block_size, d
             v = v_all[:, k]  # (bs, n)
             w = dwb[:, k]  # (bs, dw)
             if euler:
-                _apply_m(z, AT, w, g, mr, n)
+                _apply_m(z, AS, w, g, mr, n)
                 z = z + mr + v
             else:
                 r = z * invfact[order] + v * invfact[order + 1]
                 for j in range(order - 1, -1, -1):
-                    _apply_m(r, AT, w, g, mr, n)
+                    _apply_m(r, AS, w, g, mr, n)
                     mr += z * invfact[j]
                     mr += v * invfact[j + 1]
                     r, mr = mr, r

@@ -96,6 +96,23 @@ def _strategy(strategy: str, batch_channels: int, chunked_below: int) -> str:
     return strategy
 
 
+def _block_width(batch: int, channels: int, widths) -> int:
+    """Channel-block width of the selective kernel: the widest one that still gives every
+    thread a block (wide blocks amortise the per-token work; see issue 6).
+
+    Only speed depends on it: every channel lane runs the same operations whatever
+    the width, so results are bitwise identical (tested), and choosing it from the
+    thread count keeps results independent of the thread count.
+    """
+    import numba
+
+    threads = numba.get_num_threads()
+    for w in sorted(widths, reverse=True):
+        if channels >= w and batch * ((channels + w - 1) // w) >= threads:
+            return w
+    return min(widths)
+
+
 def default_strategy(kind: str, batch: int, channels: int) -> str:
     """What ``strategy="auto"`` resolves to for ``kind`` in {"linear", "selective"}.
 
@@ -225,7 +242,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     Notes
     -----
     The sigmoid of the gate is the plain ``1 / (1 + exp(-z))``. The state of
-    a block of 16 channels is kept in a small scratch; nothing of size
+    a block of 32 or 64 channels is kept in a scratch on the stack; nothing of size
     ``batch * length * channels * state`` is allocated. Guarantees (threads,
     prefixes, pieces, NaN policy, inputs never written): see the module
     docstring.
@@ -257,7 +274,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         cl = default_chunk_length("selective", batch, channels) if chunk_length is None else check_int(
             chunk_length, "chunk_length", 1)
     scan, _ = _kernels()
-    blk = scan._BLK
+    blk = min(scan.SELECTIVE_WIDTHS)
     if 0 < channels < blk:
         # the kernel works on blocks of _BLK channel lanes: pad with inert channels
         # (u = delta = z = A = D = bias = h0 = 0), computed independently and dropped
@@ -277,8 +294,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         chans = channels
     y = np.empty((batch, length, chans), dtype=dt)
     hT = np.empty((batch, chans, nstate), dtype=dt)
+    width = _block_width(batch, chans, scan.SELECTIVE_WIDTHS)
     scan.selective_scan_kernel(u_, delta_, A_, B_, C_, D_, z_, bias_, has_D, has_z, has_bias,
-                               bool(delta_softplus), h0, y, hT, cl)
+                               bool(delta_softplus), h0, y, hT, cl, width)
     if chans != channels:
         y = np.ascontiguousarray(y[:, :, :channels])
         hT = np.ascontiguousarray(hT[:, :channels, :])
@@ -367,8 +385,16 @@ def warmup(verbose: bool = False) -> dict:
     dict
         ``{"seconds": total wall time}``.
     """
+    import numba
+
     t0 = time.perf_counter()
+    threads = numba.get_num_threads()
     for dt in (np.float32, np.float64):
+        # every block width of the selective kernel: (threads, 2, 64) picks 64, (1, 2, 32) picks 32
+        for batch, chans in ((threads, 64), (1, 32)):
+            uw = np.ones((batch, 2, chans), dtype=dt)
+            selective_scan(uw, uw, -np.ones((chans, 2), dtype=dt), uw[..., :2], uw[..., :2], D=np.ones(chans, dt),
+                           z=uw, delta_bias=np.ones(chans, dt), delta_softplus=True, strategy="sequential")
         a = np.full((1, 3, 2), 0.5, dtype=dt)
         for strat in ("sequential", "chunked"):
             linear_scan(a, a, strategy=strat, chunk_length=2)

@@ -45,6 +45,7 @@ from .symbolic import (
     Budget,
     BudgetExceeded,
     NumericEvaluator,
+    Occurrence,
     Refuted,
     Unknown,
     compare_structures,
@@ -211,6 +212,9 @@ def run_check(spec: CheckSpec, dims: Dims, budget_s: float | None = 30.0) -> Che
         verdict, detail = UNKNOWN, f"error: {type(e).__name__}: {e}"
     finally:
         sympy.core.cache.clear_cache()
+    if spec.kind == CONTROL and verdict == PROVED:
+        # the mutated statement holds here: the mutation is not observable at these dimensions
+        verdict, detail = UNKNOWN, f"control not refuted: the mutated statement holds at these dimensions ({detail})"
     return CheckResult(spec.name, spec.kind, verdict, dims.as_dict(), time.perf_counter() - t0, detail)
 
 
@@ -248,10 +252,13 @@ def prefix_causality(run: Callable[[list], list], xs: list, ys: list, budget: Bu
     budget.check()
     head = full[:keep]
     future = all_symbols(ys)
+    occurs = Occurrence(future)
     for t, out in enumerate(head):
         for j, e in enumerate(out):
-            hit = sorted(dag_symbols(e) & future, key=lambda s: s.name)
             budget.check()
+            if not occurs.contains(e):
+                continue
+            hit = sorted(dag_symbols(e) & future, key=lambda s: s.name)
             for s in hit:
                 w = _dependence_witness(e, s)
                 if w is not None:

@@ -44,6 +44,7 @@ __all__ = [
     "dag_equal",
     "dag_symbols",
     "dag_size",
+    "Occurrence",
     "flatten",
     "NumericEvaluator",
     "compare_structures",
@@ -118,7 +119,7 @@ def _is_basic(x: Any) -> bool:
     return isinstance(x, sympy.Basic)
 
 
-def dag_equal(a: Any, b: Any) -> bool:
+def dag_equal(a: Any, b: Any, seen: set | None = None) -> bool:
     """Exact structural identity of two sympy expressions (or Python numbers).
 
     Two nodes are identical when they are the same object, or have the same
@@ -126,12 +127,16 @@ def dag_equal(a: Any, b: Any) -> bool:
     ``==``). Pairs already visited are not visited again, so the walk is
     linear in the number of distinct node pairs even when the two sides are
     separately built DAGs sharing no object.
+    ``seen`` may be shared between calls on DAGs that share nodes (it holds
+    pairs already proved identical); after a ``False`` result it must be
+    discarded, since it then also holds pairs that were not finished.
     """
     if not (_is_basic(a) and _is_basic(b)):
         if _is_basic(a) or _is_basic(b):
             return sympy.sympify(a) == sympy.sympify(b) if _plain_number(a) and _plain_number(b) else False
         return a == b
-    seen: set[tuple[int, int]] = set()
+    if seen is None:
+        seen = set()
     stack = [(a, b)]
     while stack:
         x, y = stack.pop()
@@ -176,6 +181,42 @@ def _walk(roots: Iterable[Any]):
 def dag_symbols(*roots: Any) -> set:
     """The ``Symbol`` atoms occurring in the expressions ``roots`` (memoised walk)."""
     return {x for x in _walk(roots) if isinstance(x, sympy.Symbol)}
+
+
+class Occurrence:
+    """Which expressions contain any of ``targets``: memoised over every DAG it is asked about.
+
+    ``contains(expr)`` is answered by an iterative post-order walk that stores
+    one boolean per node, so asking about all outputs of a run (which share
+    their states) costs time linear in the size of the whole DAG.
+    """
+
+    def __init__(self, targets: Iterable[Any]) -> None:
+        self.targets = set(targets)
+        self.memo: dict[int, bool] = {}
+        self._keep: list[Any] = []
+
+    def contains(self, expr: Any) -> bool:
+        if not _is_basic(expr):
+            return False
+        memo = self.memo
+        stack = [(expr, False)]
+        while stack:
+            node, ready = stack.pop()
+            i = id(node)
+            if i in memo:
+                continue
+            if not node.args:
+                memo[i] = node in self.targets
+                self._keep.append(node)
+                continue
+            if not ready:
+                stack.append((node, True))
+                stack.extend((a, False) for a in node.args if id(a) not in memo)
+                continue
+            memo[i] = any(memo[id(a)] for a in node.args)
+            self._keep.append(node)
+        return memo[id(expr)]
 
 
 def dag_size(*roots: Any) -> int:
@@ -404,11 +445,13 @@ def compare_structures(lhs: Any, rhs: Any, method: str, budget: Budget | None = 
     rf = flatten(rhs)
     failing = []
     n_expanded = 0
+    seen: set = set()  # node pairs proved identical, shared across entries (they share sub-DAGs)
     for (path, l), (_, r) in zip(lf, rf):
         if budget is not None:
             budget.check()
-        if dag_equal(l, r):
+        if dag_equal(l, r, seen):
             continue
+        seen = set()
         if method == EXPAND:
             n_expanded += 1
             if sympy.expand(sympy.sympify(l) - sympy.sympify(r)) == 0:

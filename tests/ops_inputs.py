@@ -8,7 +8,8 @@ import numpy as np
 def selective_inputs(seed, batch, length, channels, nstate, dtype=np.float64, *, extras=True):
     """Random arguments of ``selective_scan`` in a realistic range.
 
-    A = -exp(N(0, 0.5)) (negative, as in Mamba), delta ~ N(-1, 0.5) before softplus,
+    A = -exp(N(0, 0.5)) (negative, as in Mamba), delta ~ N(-1, 0.5) before softplus
+    (exp of that without ``extras``, where no softplus is applied),
     everything else standard normal. Returns a dict of keyword arguments.
     """
     rng = np.random.default_rng(seed)
@@ -20,6 +21,8 @@ def selective_inputs(seed, batch, length, channels, nstate, dtype=np.float64, *,
         B=f(batch, length, nstate),
         C=f(batch, length, nstate),
     )
+    if not extras:  # no softplus: the step must already be positive (a contracting recurrence)
+        kw["delta"] = np.exp(kw["delta"].astype(np.float64)).astype(dtype)
     if extras:
         kw.update(
             D=f(channels),

@@ -229,6 +229,13 @@ def test_controls_are_refuted_with_a_counterexample(name):
     assert any(w in r.detail for w in ("depends on the future input", "differ", "reads", "satisfy"))
 
 
+def test_control_whose_mutation_is_unobservable_is_not_a_pass():
+    # with no suffix tokens the reversed scan is still causal: the control must not pass
+    spec = next(c for c in C.registry() if c.name == "control_causality_reversed_scan")
+    r = C.run_check(spec, C.Dims(1, 1, 1, 1, 1, 1, 0), 30)
+    assert r.verdict == UNKNOWN and not r.passed and "control not refuted" in r.detail
+
+
 def test_control_patch_is_restored():
     real = ALG.chunk_summary
     spec = next(c for c in C.registry() if c.name == "control_algorithm_chunked_carry_off_by_one_chunk")
@@ -303,3 +310,20 @@ def test_all_checks_at_minimal_and_a_wider_preset():
     for dims in (MINIMAL, C.Dims(3, 2, 3, 2, 2, 2, 2)):
         for r in C.run_all(dims, 60):
             assert r.passed, (r.name, r.verdict, r.detail)
+
+
+# ----------------------------------------------------------------------------- the ledger
+LEDGER = Path(__file__).resolve().parent.parent / "proofs_notes" / "README.md"
+
+
+def test_ledger_lists_every_check_and_only_real_tests():
+    text = LEDGER.read_text()
+    missing = [c.name for c in C.registry() if f"`{c.name}`" not in text]
+    assert not missing, f"checks without a ledger row: {missing}"
+    tests_dir = Path(__file__).resolve().parent
+    refs = re.findall(r"`(test_\w+\.py)::(test_\w+)`", text)
+    assert len(refs) > 50
+    for file, name in refs:
+        path = tests_dir / file
+        assert path.exists(), f"ledger cites a missing test file {file}"
+        assert f"def {name}(" in path.read_text(), f"ledger cites a missing test {file}::{name}"

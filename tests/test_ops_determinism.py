@@ -116,3 +116,25 @@ def test_auto_equals_the_strategy_it_names():
     cl = ops.default_chunk_length("selective", 1, 4)
     assert nbssm.selective_scan(**kw).tobytes() == nbssm.selective_scan(
         **kw, strategy="chunked", chunk_length=cl).tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_block_width_does_not_change_results(dtype):
+    # the kernel's channel-block width is chosen from the thread count for speed only
+    from nbssm._kernels import scan
+    from nbssm._validate import readonly
+
+    kw = selective_inputs(30, 2, 21, 100, 3, dtype)
+    args = [readonly(np.ascontiguousarray(kw[k])) for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    h0 = readonly(np.ascontiguousarray(kw["initial_state"]))
+    outs = []
+    for width in scan.SELECTIVE_WIDTHS:
+        for cl in (21, 8):
+            y = np.empty((2, 21, 100), dtype=dtype)
+            hT = np.empty((2, 100, 3), dtype=dtype)
+            scan.selective_scan_kernel(*args, True, True, True, True, h0, y, hT, cl, width)
+            outs.append((cl, y.tobytes(), hT.tobytes()))
+    by_cl = {}
+    for cl, y, h in outs:
+        by_cl.setdefault(cl, set()).add((y, h))
+    assert all(len(v) == 1 for v in by_cl.values())

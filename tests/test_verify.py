@@ -68,6 +68,7 @@ def test_ledger_text_and_exit_status_follow_the_verdicts(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert rc == 1
     assert "zz_fake_control" in out and "NO" in out and "not passed" in out
+    assert "control not refuted" in out
 
     def refuted(d, b):
         raise C.Refuted("counterexample")

@@ -44,6 +44,18 @@ def _dot(w, x, n):
     return acc
 
 
+@njit(cache=_config.CACHE)
+def _exp(x):
+    """exp of a float32 (vectorisable polynomial) or float64 (libm) scalar."""
+    return exp_(x)
+
+
+@njit(cache=_config.CACHE)
+def _softplus(x):
+    """softplus; float32: ``x`` itself above 20 (PyTorch's threshold)."""
+    return softplus_(x)
+
+
 @njit(cache=_config.CACHE, fastmath=_FASTMATH, inline="always")
 def _rmsnorm_rows(x, weight, eps, out):
     """``out[b] = x[b] / sqrt(mean(x[b]^2) + eps) * weight`` for every row ``b``. (b, Dm)"""
@@ -121,7 +133,7 @@ def _layer_step(hidden, norm_w, eps, in_proj, conv_w, conv_b, x_proj, dt_w, dt_b
                     hist[bb, k, d] = hist[bb, k + 1, d]
                 if width > 1:
                     hist[bb, width - 2, d] = x_new
-                u[bb, d] = acc / (one + exp_(-acc))
+                u[bb, d] = acc / (one + _exp(-acc))
             # partial x_proj over this chunk's channels                       (R+2N,)
             for j in range(n_x):
                 part_x[c, bb, j] = _dot(x_proj[j, d0:d1], u[bb, d0:d1], d1 - d0)
@@ -140,15 +152,15 @@ def _layer_step(hidden, norm_w, eps, in_proj, conv_w, conv_b, x_proj, dt_w, dt_b
                 s = zero
                 for r in range(rank):
                     s += dt_w[d, r] * xdbl[bb, r]
-                dt = softplus_(s + dt_b[d])
+                dt = _softplus(s + dt_b[d])
                 ud = u[bb, d]
                 acc = zero
                 for n in range(n_state):
-                    h = ssm[bb, d, n] * exp_(dt * A_neg[d, n]) + (dt * xdbl[bb, rank + n]) * ud
+                    h = ssm[bb, d, n] * _exp(dt * A_neg[d, n]) + (dt * xdbl[bb, rank + n]) * ud
                     ssm[bb, d, n] = h
                     acc += h * xdbl[bb, rank + n_state + n]
                 zz = xz[bb, e_dim + d]
-                y[bb, d] = (acc + ud * Dskip[d]) * (zz / (one + exp_(-zz)))
+                y[bb, d] = (acc + ud * Dskip[d]) * (zz / (one + _exp(-zz)))
             # partial out_proj over this chunk's channels                     (Dm,)
             for j in range(dm):
                 part_o[c, bb, j] = _dot(out_proj[j, d0:d1], y[bb, d0:d1], d1 - d0)

@@ -49,7 +49,7 @@ def matmul_fold(x, w, out):
 
     Notes
     -----
-    Each tile accumulates in a private ``(_ROWS, _COLS)`` scratch seeded with
+    Each tile accumulates in a private ``(_ROWS, columns)`` scratch seeded with
     zeros (no aliasing with the inputs, so the column loop vectorises), then
     copies it out: element ``(r, j)`` sees exactly ``acc = 0`` and
     ``acc = acc + x[r, i] * w[i, j]`` for ``i = 0, 1, ...``.
@@ -63,7 +63,7 @@ def matmul_fold(x, w, out):
         c0 = (job % ncb) * _COLS
         nr = min(r0 + _ROWS, m) - r0
         nc = min(c0 + _COLS, n) - c0
-        acc = np.zeros((_ROWS, _COLS), dtype=out.dtype)
+        acc = np.zeros((_ROWS, nc), dtype=out.dtype)
         for i in range(k):
             wrow = w[i, c0:c0 + nc]
             for r in range(nr):

@@ -123,6 +123,12 @@ _LN2_HI = _f32(0.693359375)
 _LN2_LO = _f32(-2.12194440e-4)
 _EXP_LO = _f32(-86.64)  # exp(-86.64) ~ 2.5e-38 > 2**-126: keeps the exponent field normal
 _EXP_HI = _f32(88.72283905206835)  # largest argument with a finite float32 exp
+_SHIFTER = _f32(12582912.0)  # 1.5 * 2**23
+# exp(r) ~ 1 + r + r**2 (E2 + E3 r + E4 r**2 + E5 r**3) on |r| <= ln2/2 (fitted, relative error 1.05e-7)
+_E2 = _f32(0.4999923)
+_E3 = _f32(0.16667114)
+_E4 = _f32(0.04189017)
+_E5 = _f32(0.00831253)
 _P0 = _f32(1.9875691500e-4)
 _P1 = _f32(1.3981999507e-3)
 _P2 = _f32(8.3334519073e-3)
@@ -152,29 +158,32 @@ _SOFTPLUS_THRESHOLD32 = _f32(20.0)
 
 @njit(cache=_config.CACHE, error_model="numpy", inline="always")
 def exp32(x):
-    """float32 ``exp(x)`` by range reduction and a degree-6 polynomial (Cephes expf).
+    """float32 ``exp(x)``: range reduction and a degree-5 polynomial, branch-free.
 
-    ``x = n*ln2 + r`` with ``|r| <= ln2/2``; ``exp(x) = 2 * 2**(n-1) * p(r)``;
-    ``2**(n-1)`` is built from its bits (its exponent field stays normal for
-    every clamped argument). Branch-free apart from selects, so a loop around
-    it vectorises. See the module docstring for the accuracy.
+    ``x = n*ln2 + r`` with ``n = round(x/ln2)`` obtained by adding the magic
+    constant ``1.5 * 2**23`` (its low mantissa bits then hold ``n``, so ``2**n``
+    is built with an integer shift and add, no float-int conversion);
+    ``|r| <= ln2/2`` (Cody-Waite split of ln2); ``exp(r)`` by a near-minimax
+    polynomial ``1 + r + r**2 (c2 + c3 r + c4 r**2 + c5 r**3)`` fitted for
+    relative error (1.05e-7 in exact arithmetic). ``2**n`` is applied as
+    ``2 * 2**(n-1)`` so that ``n = 128`` stays representable. Selects handle
+    the range: below -86.64 the result is +0.0, above 88.7228 +inf; NaN gives NaN.
     """
     xc = x
     if xc < _EXP_LO:
         xc = _EXP_LO
     if xc > _EXP_HI:
         xc = _EXP_HI
-    n = np.floor(fma32(xc, _LOG2E, _HALF))
+    t = fma32(xc, _LOG2E, _SHIFTER)
+    n = t - _SHIFTER
     r = fma32(n, -_LN2_HI, xc)
     r = fma32(n, -_LN2_LO, r)
-    r2 = r * r
-    p = fma32(_P0, r, _P1)
-    p = fma32(p, r, _P2)
-    p = fma32(p, r, _P3)
-    p = fma32(p, r, _P4)
-    p = fma32(p, r, _P5)
-    p = fma32(p, r2, r) + _ONE
-    scale = np.int32((np.int32(n) + np.int32(126)) << np.int32(23)).view(np.float32)
+    q = fma32(_E5, r, _E4)
+    q = fma32(q, r, _E3)
+    q = fma32(q, r, _E2)
+    p = fma32(q, r * r, r) + _ONE
+    bits = np.int64(np.float32(t).view(np.int32))
+    scale = np.int32((bits << 23) + np.int64(126 << 23)).view(np.float32)
     res = (p * scale) * _TWO
     if x < _EXP_LO:
         res = _ZERO

@@ -32,13 +32,14 @@ order for every channel). Nothing of size ``b * l * d * n`` is ever allocated.
 from __future__ import annotations
 
 import numpy as np
-from numba import carray, njit, prange
+from numba import carray, literally, njit, prange
 
 from .. import _config
 from .fastmath import exp_, prefetch, sigmoid_, softplus_, stack_buffer
 
-#: channels per block of the selective scan (one block = one set of SIMD lanes)
-_BLK = 16
+#: channel-block widths of the selective scan (a compile-time constant per specialisation);
+#: the results do not depend on the width (every lane runs the same operations)
+SELECTIVE_WIDTHS = (32, 64)
 #: how many tokens ahead the selective kernels prefetch their (b, l, d) rows
 _PREFETCH = 16
 #: channels per block of the linear scan
@@ -211,24 +212,24 @@ def linear_scan_kernel(a, b, h0, out, hT, chunk_length):
 
 # ========================================================================= selective scan
 @njit(cache=_config.CACHE, error_model="numpy")
-def _sel_block_geometry(blk, channels):
-    """``(d0, jw)``: the block reads lanes ``d0 .. d0+_BLK-1`` and owns lanes ``j >= jw``.
+def _sel_block_geometry(blk, channels, W):
+    """``(d0, jw)``: the block reads lanes ``d0 .. d0+W-1`` and owns lanes ``j >= jw``.
 
-    The last block is shifted left to stay inside the array (``channels >= _BLK``);
+    The last block is shifted left to stay inside the array (``channels >= W``);
     the lanes it shares with the previous block are computed (identically) but
     written by the previous block only.
     """
-    dstart = blk * _BLK
-    d0 = min(dstart, channels - _BLK)
+    dstart = blk * W
+    d0 = min(dstart, channels - W)
     return d0, dstart - d0
 
 
 @njit(cache=_config.CACHE, error_model="numpy")
 def _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_softplus,
-             bi, d0, jw, t0, t1, state, y):
-    """Run tokens ``t0..t1-1`` for the block of channels ``d0..d0+_BLK-1``.
+             bi, d0, jw, t0, t1, state, y, W):
+    """Run tokens ``t0..t1-1`` for the block of channels ``d0..d0+W-1``.
 
-    ``state (n, _BLK)`` holds the block's state on entry and receives it on
+    ``state (n, W)`` holds the block's state on entry and receives it on
     exit; ``y[bi, t, d0+j]`` is written for ``j >= jw``. Per token, the spec's
     ``SelectiveMambaBlockSpec`` order with ``A = -A_spec``, every line
     elementwise over the block's channel lanes::
@@ -245,19 +246,27 @@ def _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_
     length = u.shape[1]
     channels = u.shape[2]
     dt = u.dtype
-    h = carray(stack_buffer(nstate * _BLK, dt), (nstate, _BLK))
-    At = carray(stack_buffer(nstate * _BLK, dt), (nstate, _BLK))
-    Dl = carray(stack_buffer(_BLK, dt), (_BLK,))
-    dl = carray(stack_buffer(_BLK, dt), (_BLK,))
-    uu = carray(stack_buffer(_BLK, dt), (_BLK,))
-    yy = carray(stack_buffer(_BLK, dt), (_BLK,))
+    h = carray(stack_buffer(nstate * W, dt), (nstate, W))
+    At = carray(stack_buffer(nstate * W, dt), (nstate, W))
+    Dl = carray(stack_buffer(W, dt), (W,))
+    dl = carray(stack_buffer(W, dt), (W,))
+    uu = carray(stack_buffer(W, dt), (W,))
+    yy = carray(stack_buffer(W, dt), (W,))
     for n in range(nstate):
-        for j in range(_BLK):
+        for j in range(W):
             At[n, j] = A[d0 + j, n]
             h[n, j] = state[n, j]
-    for j in range(_BLK):
+    bl = carray(stack_buffer(W, dt), (W,))
+    for j in range(W):
         Dl[j] = D[d0 + j] if has_D else 0
+        bl[j] = delta_bias[d0 + j] if has_bias else 0
+    # flat views indexed with unsigned offsets: contiguous vector loads (no negative-index selects)
+    uf = u.reshape(u.size)
+    df = delta.reshape(delta.size)
+    zf = z.reshape(z.size)
+    yf = y.reshape(y.size)
     for t in range(t0, t1):
+        row = np.uint64((bi * length + t) * channels + d0)
         # rows (b, l, d) are `channels` apart: prefetch a few tokens ahead
         ahead = (bi * length + t + _PREFETCH) * channels + d0
         prefetch(u, ahead)
@@ -265,11 +274,11 @@ def _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_
         prefetch(y, ahead)
         if has_z:
             prefetch(z, ahead)
-        for j in range(_BLK):
-            uv = u[bi, t, d0 + j]
-            dv = delta[bi, t, d0 + j]
+        for j in range(W):
+            uv = uf[row + np.uint64(j)]
+            dv = df[row + np.uint64(j)]
             if has_bias:
-                dv = dv + delta_bias[d0 + j]
+                dv = dv + bl[j]
             if delta_softplus:
                 dv = softplus_(dv)
             dl[j] = dv
@@ -278,25 +287,25 @@ def _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_
         for n in range(nstate):
             bn = B[bi, t, n]
             cn = C[bi, t, n]
-            for j in range(_BLK):
+            for j in range(W):
                 dv = dl[j]
                 hv = exp_(dv * At[n, j]) * h[n, j] + (dv * bn) * uu[j]
                 h[n, j] = hv
                 yy[j] = yy[j] + hv * cn
         if has_z:
-            for j in range(_BLK):
-                zv = z[bi, t, d0 + j]
+            for j in range(W):
+                zv = zf[row + np.uint64(j)]
                 yy[j] = yy[j] * (zv * sigmoid_(zv))
-        for j in range(jw, _BLK):
-            y[bi, t, d0 + j] = yy[j]
+        for j in range(jw, W):
+            yf[row + np.uint64(j)] = yy[j]
     for n in range(nstate):
-        for j in range(_BLK):
+        for j in range(W):
             state[n, j] = h[n, j]
 
 
 @njit(cache=_config.CACHE, error_model="numpy")
-def _sel_summary(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d0, t0, t1, PQ):
-    """Summary of tokens ``t0..t1-1`` (``t1 > t0``) into ``PQ (2n, _BLK)``: rows ``[0,n)`` P, ``[n,2n)`` Q.
+def _sel_summary(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d0, t0, t1, PQ, W):
+    """Summary of tokens ``t0..t1-1`` (``t1 > t0``) into ``PQ (2n, W)``: rows ``[0,n)`` P, ``[n,2n)`` Q.
 
     ``chunk_summary`` with ``a = exp(dl * A)``, ``b = (dl * B) * u``: the
     first token initialises ``(P, Q) = (a, b)``, every later one does
@@ -306,23 +315,29 @@ def _sel_summary(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d0, t
     length = u.shape[1]
     channels = u.shape[2]
     dt = u.dtype
-    P = carray(stack_buffer(nstate * _BLK, dt), (nstate, _BLK))
-    Q = carray(stack_buffer(nstate * _BLK, dt), (nstate, _BLK))
-    At = carray(stack_buffer(nstate * _BLK, dt), (nstate, _BLK))
-    dl = carray(stack_buffer(_BLK, dt), (_BLK,))
-    uu = carray(stack_buffer(_BLK, dt), (_BLK,))
+    P = carray(stack_buffer(nstate * W, dt), (nstate, W))
+    Q = carray(stack_buffer(nstate * W, dt), (nstate, W))
+    At = carray(stack_buffer(nstate * W, dt), (nstate, W))
+    dl = carray(stack_buffer(W, dt), (W,))
+    uu = carray(stack_buffer(W, dt), (W,))
+    bl = carray(stack_buffer(W, dt), (W,))
     for n in range(nstate):
-        for j in range(_BLK):
+        for j in range(W):
             At[n, j] = A[d0 + j, n]
+    for j in range(W):
+        bl[j] = delta_bias[d0 + j] if has_bias else 0
+    uf = u.reshape(u.size)
+    df = delta.reshape(delta.size)
     for t in range(t0, t1):
+        row = np.uint64((bi * length + t) * channels + d0)
         ahead = (bi * length + t + _PREFETCH) * channels + d0
         prefetch(u, ahead)
         prefetch(delta, ahead)
-        for j in range(_BLK):
-            uv = u[bi, t, d0 + j]
-            dv = delta[bi, t, d0 + j]
+        for j in range(W):
+            uv = uf[row + np.uint64(j)]
+            dv = df[row + np.uint64(j)]
             if has_bias:
-                dv = dv + delta_bias[d0 + j]
+                dv = dv + bl[j]
             if delta_softplus:
                 dv = softplus_(dv)
             dl[j] = dv
@@ -330,7 +345,7 @@ def _sel_summary(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d0, t
         first = t == t0
         for n in range(nstate):
             bn = B[bi, t, n]
-            for j in range(_BLK):
+            for j in range(W):
                 dv = dl[j]
                 at = exp_(dv * At[n, j])
                 bt = (dv * bn) * uu[j]
@@ -341,59 +356,60 @@ def _sel_summary(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d0, t
                     P[n, j] = at * P[n, j]
                     Q[n, j] = at * Q[n, j] + bt
     for n in range(nstate):
-        for j in range(_BLK):
+        for j in range(W):
             PQ[n, j] = P[n, j]
             PQ[nstate + n, j] = Q[n, j]
 
 
 @njit(cache=_config.CACHE, parallel=True, error_model="numpy")
 def selective_scan_kernel(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias,
-                          delta_softplus, h0, y, hT, chunk_length):
+                          delta_softplus, h0, y, hT, chunk_length, W):
     """Fused selective scan, chunked in time by ``chunk_length`` (``chunked_diagonal_scan``).
 
     ``chunk_length >= length`` is the sequential strategy (one chunk: phases 1
     and 2 are empty, phase 3 runs the time loop from ``h0``). Requires
-    ``channels >= _BLK`` (or ``channels == 0``); :mod:`nbssm.ops` pads.
+    ``channels >= W`` (or ``channels == 0``); :mod:`nbssm.ops` pads.
     Parallel over (batch, channel block, chunk) in phases 1 and 3 and over
     (batch, channel block) in phase 2.
 
     u, delta, z, y : (b, l, d); A : (d, n); B, C : (b, l, n); D, delta_bias : (d,);
     h0, hT : (b, d, n).
     """
+    literally(W)
     batch, length, channels = u.shape
     nstate = A.shape[1]
     dt = u.dtype
-    nblk = (channels + _BLK - 1) // _BLK
+    nblk = (channels + W - 1) // W
     nchunks = (length + chunk_length - 1) // chunk_length
     nsum = max(nchunks - 1, 0)
     # phase 1: local summaries of every chunk but the last
-    PQ = np.empty((batch, nsum, nblk, 2 * nstate, _BLK), dtype=dt)
+    PQ = np.empty((batch, nsum, nblk, 2 * nstate, W), dtype=dt)
     for job in prange(batch * nblk * nsum):
         k = job % nsum
         rest = job // nsum
         bi = rest // nblk
         blk = rest % nblk
-        d0, jw = _sel_block_geometry(blk, channels)
+        d0, jw = _sel_block_geometry(blk, channels, W)
         t0 = k * chunk_length
         _sel_summary(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d0, t0, t0 + chunk_length,
-                     PQ[bi, k, blk])
+                     PQ[bi, k, blk], W)
     # phase 2: serial carry over the summaries; H[:, k] is the state entering chunk k
-    H = np.empty((batch, max(nchunks, 1), nblk, nstate, _BLK), dtype=dt)
+    H = np.empty((batch, max(nchunks, 1), nblk, nstate, W), dtype=dt)
     for job in prange(batch * nblk):
         bi = job // nblk
         blk = job % nblk
-        d0, jw = _sel_block_geometry(blk, channels)
+        d0, jw = _sel_block_geometry(blk, channels, W)
         for n in range(nstate):
-            for j in range(_BLK):
+            for j in range(W):
                 H[bi, 0, blk, n, j] = h0[bi, d0 + j, n]
         for k in range(nsum):
             for n in range(nstate):
-                for j in range(_BLK):
+                for j in range(W):
                     H[bi, k + 1, blk, n, j] = (PQ[bi, k, blk, n, j] * H[bi, k, blk, n, j]
                                                + PQ[bi, k, blk, nstate + n, j])
         if nchunks == 0:
             for n in range(nstate):
-                for j in range(jw, _BLK):
+                for j in range(jw, W):
                     hT[bi, d0 + j, n] = h0[bi, d0 + j, n]
     # phase 3: fix-up, every chunk from its carried state, with the readout
     for job in prange(batch * nblk * nchunks):
@@ -401,13 +417,13 @@ def selective_scan_kernel(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has
         rest = job // nchunks
         bi = rest // nblk
         blk = rest % nblk
-        d0, jw = _sel_block_geometry(blk, channels)
+        d0, jw = _sel_block_geometry(blk, channels, W)
         t0 = k * chunk_length
         t1 = min(t0 + chunk_length, length)
-        state = H[bi, k, blk]  # (n, _BLK): the carried state in, the chunk's last state out
+        state = H[bi, k, blk]  # (n, W): the carried state in, the chunk's last state out
         _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_softplus,
-                 bi, d0, jw, t0, t1, state, y)
+                 bi, d0, jw, t0, t1, state, y, W)
         if k == nchunks - 1:
             for n in range(nstate):
-                for j in range(jw, _BLK):
+                for j in range(jw, W):
                     hT[bi, d0 + j, n] = state[n, j]

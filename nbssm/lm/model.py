@@ -322,10 +322,6 @@ class MambaLM:
         if l == 0:
             logits = np.zeros((b, 0, V), self.dtype)
             return (logits[0] if single else logits), new
-        if last_only and l == 1:
-            logits, new = self.step(ids[:, 0], new, inplace=True)
-            logits = logits[:, None]
-            return (logits[0] if single else logits), new
         hidden = self.embed[ids]                                               # (b, l, Dm)
         for i, mixer in enumerate(self.layers):
             hn = rms_norm(hidden, self.p["norm_w"][i], self.eps)               # (b, l, Dm)
@@ -401,7 +397,12 @@ class MambaLM:
         return (out[0] if single else out), state
 
     def prefill(self, prompts: Sequence, state: MambaLMState | None = None):
-        """Run prompts of possibly different lengths; each is run alone, then the states stacked.
+        """Run prompts of possibly different lengths, then stack their states for batched decode.
+
+        Prompts of different lengths are each run alone (so each row is bitwise what running it
+        alone gives); prompts of one common length run as one batch (rows equal running alone
+        up to the BLAS rounding of the projections). The decode that follows is bitwise
+        batch-invariant either way.
 
         Parameters
         ----------

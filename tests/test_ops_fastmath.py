@@ -1,0 +1,89 @@
+"""Accuracy and special values of the float32 polynomial math; warmup and lazy import."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from numba import njit
+from tolerances import tol
+
+from nbssm._kernels.fastmath import exp32, sigmoid32, softplus32
+
+
+@njit(error_model="numpy")
+def _apply(kind, x, out):
+    for i in range(x.size):
+        if kind == 0:
+            out[i] = exp32(x[i])
+        elif kind == 1:
+            out[i] = softplus32(x[i])
+        else:
+            out[i] = sigmoid32(x[i])
+
+
+def _run(kind, x):
+    x = np.asarray(x, dtype=np.float32)
+    out = np.empty_like(x)
+    _apply(kind, x, out)
+    return out
+
+
+def _rel(got, want):
+    return float(np.max(np.abs(got.astype(np.float64) - want) / np.abs(want)))
+
+
+def test_exp32_accuracy_over_its_range():
+    x = np.linspace(-86.6, 88.7, 400_001).astype(np.float32)
+    want = np.array([math.exp(v) for v in x.astype(np.float64)])
+    assert _rel(_run(0, x), want) <= tol("exp32")
+
+
+def test_softplus32_and_sigmoid32_accuracy():
+    x = np.linspace(-80, 80, 200_001).astype(np.float32)
+    x64 = x.astype(np.float64)
+    sp = np.array([math.log1p(math.exp(v)) for v in x64])
+    assert _rel(_run(1, x), sp) <= tol("softplus32")
+    sig = 1.0 / (1.0 + np.exp(-x64))
+    assert _rel(_run(2, x), sig) <= tol("sigmoid32")
+
+
+def test_special_values():
+    e = _run(0, [np.nan, np.inf, -np.inf, 88.8, -90.0, 0.0])
+    assert np.isnan(e[0]) and e[1] == np.inf and e[2] == 0.0 and e[3] == np.inf and e[4] == 0.0 and e[5] == 1.0
+    s = _run(1, [np.nan, np.inf, -np.inf, 25.0, -200.0])
+    assert np.isnan(s[0]) and s[1] == np.inf and s[2] == 0.0 and s[3] == np.float32(25.0) and s[4] == 0.0
+    g = _run(2, [np.nan, np.inf, -np.inf, 0.0])
+    assert np.isnan(g[0]) and g[1] == 1.0 and g[2] == 0.0 and g[3] == 0.5
+
+
+def test_import_nbssm_compiles_nothing_and_does_not_import_numba():
+    code = "import sys, nbssm; assert 'numba' not in sys.modules, 'numba imported'; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_warmup_compiles_every_specialisation_once():
+    import nbssm
+    from nbssm._kernels import conv, scan
+
+    nbssm.warmup()
+    counts = [len(k.signatures) for k in (scan.selective_scan_kernel, scan.linear_scan_kernel, conv.causal_conv)]
+    assert all(c >= 2 for c in counts)  # float32 and float64
+    nbssm.warmup()
+    rng = np.random.default_rng(0)
+    u = rng.standard_normal((1, 5, 20)).astype(np.float32)
+    nbssm.selective_scan(u, u, -np.ones((20, 3), np.float32), u[..., :3], u[..., :3])
+    assert [len(k.signatures) for k in (scan.selective_scan_kernel, scan.linear_scan_kernel, conv.causal_conv)] == counts
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_output_dtype_follows_input(dtype):
+    import nbssm
+
+    a = np.ones((1, 3, 2), dtype=dtype)
+    assert nbssm.linear_scan(a, a).dtype == dtype
+    assert nbssm.causal_conv1d(a, np.ones((2, 2), dtype=dtype)).dtype == dtype
