@@ -46,8 +46,12 @@ def spec_named(name: str) -> C.CheckSpec:
     return next(c for c in C.registry() if c.name == name)
 
 
+LAST_DETAIL = {}
+
+
 def time_check(name: str, dims: C.Dims, budget: float) -> tuple[str, float]:
     r = C.run_check(spec_named(name), dims, budget)
+    LAST_DETAIL["detail"] = r.detail
     return r.verdict, r.seconds
 
 
@@ -109,6 +113,7 @@ def main(argv=None) -> int:
             print(lines[-1], flush=True)
 
         # 4. frontier: grow geometrically until over budget, then bisect
+        reasons: dict[str, str] = {}
         def frontier(make, start: int, label: str):
             lo, hi, t_lo = None, None, None
             n = start
@@ -121,6 +126,7 @@ def main(argv=None) -> int:
                     n *= 2
                 else:
                     hi = n
+                    reasons[label] = f"{n}: {LAST_DETAIL['detail'][:80]}"
             while lo is not None and hi - lo > max(1, lo // 8):
                 mid = (lo + hi) // 2
                 v, s = time_check(TARGET, make(mid), args.frontier_budget)
@@ -130,6 +136,7 @@ def main(argv=None) -> int:
                     lo, t_lo = mid, s
                 else:
                     hi = mid
+                    reasons[label] = f"{mid}: {LAST_DETAIL['detail'][:80]}"
             return lo, hi, t_lo
 
         dlo, dhi, dt = frontier(lambda n: C.Dims(n, n, n, n, 3, 3, 2), 8, "dims")
@@ -138,8 +145,9 @@ def main(argv=None) -> int:
                   f"- largest dims (input = inner = state = output, convWidth 3) at 3+2 tokens: {dlo} "
                   f"({dt:.1f} s); {dhi} did not finish" if dlo else "- dims frontier: not reached",
                   f"- longest |xs|+|ys| (|ys| = 2) at the default dims (2, convWidth 3): {llo} ({lt:.1f} s); "
-                  f"{lhi} did not finish" if llo else "- length frontier: not reached"]
-        print("\n".join(lines[-4:]), flush=True)
+                  f"{lhi} did not finish" if llo else "- length frontier: not reached",
+                  "- why the smallest failing points failed: " + "; ".join(f"{k} {v}" for k, v in reasons.items())]
+        print("\n".join(lines[-5:]), flush=True)
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,9 +28,11 @@ Guarantees
 * **Refinement.** float64 follows the spec's operations and fold orders
   (projections, convolution, recurrence, activations with the C library's
   ``exp``/``log``) and, with ``strategy="sequential"``, reproduces the spec's
-  double runner ``run_list`` (``nbssm.spec.context.DOUBLE``) bit for bit;
-  the tests hold it to 1e-12 relative (see ``tests/tolerances.py``). float32
-  uses the kernels' polynomial ``exp``/``log`` and a tolerance.
+  double runner ``run_list`` (``nbssm.spec.context.DOUBLE``) bit for bit
+  (asserted by ``tests/test_models.py``, edge dimensions included); the
+  chunked strategy stays within 1e-12 relative. float32 runs the scan with
+  the kernels' polynomial ``exp``/``log`` and is held to a tolerance
+  (``tests/tolerances.py``, ``model_float32``).
 * **Determinism.** Results do not depend on the number of threads;
   ``strategy="auto"`` depends only on batch size and channel count (see
   :mod:`nbssm.ops`).
@@ -648,4 +650,22 @@ class SelectiveMamba(_Model):
         )
 
 
-__all__ = ["DiagonalS4", "CompactMamba", "SelectiveMamba", "ModelState", "DIM_NAMES"]
+def warmup() -> None:
+    """Compile (or load from Numba's cache) every kernel the models use, float32 and float64.
+
+    Runs each model once on a tiny input, with both scan strategies and a
+    projection large enough to take the parallel path.
+    """
+    from ._kernels.dense import SERIAL_BELOW
+
+    big = int(np.ceil(SERIAL_BELOW ** (1 / 3))) + 1
+    for dt in (_F32, _F64):
+        x = np.zeros((1, 2, 2), dtype=dt)
+        for model in (DiagonalS4.random(2, 2, 2, seed=0, dtype=dt), CompactMamba.random(2, 2, 2, seed=0, dtype=dt),
+                      SelectiveMamba.random(2, 2, 2, 2, 2, seed=0, dtype=dt)):
+            for strategy in ("sequential", "chunked"):
+                model.forward(x, strategy=strategy, chunk_length=1)
+        _project(np.zeros((big, big), dtype=dt), np.zeros((big, big), dtype=dt))
+
+
+__all__ = ["DiagonalS4", "CompactMamba", "SelectiveMamba", "ModelState", "DIM_NAMES", "warmup"]

@@ -31,14 +31,14 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
 import sympy
 
 from . import models as M
 from . import scan as S
-from .context import DOUBLE, SYMPY, SYMPY_ARRAY, Context
+from .context import DOUBLE, SYMPY, SYMPY_ARRAY
 from .symbolic import (
     EXPAND,
     IDENTITY,
@@ -50,7 +50,6 @@ from .symbolic import (
     Unknown,
     compare_structures,
     dag_equal,
-    dag_size,
     dag_symbols,
     flatten,
     fmt_num,
@@ -187,9 +186,25 @@ def registry() -> list[CheckSpec]:
 def run_check(spec: CheckSpec, dims: Dims, budget_s: float | None = 30.0) -> CheckResult:
     """Run one check under a wall-clock budget and return its :class:`CheckResult`.
 
-    A budget of 0 s (or less) gives ``unknown`` without running anything.
-    Any exception other than the verdict signals gives ``unknown`` with the
-    error as detail (never a pass).
+    Parameters
+    ----------
+    spec : CheckSpec
+        The registered check.
+    dims : Dims
+        Dimensions and lengths to instantiate the statement at.
+    budget_s : float or None
+        Wall-clock budget in seconds (None: unlimited). A budget of 0 s (or
+        less) gives ``unknown`` without running anything; a check still
+        running when it is spent is interrupted and gives ``unknown``.
+
+    Returns
+    -------
+    CheckResult
+        ``proved`` / ``refuted`` (detail: the counterexample) / ``unknown``
+        (detail: why). Any exception other than the verdict signals gives
+        ``unknown`` with the error as detail (never a pass). A control whose
+        mutated statement is proved at these dimensions gives ``unknown``
+        (the mutation is not observable there).
     """
     t0 = time.perf_counter()
     if budget_s is not None and budget_s <= 0:
@@ -238,12 +253,36 @@ def prefix_causality(run: Callable[[list], list], xs: list, ys: list, budget: Bu
                      keep: int | None = None) -> str:
     """Decide ``take keep (run (xs ++ ys)) = run xs`` (``keep = |xs|`` by default).
 
-    ``run(tokens)`` returns the list of outputs (each a vector). The two
-    sides are built from a cleared cache. Proved when both hold: (1) no
-    symbol of ``ys`` occurs in the first ``keep`` outputs of the long run,
-    (2) those outputs are structurally identical to ``run xs``. Refuted with
-    the output and the future input it depends on (and two numeric
-    evaluations differing only in that input), or with the length mismatch.
+    Parameters
+    ----------
+    run : callable
+        ``run(tokens)`` returns the list of outputs, one vector (list of
+        sympy expressions) per token.
+    xs, ys : list of lists of sympy symbols
+        Shapes (|xs|, input_dim) and (|ys|, input_dim); every component a
+        distinct symbol.
+    budget : Budget
+    keep : int, optional
+        Number of leading outputs compared (|xs| for the theorem; controls
+        use |xs| + 1).
+
+    Returns
+    -------
+    str
+        The evidence, when proved: both (1) no symbol of ``ys`` occurs in
+        the first ``keep`` outputs of the long run (a memoised walk over the
+        DAG), and (2) those outputs are structurally identical to ``run xs``.
+        The two runs are built from a cleared sympy cache each.
+
+    Raises
+    ------
+    Refuted
+        With the output and the future input it depends on (and two numeric
+        evaluations differing only in that input), or the length mismatch,
+        or a point where the outputs differ.
+    Unknown
+        Future symbols occur but no numeric dependence is seen, or the
+        outputs are not identical yet agree numerically.
     """
     keep = len(xs) if keep is None else keep
     full = independent(lambda: run(xs + ys))
@@ -276,7 +315,23 @@ def prefix_causality(run: Callable[[list], list], xs: list, ys: list, budget: Bu
 
 
 def sides(lhs: Callable[[], Any], rhs: Callable[[], Any], method: str, budget: Budget) -> str:
-    """Build both sides independently and compare them (identity or expand)."""
+    """Build both sides independently and compare them.
+
+    Parameters
+    ----------
+    lhs, rhs : callable
+        Zero-argument builders of the two sides (nested lists/tuples of
+        sympy expressions or Python ints), each run from a cleared sympy
+        cache so that no object is shared between the sides but the symbols.
+    method : {"identity", "expand"}
+    budget : Budget
+
+    Returns
+    -------
+    str
+        The evidence; raises :class:`Refuted` or :class:`Unknown` otherwise
+        (see :func:`nbssm.spec.symbolic.compare_structures`).
+    """
     left = independent(lhs)
     budget.check()
     right = independent(rhs)

@@ -137,14 +137,21 @@ def _fmt_dims(d: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in d.items())
 
 
-def format_ledger(results: list[CheckResult], details: bool = True) -> str:
-    """The ledger as text: one row per check, then the evidence of every failing row."""
+def format_ledger(results: list[CheckResult], details: bool = True, dims_width: int = 64) -> str:
+    """The ledger as text: one row per check, then the evidence of every failing row.
+
+    Columns: name, kind, verdict, seconds, ok (passed), dims (truncated to
+    ``dims_width`` characters; ``--json`` has them in full).
+    """
+    def dims_text(r: CheckResult) -> str:
+        t = _fmt_dims(r.dims)
+        return t if len(t) <= dims_width else t[: dims_width - 3] + "..."
+
     name_w = max([len(r.name) for r in results] + [4])
-    dims_w = max([len(_fmt_dims(r.dims)) for r in results] + [4])
-    lines = [f"{'name':<{name_w}}  {'kind':<7}  {'dims':<{dims_w}}  {'verdict':<8}  {'seconds':>8}  ok"]
+    lines = [f"{'name':<{name_w}}  {'kind':<7}  {'verdict':<8}  {'seconds':>8}  {'ok':<3}  dims"]
     for r in results:
-        lines.append(f"{r.name:<{name_w}}  {r.kind:<7}  {_fmt_dims(r.dims):<{dims_w}}  {r.verdict:<8}  "
-                     f"{r.seconds:8.2f}  {'yes' if r.passed else 'NO'}")
+        lines.append(f"{r.name:<{name_w}}  {r.kind:<7}  {r.verdict:<8}  {r.seconds:8.2f}  "
+                     f"{'yes' if r.passed else 'NO':<3}  {dims_text(r)}")
     bad = [r for r in results if not r.passed]
     if details and bad:
         lines.append("")

@@ -7,7 +7,6 @@ unknown, and the DAG utilities agree with sympy's own (slow) operations.
 
 from __future__ import annotations
 
-import random
 import re
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from nbssm.spec.symbolic import (
     Budget,
     BudgetExceeded,
     NumericEvaluator,
+    Occurrence,
     Refuted,
     Unknown,
     compare_structures,
@@ -74,6 +74,10 @@ def test_dag_equal_agrees_with_sympy_equality(ops, which):
 def test_dag_symbols_agrees_with_free_symbols(ops):
     e = build_expr(ops)
     assert dag_symbols(e) == e.free_symbols
+    for target in SYMS:
+        occ = Occurrence([target])
+        assert occ.contains(e) == (target in e.free_symbols)
+        assert occ.contains(e) == (target in e.free_symbols)  # memoised answer
 
 
 def test_dag_traversals_are_linear_on_shared_dags():

@@ -169,6 +169,19 @@ def test_projection_kernel_is_the_spec_fold_and_row_independent():
     np.testing.assert_array_equal(out, ref)
     for r in (0, 5, 10):
         np.testing.assert_array_equal(_project(x[r:r + 1], w), out[r:r + 1])
+    # the parallel and the serial driver run the same tiles: the same bits
+    from nbssm._kernels.dense import _matmul_fold_parallel, _matmul_fold_serial
+
+    for dt in (np.float64, np.float32):
+        xb = rng.standard_normal((37, 50)).astype(dt)
+        wb = rng.standard_normal((50, 1100)).astype(dt)
+        o1, o2 = np.empty((37, 1100), dt), np.empty((37, 1100), dt)
+        _matmul_fold_parallel(xb, wb, o1)
+        _matmul_fold_serial(xb, wb, o2)
+        np.testing.assert_array_equal(o1, o2)
+    ref = np.array([vec_mat(DOUBLE, r.tolist(), wb[:, 1020:1030].astype(np.float64).tolist(), 10)
+                    for r in xb.astype(np.float64)])
+    np.testing.assert_array_equal(_project(xb.astype(np.float64), wb.astype(np.float64))[:, 1020:1030], ref)
     x32, w32 = x.astype(np.float32), w.astype(np.float32)
     out32 = _project(x32, w32)
     loop = np.zeros((11, 600), dtype=np.float32)   # plain float32 fold written here
@@ -251,6 +264,12 @@ def test_selective_continuation_from_a_nonzero_history_matches_run_list_aux():
     H, ys = spec.run_list_aux(DOUBLE, H0, L0, x[0, 5:].tolist())
     np.testing.assert_array_equal(y2[0], np.array(ys))
     np.testing.assert_array_equal(s2.ssm[0], np.array(H))
+
+
+def test_warmup_runs():
+    from nbssm.models import warmup
+
+    assert warmup() is None
 
 
 def test_results_do_not_depend_on_the_thread_count():

@@ -170,7 +170,7 @@ def test_linear_float64_bitwise_vs_spec(shape):
 
 
 @pytest.mark.parametrize("chunk_length", [1, 2, 3, 7, 100])
-@pytest.mark.parametrize("channels", [1, 3])  # one channel runs 8 chunks in lockstep
+@pytest.mark.parametrize("channels", [1, 3])  # one channel runs 4 chunks in lockstep
 def test_linear_chunked_float64_bitwise_vs_generic_reference(chunk_length, channels):
     a, b, h0 = linear_inputs(8, 2, 29 if chunk_length < 7 else 80, channels)
     out, hT = nbssm.linear_scan(a, b, h0, return_final_state=True, strategy="chunked", chunk_length=chunk_length)
@@ -250,3 +250,23 @@ def test_refinement_tolerance_matches_the_table():
     from nbssm.refinement import FLOAT32_TOLERANCE
 
     assert FLOAT32_TOLERANCE == tol("float32_vs_float64")
+
+
+def test_refinement_checks_refute_a_broken_kernel(monkeypatch):
+    # negative control: a kernel off by one ulp in one output must be refuted, with a location
+    from nbssm import ops
+    from nbssm.refinement import refinement_checks
+
+    real = ops.selective_scan
+
+    def broken(*args, **kwargs):
+        out = real(*args, **kwargs)
+        y = out[0] if isinstance(out, tuple) else out
+        y.flat[-1] = np.nextafter(y.flat[-1], np.inf)
+        return out
+
+    monkeypatch.setattr(ops, "selective_scan", broken)
+    results = {r.name: r for r in refinement_checks(seed=1)}
+    r = results["selective_scan_sequential_refines_selective_recurrence_step"]
+    assert r.verdict == "refuted" and "index" in r.detail
+    assert results["causal_conv1d_refines_causal_conv_step_and_streaming_reference"].verdict == "proved"

@@ -60,7 +60,9 @@ def test_stream_gives_every_prefix():
     assert not s[:, 0].any()
     for b in range(2):
         for t in range(9):
-            np.testing.assert_array_equal(s[b, t], signature(path[b, : t + 1], 3))
+            # stream prepends nothing: it appends segments (forward Chen), the plain signature
+            # prepends them (backward): equal up to rounding
+            assert max_rel_err(s[b, t], signature(path[b, : t + 1], 3)) <= tol("signature_vs_chen_reference")
     # unbatched stream
     np.testing.assert_array_equal(signature(path[1], 3, stream=True), s[1])
 
@@ -172,6 +174,14 @@ def test_matches_public_library(dim, depth, length):
     want = lib(path, depth)
     assert got.shape == want.shape, name
     assert max_rel_err(got, want) <= tol("signature_vs_library"), name
+
+
+@settings(deadline=None, max_examples=40)
+@given(dim=st.integers(1, 4), depth=st.integers(1, 5), length=st.integers(2, 49), seed=st.integers(0, 2**31 - 1))
+def test_matches_public_library_hypothesis(dim, depth, length, seed):
+    name, lib = _library()
+    path = np.random.default_rng(seed).standard_normal((length, dim))
+    assert max_rel_err(signature(path, depth), lib(path, depth)) <= tol("signature_vs_library"), name
 
 
 def test_library_convention_on_the_papers_path():

@@ -33,6 +33,9 @@ def causal_conv(x, w_newest, bias, has_bias, history, silu, out):
     width = w_newest.shape[0]
     nhist = history.shape[1]  # == max(width - 1, 0)
     nblk = (channels + _CBLK - 1) // _CBLK
+    xf = x.reshape(x.size)
+    hf = history.reshape(history.size)
+    of = out.reshape(out.size)
     for job in prange(batch * nblk):
         bi = job // nblk
         d0 = (job % nblk) * _CBLK
@@ -47,17 +50,20 @@ def causal_conv(x, w_newest, bias, has_bias, history, silu, out):
                     acc[j] = 0
             for k in range(width):
                 p = t - k
+                # flat offsets as unsigned integers: contiguous vector loads over j
                 if p >= 0:
+                    row = np.uint64((bi * length + p) * channels + d0)
                     for j in range(nd):
-                        acc[j] = acc[j] + x[bi, p, d0 + j] * w_newest[k, d0 + j]
+                        acc[j] = acc[j] + xf[row + np.uint64(j)] * w_newest[k, d0 + j]
                 else:
-                    hp = nhist + p
+                    row = np.uint64((bi * nhist + nhist + p) * channels + d0)
                     for j in range(nd):
-                        acc[j] = acc[j] + history[bi, hp, d0 + j] * w_newest[k, d0 + j]
+                        acc[j] = acc[j] + hf[row + np.uint64(j)] * w_newest[k, d0 + j]
+            orow = np.uint64((bi * length + t) * channels + d0)
             if silu:
                 for j in range(nd):
                     c = acc[j]
-                    out[bi, t, d0 + j] = c * sigmoid_(c)
+                    of[orow + np.uint64(j)] = c * sigmoid_(c)
             else:
                 for j in range(nd):
-                    out[bi, t, d0 + j] = acc[j]
+                    of[orow + np.uint64(j)] = acc[j]

@@ -34,9 +34,57 @@ from .. import _config
 _ROWS = 8
 #: columns per output tile (the tile of ``out`` stays in L1/L2)
 _COLS = 512
+#: projections with fewer multiply-adds than this run on one thread (same bits either way)
+SERIAL_BELOW = 1 << 20
+
+
+@njit(cache=_config.CACHE, error_model="numpy")
+def _fold_tile(x, w, out, r0, c0, nr, nc):
+    """One output tile ``out[r0:r0+nr, c0:c0+nc]``, each element a left fold over ``i``.
+
+    The tile accumulates in a private ``(_ROWS, nc)`` scratch seeded with zeros
+    (no aliasing with the inputs, so the column loop vectorises), then is
+    copied out: element ``(r, j)`` sees exactly ``acc = 0`` and
+    ``acc = acc + x[r, i] * w[i, j]`` for ``i = 0, 1, ...``.
+    """
+    k = x.shape[1]
+    acc = np.zeros((_ROWS, nc), dtype=out.dtype)
+    for i in range(k):
+        wrow = w[i, c0:c0 + nc]
+        for r in range(nr):
+            xi = x[r0 + r, i]
+            a = acc[r]
+            for j in range(nc):
+                a[j] = a[j] + xi * wrow[j]
+    for r in range(nr):
+        for j in range(nc):
+            out[r0 + r, c0 + j] = acc[r, j]
 
 
 @njit(cache=_config.CACHE, parallel=True, error_model="numpy")
+def _matmul_fold_parallel(x, w, out):
+    m = x.shape[0]
+    n = w.shape[1]
+    nrb = (m + _ROWS - 1) // _ROWS
+    ncb = (n + _COLS - 1) // _COLS
+    for job in prange(nrb * ncb):
+        r0 = (job // ncb) * _ROWS
+        c0 = (job % ncb) * _COLS
+        _fold_tile(x, w, out, r0, c0, min(r0 + _ROWS, m) - r0, min(c0 + _COLS, n) - c0)
+
+
+@njit(cache=_config.CACHE, error_model="numpy")
+def _matmul_fold_serial(x, w, out):
+    m = x.shape[0]
+    n = w.shape[1]
+    nrb = (m + _ROWS - 1) // _ROWS
+    ncb = (n + _COLS - 1) // _COLS
+    for job in range(nrb * ncb):
+        r0 = (job // ncb) * _ROWS
+        c0 = (job % ncb) * _COLS
+        _fold_tile(x, w, out, r0, c0, min(r0 + _ROWS, m) - r0, min(c0 + _COLS, n) - c0)
+
+
 def matmul_fold(x, w, out):
     """``out = x @ w`` with each element a left fold over ``i`` (spec ``vecMat``), rows independent.
 
@@ -49,34 +97,18 @@ def matmul_fold(x, w, out):
 
     Notes
     -----
-    Each tile accumulates in a private ``(_ROWS, columns)`` scratch seeded with
-    zeros (no aliasing with the inputs, so the column loop vectorises), then
-    copies it out: element ``(r, j)`` sees exactly ``acc = 0`` and
-    ``acc = acc + x[r, i] * w[i, j]`` for ``i = 0, 1, ...``.
+    Below ``SERIAL_BELOW`` multiply-adds the tiles run serially (a parallel
+    region costs more than the work, and on a loaded machine it waits for
+    every thread to be scheduled); above, in parallel over tiles. Both run
+    the same tiles with the same operations, so the bits are the same.
     """
-    m, k = x.shape
-    n = w.shape[1]
-    nrb = (m + _ROWS - 1) // _ROWS
-    ncb = (n + _COLS - 1) // _COLS
-    for job in prange(nrb * ncb):
-        r0 = (job // ncb) * _ROWS
-        c0 = (job % ncb) * _COLS
-        nr = min(r0 + _ROWS, m) - r0
-        nc = min(c0 + _COLS, n) - c0
-        acc = np.zeros((_ROWS, nc), dtype=out.dtype)
-        for i in range(k):
-            wrow = w[i, c0:c0 + nc]
-            for r in range(nr):
-                xi = x[r0 + r, i]
-                a = acc[r]
-                for j in range(nc):
-                    a[j] = a[j] + xi * wrow[j]
-        for r in range(nr):
-            for j in range(nc):
-                out[r0 + r, c0 + j] = acc[r, j]
+    if x.shape[0] * x.shape[1] * w.shape[1] < SERIAL_BELOW:
+        _matmul_fold_serial(x, w, out)
+    else:
+        _matmul_fold_parallel(x, w, out)
 
 
-@njit(cache=_config.CACHE, parallel=True, error_model="numpy")
+@njit(cache=_config.CACHE, error_model="numpy")
 def sigmoid_rows(x, out):
     """``out = 1 / (1 + exp(-x))`` elementwise (the spec's plain sigmoid); ``x, out (m, n)``.
 
@@ -85,7 +117,7 @@ def sigmoid_rows(x, out):
     ``expf`` and rounds the float64 quotient once to float32.
     """
     m, n = x.shape
-    for r in prange(m):
+    for r in range(m):
         for j in range(n):
             out[r, j] = 1.0 / (1.0 + math.exp(-x[r, j]))
 

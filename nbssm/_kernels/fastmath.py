@@ -15,10 +15,10 @@ the argument type at compile time (``numba.extending.overload``).
 Accuracy of the float32 approximations (measured by
 ``tests/test_ops_fastmath.py`` against float64 libm over their whole range):
 
-* ``exp32``: relative error below 2.5e-7 for results >= 2**-125; results
+* ``exp32``: relative error below 2.5e-7 (measured 1.8e-7) for results >= 2**-125; results
   below 2**-125 (arguments below about -86.64) are flushed to +0.0; arguments
   above 88.72 give +inf; NaN gives NaN.
-* ``log1p_exp32`` (softplus): relative error below 4e-7 for any finite
+* ``softplus32``: relative error below 4e-7 (measured 2.4e-7) for any finite
   argument; ``x`` itself above 20 (as PyTorch and mamba_ssm); NaN gives NaN.
 * ``sigmoid32``: ``1 / (1 + exp32(-x))``.
 
@@ -94,6 +94,24 @@ def fma32(typingctx, a, b, c):
 
 
 @intrinsic
+def constant(typingctx, value):
+    """The value of a ``Literal[int]`` argument as an LLVM constant.
+
+    Numba types an argument forced with ``numba.literally`` as a literal but
+    still passes its value at run time; ``constant(W)`` emits the number
+    itself, so LLVM sees fixed trip counts (and fully vectorises lane loops).
+    """
+    if not isinstance(value, types.IntegerLiteral):
+        return None
+    sig = types.intp(value)
+
+    def codegen(context, builder, signature, args):
+        return context.get_constant(types.intp, signature.args[0].literal_value)
+
+    return sig, codegen
+
+
+@intrinsic
 def stack_buffer(typingctx, size, dtype):
     """Pointer to ``size`` elements of ``dtype`` on the stack of the calling function.
 
@@ -117,7 +135,7 @@ def stack_buffer(typingctx, size, dtype):
     return sig, codegen
 
 
-# Cephes expf constants
+# exp32 constants (range reduction: Cody-Waite split of ln2 from Cephes expf)
 _LOG2E = _f32(1.44269504088896341)
 _LN2_HI = _f32(0.693359375)
 _LN2_LO = _f32(-2.12194440e-4)
@@ -129,12 +147,6 @@ _E2 = _f32(0.4999923)
 _E3 = _f32(0.16667114)
 _E4 = _f32(0.04189017)
 _E5 = _f32(0.00831253)
-_P0 = _f32(1.9875691500e-4)
-_P1 = _f32(1.3981999507e-3)
-_P2 = _f32(8.3334519073e-3)
-_P3 = _f32(4.1665795894e-2)
-_P4 = _f32(1.6666665459e-1)
-_P5 = _f32(5.0000001201e-1)
 _HALF = _f32(0.5)
 _ONE = _f32(1.0)
 _TWO = _f32(2.0)

@@ -12,7 +12,9 @@ state):
 Two strategies, both following :mod:`nbssm.spec.algorithms` step for step:
 
 * sequential: a time loop per (batch, block of channels), parallel over those
-  pairs with ``prange``; ``sequential_diagonal_scan``;
+  pairs with ``prange``; ``sequential_diagonal_scan``. The kernels implement it
+  as the chunked algorithm with one chunk (``chunk_length >= length``), which
+  is exactly the sequential scan;
 * chunked: ``chunked_diagonal_scan``: local summaries per chunk (parallel),
   a serial carry over the summaries, a fix-up that re-runs each chunk from its
   carried state (parallel). Chunk boundaries are ``k * chunk_length`` from
@@ -22,11 +24,16 @@ Each parallel iteration owns a disjoint set of outputs and runs a fixed
 sequence of floating-point operations, so the results do not depend on the
 number of threads or on scheduling.
 
-The selective kernels keep the state of one block of ``_BLK`` channels in a
-small scratch laid out ``(state, channel)``, so that every operation of the
-recurrence is an elementwise operation across channel lanes (it vectorises
-without reassociating anything: the sum over the state keeps the spec's fold
-order for every channel). Nothing of size ``b * l * d * n`` is ever allocated.
+The selective kernel keeps the state of one block of ``W`` (32 or 64) channels
+in a scratch on the stack laid out ``(state, channel)``, so that every
+operation of the recurrence is an elementwise operation across channel lanes
+(it vectorises without reassociating anything: the sum over the state keeps
+the spec's fold order for every channel, and the block width cannot change a
+result). Per-token work (softplus, gate, skip) is done once per block and
+token, vectorised; rows ``(b, l, d)`` are ``d`` apart in memory, so the kernel
+prefetches a few tokens ahead. Nothing of size ``b * l * d * n`` is ever
+allocated. The linear scan runs ``_G`` chunks in lockstep when a block has a
+single channel, to overlap their dependency chains.
 """
 
 from __future__ import annotations
@@ -35,17 +42,17 @@ import numpy as np
 from numba import carray, literally, njit, prange
 
 from .. import _config
-from .fastmath import exp_, prefetch, sigmoid_, softplus_, stack_buffer
+from .fastmath import constant, exp_, prefetch, sigmoid_, softplus_, stack_buffer
 
 #: channel-block widths of the selective scan (a compile-time constant per specialisation);
 #: the results do not depend on the width (every lane runs the same operations)
-SELECTIVE_WIDTHS = (32, 64)
+SELECTIVE_WIDTHS = (32, 64)  # the kernel dispatches on these two literals
 #: how many tokens ahead the selective kernels prefetch their (b, l, d) rows
 _PREFETCH = 16
 #: channels per block of the linear scan
 _LBLK = 64
 #: chunks of the linear scan run in lockstep by one parallel iteration
-_G = 8
+_G = 4
 
 
 # ============================================================================ linear scan
@@ -82,13 +89,18 @@ def _linear_group_summary(a, b, PQ, bi, d0, nd, k0, ng, cl):
         for j in range(nd):
             p[g, j] = a[bi, t, d0 + j]
             q[g, j] = b[bi, t, d0 + j]
+    af = a.reshape(a.size)
+    bf = b.reshape(b.size)
+    length = a.shape[1]
+    channels = a.shape[2]
     for i in range(1, cl):
         for g in range(ng):
             t = (k0 + g) * cl + i
+            row = np.uint64((bi * length + t) * channels + d0)  # unsigned: contiguous loads over j
             for j in range(nd):
-                at = a[bi, t, d0 + j]
+                at = af[row + np.uint64(j)]
                 p[g, j] = at * p[g, j]
-                q[g, j] = at * q[g, j] + b[bi, t, d0 + j]
+                q[g, j] = at * q[g, j] + bf[row + np.uint64(j)]
     for g in range(ng):
         for j in range(nd):
             PQ[bi, k0 + g, 0, d0 + j] = p[g, j]
@@ -132,22 +144,30 @@ def _linear_group_run(a, b, H, out, bi, d0, nd, k0, ng, cl, t_end):
                     out[bi, t, d0] = x
                 H[bi, k0 + g, d0] = x
         return
+    af = a.reshape(a.size)
+    bf = b.reshape(b.size)
+    of = out.reshape(out.size)
+    length = a.shape[1]
     # the lockstep part: steps present in every chunk of the group
     for i in range(last_len):
         for g in range(ng):
             t = (k0 + g) * cl + i
+            row = np.uint64((bi * length + t) * channels + d0)  # unsigned: contiguous loads over j
+            prefetch(a, (bi * length + t + _PREFETCH) * channels + d0)
+            prefetch(b, (bi * length + t + _PREFETCH) * channels + d0)
             for j in range(nd):
-                hv = a[bi, t, d0 + j] * h[g, j] + b[bi, t, d0 + j]
+                hv = af[row + np.uint64(j)] * h[g, j] + bf[row + np.uint64(j)]
                 h[g, j] = hv
-                out[bi, t, d0 + j] = hv
+                of[row + np.uint64(j)] = hv
     # the rest of the full chunks when the group's last chunk is shorter
     for i in range(last_len, cl):
         for g in range(ng - 1):
             t = (k0 + g) * cl + i
+            row = np.uint64((bi * length + t) * channels + d0)
             for j in range(nd):
-                hv = a[bi, t, d0 + j] * h[g, j] + b[bi, t, d0 + j]
+                hv = af[row + np.uint64(j)] * h[g, j] + bf[row + np.uint64(j)]
                 h[g, j] = hv
-                out[bi, t, d0 + j] = hv
+                of[row + np.uint64(j)] = hv
     for g in range(ng):
         for j in range(nd):
             H[bi, k0 + g, d0 + j] = h[g, j]
@@ -242,6 +262,8 @@ def _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_
     The working copies live on the stack (no aliasing with the arguments, so
     every lane loop vectorises without overlap checks).
     """
+    literally(W)
+    W = constant(W)  # a compile-time constant: fixed trip counts, fully vectorised lane loops
     nstate = B.shape[2]
     length = u.shape[1]
     channels = u.shape[2]
@@ -311,6 +333,8 @@ def _sel_summary(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d0, t
     first token initialises ``(P, Q) = (a, b)``, every later one does
     ``P = a * P``, ``Q = a * Q + b``.
     """
+    literally(W)
+    W = constant(W)
     nstate = B.shape[2]
     length = u.shape[1]
     channels = u.shape[2]
@@ -375,7 +399,6 @@ def selective_scan_kernel(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has
     u, delta, z, y : (b, l, d); A : (d, n); B, C : (b, l, n); D, delta_bias : (d,);
     h0, hT : (b, d, n).
     """
-    literally(W)
     batch, length, channels = u.shape
     nstate = A.shape[1]
     dt = u.dtype
@@ -391,8 +414,12 @@ def selective_scan_kernel(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has
         blk = rest % nblk
         d0, jw = _sel_block_geometry(blk, channels, W)
         t0 = k * chunk_length
-        _sel_summary(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d0, t0, t0 + chunk_length,
-                     PQ[bi, k, blk], W)
+        if W == 64:  # literal widths: the worker is compiled with a constant trip count
+            _sel_summary(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d0, t0, t0 + chunk_length,
+                         PQ[bi, k, blk], 64)
+        else:
+            _sel_summary(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d0, t0, t0 + chunk_length,
+                         PQ[bi, k, blk], 32)
     # phase 2: serial carry over the summaries; H[:, k] is the state entering chunk k
     H = np.empty((batch, max(nchunks, 1), nblk, nstate, W), dtype=dt)
     for job in prange(batch * nblk):
@@ -421,8 +448,12 @@ def selective_scan_kernel(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has
         t0 = k * chunk_length
         t1 = min(t0 + chunk_length, length)
         state = H[bi, k, blk]  # (n, W): the carried state in, the chunk's last state out
-        _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_softplus,
-                 bi, d0, jw, t0, t1, state, y, W)
+        if W == 64:
+            _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_softplus,
+                     bi, d0, jw, t0, t1, state, y, 64)
+        else:
+            _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_softplus,
+                     bi, d0, jw, t0, t1, state, y, 32)
         if k == nchunks - 1:
             for n in range(nstate):
                 for j in range(jw, W):

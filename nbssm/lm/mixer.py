@@ -67,7 +67,7 @@ class MambaMixer:
     -----
     Per token, with ``x`` the RMS-normalised hidden state (transformers' ``slow_forward``)::
 
-        x_in, z = split(in_proj @ x)                      # (E,), (E,)
+        x_in, z = in_proj[:E] @ x, in_proj[E:] @ x       # (E,), (E,)
         u = silu(conv1d(x_in) + conv_bias)                # causal, depthwise, width W
         dt_low, B, C = split(x_proj @ u)                  # (R,), (N,), (N,)
         delta = softplus(dt_proj_weight @ dt_low + dt_proj_bias)
@@ -194,9 +194,8 @@ class MambaMixer:
             h0, s0 = self.zero_state(b)
             conv_history = h0 if conv_history is None else conv_history
             ssm_state = s0 if ssm_state is None else ssm_state
-        xz = x @ self.in_proj.T                                            # (b, l, 2E)
-        x_in = np.ascontiguousarray(xz[..., :E])                           # (b, l, E)
-        z = np.ascontiguousarray(xz[..., E:])                              # (b, l, E)
+        x_in = x @ self.in_proj[:E].T                                      # (b, l, E)
+        z = x @ self.in_proj[E:].T                                         # (b, l, E)
         u, hist = ops.causal_conv1d(x_in, self.conv_weight, self.conv_bias, history=conv_history,
                                     return_history=True, activation="silu")  # (b, l, E), (b, W-1, E)
         xdbl = u @ self.x_proj.T                                           # (b, l, R+2N)

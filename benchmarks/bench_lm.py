@@ -1,0 +1,220 @@
+"""Language-model benchmarks on a mamba-130m-shaped model (issue 7).
+
+One command (2 threads by default; wrap timing runs in the shared lock)::
+
+    flock /tmp/nbssm-bench.lock python benchmarks/bench_lm.py [--torch-python /tmp/torchenv/bin/python]
+
+Measures, with random float32 weights (d_model 768, 24 layers, d_state 16, expand 2, conv 4,
+tied head, vocab 50280; 516 MB of weights):
+
+- decode tokens/s at batch 1 and 8 (greedy, steady state over 128 tokens after a warm-up;
+  median of per-token times, and the best 16-token window);
+- prefill tokens/s at batch 1, length 2048 (logits of the last position, as generation needs);
+- one mixer layer at batch 1, length 2048;
+- with ``--torch-python PY`` (an interpreter with torch + transformers, never in CI), the same
+  mixer layer, decode and prefill through transformers' pure-PyTorch ``MambaForCausalLM``, in
+  a subprocess of the same run with the same thread count.
+
+Writes ``benchmarks/results/bench_lm.json`` and ``benchmarks/results/bench_lm.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+SHAPE = dict(d_model=768, n_layer=24, vocab_size=50280, d_state=16, d_conv=4)
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _threads_env(threads: int) -> None:
+    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+
+
+def _stats(samples):
+    import statistics
+
+    return {"median": statistics.median(samples), "min": min(samples), "n": len(samples)}
+
+
+# ----------------------------------------------------------------------------- transformers
+def torch_main(args) -> int:
+    """Runs inside the scratch interpreter: prints one JSON line."""
+    import torch
+    import transformers
+    from transformers import MambaConfig, MambaForCausalLM
+    from transformers.models.mamba.modeling_mamba import MambaMixer as HFMixer
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = MambaConfig(vocab_size=SHAPE["vocab_size"], hidden_size=SHAPE["d_model"], state_size=SHAPE["d_state"],
+                      num_hidden_layers=SHAPE["n_layer"], expand=2, conv_kernel=SHAPE["d_conv"], tie_word_embeddings=True)
+    out = {"torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads()}
+    with torch.no_grad():
+        mixer = HFMixer(cfg, layer_idx=0).eval()
+        x = torch.randn(1, args.length, SHAPE["d_model"])
+        mixer(x)
+        ts = []
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            mixer(x)
+            ts.append(time.perf_counter() - t)
+        out["mixer_s"] = _stats(ts)
+        model = MambaForCausalLM(cfg).eval()
+        ids = torch.randint(0, SHAPE["vocab_size"], (1, args.length))
+        t = time.perf_counter()
+        model(ids, logits_to_keep=1)
+        out["prefill_s"] = time.perf_counter() - t
+        for batch in (1, 8):
+            res = model(torch.randint(0, SHAPE["vocab_size"], (batch, 4)), use_cache=True)
+            cache = res.cache_params
+            tok = res.logits[:, -1].argmax(-1, keepdim=True)
+            per = []
+            for i in range(args.torch_tokens + 4):
+                t = time.perf_counter()
+                res = model(tok, cache_params=cache, use_cache=True)
+                cache = res.cache_params
+                tok = res.logits[:, -1].argmax(-1, keepdim=True)
+                if i >= 4:
+                    per.append(time.perf_counter() - t)
+            out[f"decode_b{batch}_s_per_step"] = _stats(per)
+    print(json.dumps(out))
+    return 0
+
+
+# ----------------------------------------------------------------------------- nbssm
+def nbssm_main(args) -> dict:
+    import numba
+    import numpy as np
+
+    import nbssm
+    from nbssm.lm import MambaLM, MambaLMConfig, MambaMixer
+
+    res = {"threads": numba.get_num_threads(), "numpy": np.__version__, "numba": numba.__version__,
+           "nbssm": nbssm.__version__}
+    # one mixer layer, batch 1
+    mixer = MambaMixer.random(768, 1536, 16, 4, 48, seed=0)
+    x = np.random.default_rng(0).standard_normal((1, args.length, 768), dtype=np.float32)
+    mixer.forward(x)
+    ts = []
+    for _ in range(args.repeat):
+        t = time.perf_counter()
+        mixer.forward(x)
+        ts.append(time.perf_counter() - t)
+    res["mixer_s"] = _stats(ts)
+    del mixer, x
+
+    t = time.perf_counter()
+    model = MambaLM.random(MambaLMConfig(**SHAPE), seed=0)
+    res["build_s"] = time.perf_counter() - t
+    res["weights_MB"] = round(sum(a.nbytes for a in model.p.values() if a is not model.p["A_log"]) / 1e6
+                              + (model.embed.nbytes + model.norm_f.nbytes) / 1e6, 1)
+    ids = np.random.default_rng(1).integers(0, SHAPE["vocab_size"], (1, args.length))
+    model.forward(ids[:, :64], last_only=True)
+    ts = []
+    for _ in range(max(1, args.repeat // 2)):
+        t = time.perf_counter()
+        model.forward(ids, last_only=True)
+        ts.append(time.perf_counter() - t)
+    res["prefill_s"] = _stats(ts)
+    for batch in (1, 8):
+        state = model.init_state(batch)
+        tok = np.zeros(batch, np.int64)
+        for _ in range(8):  # warm-up (compilation, caches)
+            logits, state = model.step(tok, state, inplace=True)
+            tok = logits.argmax(1)
+        per = []
+        for _ in range(args.tokens):
+            t = time.perf_counter()
+            logits, state = model.step(tok, state, inplace=True)
+            tok = logits.argmax(1)
+            per.append(time.perf_counter() - t)
+        windows = [sum(per[i:i + 16]) / 16 for i in range(0, len(per) - 15, 16)]
+        res[f"decode_b{batch}_s_per_step"] = dict(_stats(per), best_16_window=min(windows), mean=sum(per) / len(per))
+    return res
+
+
+def _markdown(r: dict) -> str:
+    n, t = r["nbssm"], r.get("transformers")
+    L = args_length = r["length"]
+    lines = [f"# Mamba LM benchmark (mamba-130m shape, float32, {n['threads']} threads)", "",
+             f"Machine: {r['machine']}; Python {r['python']}; numpy {n['numpy']}, numba {n['numba']}, nbssm {n['nbssm']}"
+             + (f"; torch {t['torch']}, transformers {t['transformers']}" if t else "; transformers not measured"),
+             f"Weights: {n['weights_MB']} MB. Medians (best in brackets).", "",
+             "| measurement | nbssm | transformers (pure PyTorch) | ratio |", "|---|---|---|---|"]
+
+    def row(name, ours, theirs, unit, invert=False):
+        ratio = ""
+        if theirs is not None:
+            ratio = f"{(ours / theirs if invert else theirs / ours):.1f}x"
+        lines.append(f"| {name} | {ours if isinstance(ours, str) else f'{ours:.3g}'} {unit} | "
+                     f"{'' if theirs is None else f'{theirs:.3g} {unit}'} | {ratio} |")
+
+    m = n["mixer_s"]
+    row(f"one mixer layer, batch 1, length {L} (s)", m["median"], t["mixer_s"]["median"] if t else None, "s")
+    for b in (1, 8):
+        d = n[f"decode_b{b}_s_per_step"]
+        ours = b / d["median"]
+        theirs = b / t[f"decode_b{b}_s_per_step"]["median"] if t else None
+        row(f"decode, batch {b} (tokens/s; best 16-token window {b / d['best_16_window']:.0f})", ours, theirs, "tok/s", invert=True)
+    p = n["prefill_s"]
+    row(f"prefill, batch 1, length {L} (tokens/s)", L / p["median"], L / t["prefill_s"] if t else None, "tok/s", invert=True)
+    lines += ["", "Ratio: how many times faster nbssm is. Decode is greedy, steady state over "
+              f"{n['decode_b1_s_per_step']['n']} tokens after 8 warm-up tokens.", ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--length", type=int, default=2048)
+    ap.add_argument("--tokens", type=int, default=128, help="decode tokens timed (steady state)")
+    ap.add_argument("--torch-tokens", type=int, default=32, help="decode tokens timed for transformers")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--torch-python", default=None, help="interpreter with torch + transformers (optional)")
+    ap.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = ap.parse_args()
+    _threads_env(args.threads)
+    if args.torch_only:
+        return torch_main(args)
+    result = {"machine": f"{platform.machine()} {_cpu_name()} ({os.cpu_count()} cpus)", "python": platform.python_version(),
+              "length": args.length, "shape": SHAPE}
+    result["nbssm"] = nbssm_main(args)
+    if args.torch_python:
+        cmd = [args.torch_python, os.path.abspath(__file__), "--torch-only", "--threads", str(args.threads),
+               "--length", str(args.length), "--repeat", str(max(2, args.repeat // 2)), "--torch-tokens", str(args.torch_tokens)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+        if proc.returncode != 0:
+            print(proc.stderr[-3000:], file=sys.stderr)
+        else:
+            result["transformers"] = json.loads(proc.stdout.strip().splitlines()[-1])
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "bench_lm.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    md = _markdown(result)
+    with open(os.path.join(args.out, "bench_lm.md"), "w") as f:
+        f.write(md)
+    print(md)
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown cpu"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
