@@ -103,9 +103,13 @@ def signature(path, depth: int, stream: bool = False) -> np.ndarray:
 
     Notes
     -----
-    Each new increment ``delta`` updates the running signature by Chen's identity
-    ``S <- S (x) exp(delta)``, level ``m`` by Horner's rule in ``O(dim**m)`` operations;
-    paths are processed in parallel over the batch. A one-point path has zero signature.
+    Chen's identity one segment at a time, level ``m`` by Horner's rule in ``O(dim**m)``
+    operations. ``stream=False`` prepends segments from the last one
+    (``S <- exp(delta) (x) S``: the new letter comes first, so the inner loops run over long
+    contiguous blocks); ``stream=True`` appends them (``S <- S (x) exp(delta)``) to produce
+    every prefix. The two orders agree up to rounding (~1e-15 relative). Paths are processed
+    in parallel over the batch; each row depends only on its own path, not on the thread
+    count. A one-point path has zero signature.
     The paper's bound: level ``k`` is at most ``||X||_{1-var}**k / k!`` in norm.
     """
     from nbssm._kernels import signature as _k

@@ -29,6 +29,7 @@ Spec: section 5 (theorems) and section 6 (beyond Lean) of the spec document;
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -169,6 +170,9 @@ class CheckSpec:
 
 REGISTRY: list[CheckSpec] = []
 
+#: Python recursion limit while a check runs (see run_check)
+RECURSION_LIMIT = 12000
+
 
 def register(name: str, kind: str, family: str, statement: str, method: str = IDENTITY):
     def deco(fn):
@@ -211,6 +215,12 @@ def run_check(spec: CheckSpec, dims: Dims, budget_s: float | None = 30.0) -> Che
         return CheckResult(spec.name, spec.kind, UNKNOWN, dims.as_dict(), 0.0,
                            f"time budget of {budget_s:g} s: not attempted")
     budget = Budget(budget_s)
+    old_limit = sys.getrecursionlimit()
+    # sympy's constructors compare and query deep expressions recursively (Basic.compare,
+    # assumptions): a run of ~500 tokens nests deeper than Python's default limit of 1000.
+    # 12000 keeps a wide margin below the depth at which CPython 3.11 overflows an 8 MiB
+    # C stack on sympy's C-recursive paths (measured above 24000); beyond it: unknown.
+    sys.setrecursionlimit(max(old_limit, RECURSION_LIMIT))
     try:
         with budget.alarm():
             detail = spec.fn(dims, budget)
@@ -226,6 +236,7 @@ def run_check(spec: CheckSpec, dims: Dims, budget_s: float | None = 30.0) -> Che
     except Exception as e:  # noqa: BLE001 - an error is an unknown, never a pass
         verdict, detail = UNKNOWN, f"error: {type(e).__name__}: {e}"
     finally:
+        sys.setrecursionlimit(old_limit)
         sympy.core.cache.clear_cache()
     if spec.kind == CONTROL and verdict == PROVED:
         # the mutated statement holds here: the mutation is not observable at these dimensions

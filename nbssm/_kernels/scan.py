@@ -268,6 +268,7 @@ def _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_
     length = u.shape[1]
     channels = u.shape[2]
     dt = u.dtype
+    line = 64 // u.itemsize  # elements per cache line
     h = carray(stack_buffer(nstate * W, dt), (nstate, W))
     At = carray(stack_buffer(nstate * W, dt), (nstate, W))
     Dl = carray(stack_buffer(W, dt), (W,))
@@ -289,13 +290,15 @@ def _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_
     yf = y.reshape(y.size)
     for t in range(t0, t1):
         row = np.uint64((bi * length + t) * channels + d0)
-        # rows (b, l, d) are `channels` apart: prefetch a few tokens ahead
+        # rows (b, l, d) are `channels` apart: prefetch every cache line of the block's
+        # row a few tokens ahead
         ahead = (bi * length + t + _PREFETCH) * channels + d0
-        prefetch(u, ahead)
-        prefetch(delta, ahead)
-        prefetch(y, ahead)
-        if has_z:
-            prefetch(z, ahead)
+        for q in range(0, W, line):
+            prefetch(u, ahead + q)
+            prefetch(delta, ahead + q)
+            prefetch(y, ahead + q)
+            if has_z:
+                prefetch(z, ahead + q)
         for j in range(W):
             uv = uf[row + np.uint64(j)]
             dv = df[row + np.uint64(j)]
@@ -339,6 +342,7 @@ def _sel_summary(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d0, t
     length = u.shape[1]
     channels = u.shape[2]
     dt = u.dtype
+    line = 64 // u.itemsize
     P = carray(stack_buffer(nstate * W, dt), (nstate, W))
     Q = carray(stack_buffer(nstate * W, dt), (nstate, W))
     At = carray(stack_buffer(nstate * W, dt), (nstate, W))
@@ -355,8 +359,9 @@ def _sel_summary(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d0, t
     for t in range(t0, t1):
         row = np.uint64((bi * length + t) * channels + d0)
         ahead = (bi * length + t + _PREFETCH) * channels + d0
-        prefetch(u, ahead)
-        prefetch(delta, ahead)
+        for q in range(0, W, line):
+            prefetch(u, ahead + q)
+            prefetch(delta, ahead + q)
         for j in range(W):
             uv = uf[row + np.uint64(j)]
             dv = df[row + np.uint64(j)]
