@@ -24,9 +24,12 @@ name                shape         checkpoint tensor
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable
 
 import numpy as np
+
+_SCRATCH = threading.local()
 
 PARAM_NAMES = ("in_proj", "conv_weight", "conv_bias", "x_proj", "dt_proj_weight", "dt_proj_bias", "A_log", "D", "out_proj")
 
@@ -194,12 +197,13 @@ class MambaMixer:
             h0, s0 = self.zero_state(b)
             conv_history = h0 if conv_history is None else conv_history
             ssm_state = s0 if ssm_state is None else ssm_state
-        x_in = x @ self.in_proj[:E].T                                      # (b, l, E)
-        z = x @ self.in_proj[E:].T                                         # (b, l, E)
+        x_in, z, dt = self._workspace(b, l)                                # reused buffers
+        np.matmul(x, self.in_proj[:E].T, out=x_in)                         # (b, l, E)
+        np.matmul(x, self.in_proj[E:].T, out=z)                            # (b, l, E)
         u, hist = ops.causal_conv1d(x_in, self.conv_weight, self.conv_bias, history=conv_history,
                                     return_history=True, activation="silu")  # (b, l, E), (b, W-1, E)
         xdbl = u @ self.x_proj.T                                           # (b, l, R+2N)
-        dt = xdbl[..., :R] @ self.dt_proj_weight.T                         # (b, l, E)
+        np.matmul(xdbl[..., :R], self.dt_proj_weight.T, out=dt)            # (b, l, E)
         B = np.ascontiguousarray(xdbl[..., R:R + N])                       # (b, l, N)
         C = np.ascontiguousarray(xdbl[..., R + N:])                        # (b, l, N)
         y, h = ops.selective_scan(u, dt, self.A_neg, B, C, D=self.D, z=z, delta_bias=self.dt_proj_bias,
@@ -207,6 +211,19 @@ class MambaMixer:
                                   return_final_state=True)                 # (b, l, E), (b, E, N)
         out = y @ self.out_proj.T                                          # (b, l, Dm)
         return (out[0] if single else out), (hist, h)
+
+    def _workspace(self, b: int, l: int) -> tuple:
+        """Scratch arrays (b, l, E) x3 for x_in, z and the Δ pre-activation.
+
+        One set per thread, shared by every mixer and kept while the shape and dtype stay the
+        same (the layers of a model): fresh multi-megabyte arrays cost page faults on every call.
+        """
+        key = (b, l, self.d_inner, self.dtype)
+        ws = getattr(_SCRATCH, "ws", None)
+        if ws is None or ws[0] != key:
+            ws = (key, tuple(np.empty((b, l, self.d_inner), self.dtype) for _ in range(3)))
+            _SCRATCH.ws = ws
+        return ws[1]
 
     # ------------------------------------------------------------------ spec
     def to_spec(self):
