@@ -96,21 +96,36 @@ def _strategy(strategy: str, batch_channels: int, chunked_below: int) -> str:
     return strategy
 
 
-def _block_width(batch: int, channels: int, widths) -> int:
-    """Channel-block width of the selective kernel: the widest one that still gives every
-    thread a block (wide blocks amortise the per-token work; see issue 6).
+def _block_width(batch: int, channels: int, widths) -> tuple:
+    """``(width, group)`` of the selective kernel's work split.
 
-    Only speed depends on it: every channel lane runs the same operations whatever
-    the width, so results are bitwise identical (tested), and choosing it from the
-    thread count keeps results independent of the thread count.
+    ``width``: channels per block, the widest that still gives every thread a
+    block (wide blocks amortise the per-token work). ``group``: neighbouring
+    blocks one parallel iteration interleaves token tile by token tile (up to
+    8, while the iterations still divide evenly among the threads), so that
+    they share the memory pages of each token row.
+
+    Only speed depends on them: every channel lane runs the same operations in
+    the same order whatever the split, so results are bitwise identical
+    (tested), and choosing the split from the thread count keeps results
+    independent of the thread count.
     """
     import numba
 
     threads = numba.get_num_threads()
+    width = min(widths)
     for w in sorted(widths, reverse=True):
         if channels >= w and batch * ((channels + w - 1) // w) >= threads:
-            return w
-    return min(widths)
+            width = w
+            break
+    nblk = (channels + width - 1) // width
+    group = 1
+    for g in (8, 6, 4, 3, 2):  # the largest grouping that keeps the threads evenly busy
+        jobs = batch * ((nblk + g - 1) // g)
+        if jobs >= threads and jobs % threads == 0:
+            group = g
+            break
+    return width, group
 
 
 def default_strategy(kind: str, batch: int, channels: int) -> str:
@@ -294,9 +309,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         chans = channels
     y = np.empty((batch, length, chans), dtype=dt)
     hT = np.empty((batch, chans, nstate), dtype=dt)
-    width = _block_width(batch, chans, scan.SELECTIVE_WIDTHS)
+    width, group = _block_width(batch, chans, scan.SELECTIVE_WIDTHS)
     scan.selective_scan_kernel(u_, delta_, A_, B_, C_, D_, z_, bias_, has_D, has_z, has_bias,
-                               bool(delta_softplus), h0, y, hT, cl, width)
+                               bool(delta_softplus), h0, y, hT, cl, width, group)
     if chans != channels:
         y = np.ascontiguousarray(y[:, :, :channels])
         hT = np.ascontiguousarray(hT[:, :channels, :])

@@ -469,18 +469,7 @@ def uninterpreted_step(d: Dims):
     return step
 
 
-def scan_array_from(step, s0, initial_outputs, xs):
-    """Lean ``scanArrayFrom step s0 initialOutputs xs``: the fold of ``scanArray`` seeded with outputs.
-
-    Spec: ``Spec.scanArrayFrom`` (Array family). Not in ``spec/scan.py``; it
-    is mirrored here, as a left fold pushing each output.
-    """
-    s = s0
-    outs = list(initial_outputs)
-    for x in xs:
-        s, o = step(s, x)
-        outs.append(o)
-    return s, outs
+scan_array_from = S.scan_array_from  # Lean ``Spec.scanArrayFrom``, mirrored in spec/scan.py
 
 
 def foldl(f, init, xs):

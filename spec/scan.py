@@ -166,6 +166,20 @@ def scan_array(step: Callable[[Any, Any], tuple], s0: Any, xs: Sequence[Any]) ->
     return s, outs
 
 
+def scan_array_from(step: Callable[[Any, Any], tuple], s0: Any, initial_outputs: Sequence[Any], xs: Sequence[Any]) -> tuple:
+    """``scanArray``'s fold seeded with earlier outputs: ``(final state, initial_outputs ++ outputs)``.
+
+    Spec: ``Spec.scanArrayFrom`` (Array family); ``scanArray step s0 xs`` is the
+    ``initial_outputs = #[]`` instance (lemma ``scanArrayFrom_eq``).
+    """
+    s = s0
+    outs = list(initial_outputs)
+    for x in xs:
+        s, o = step(s, x)
+        outs.append(o)
+    return s, outs
+
+
 __all__ = [
     "ScalarAffineTransition",
     "DiagonalTransition",
@@ -175,4 +189,5 @@ __all__ = [
     "run_diagonal_transitions",
     "diagonal_selective_scan",
     "scan_array",
+    "scan_array_from",
 ]

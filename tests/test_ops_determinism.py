@@ -119,8 +119,8 @@ def test_auto_equals_the_strategy_it_names():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_block_width_does_not_change_results(dtype):
-    # the kernel's channel-block width is chosen from the thread count for speed only
+def test_block_width_and_grouping_do_not_change_results(dtype):
+    # the kernel's channel-block width and block grouping are chosen from the thread count for speed only
     from nbssm._kernels import scan
     from nbssm._validate import readonly
 
@@ -129,11 +129,12 @@ def test_block_width_does_not_change_results(dtype):
     h0 = readonly(np.ascontiguousarray(kw["initial_state"]))
     outs = []
     for width in scan.SELECTIVE_WIDTHS:
-        for cl in (21, 8):
-            y = np.empty((2, 21, 100), dtype=dtype)
-            hT = np.empty((2, 100, 3), dtype=dtype)
-            scan.selective_scan_kernel(*args, True, True, True, True, h0, y, hT, cl, width)
-            outs.append((cl, y.tobytes(), hT.tobytes()))
+        for group in (1, 3):
+            for cl in (21, 8):
+                y = np.empty((2, 21, 100), dtype=dtype)
+                hT = np.empty((2, 100, 3), dtype=dtype)
+                scan.selective_scan_kernel(*args, True, True, True, True, h0, y, hT, cl, width, group)
+                outs.append((cl, y.tobytes(), hT.tobytes()))
     by_cl = {}
     for cl, y, h in outs:
         by_cl.setdefault(cl, set()).add((y, h))

@@ -47,10 +47,14 @@ from .fastmath import constant, exp_, prefetch, sigmoid_, softplus_, stack_buffe
 #: channel-block widths of the selective scan (a compile-time constant per specialisation);
 #: the results do not depend on the width (every lane runs the same operations)
 SELECTIVE_WIDTHS = (32, 64)  # the kernel dispatches on these two literals
+#: tokens per tile when one parallel iteration interleaves several channel blocks
+_TILE = 128
 #: how many tokens ahead the selective kernels prefetch their (b, l, d) rows
 _PREFETCH = 16
 #: channels per block of the linear scan
 _LBLK = 64
+#: tokens x channels per window of the chunked linear scan (phase 3 re-reads a window from cache)
+_WINDOW = 1 << 19
 #: chunks of the linear scan run in lockstep by one parallel iteration
 _G = 4
 
@@ -68,18 +72,24 @@ def _linear_group_summary(a, b, PQ, bi, d0, nd, k0, ng, cl):
     p = carray(stack_buffer(_G * _LBLK, dt), (_G, _LBLK))
     q = carray(stack_buffer(_G * _LBLK, dt), (_G, _LBLK))
     if nd == 1 and ng == _G:
-        # one channel: _G independent scalar chains, unrolled
+        # one channel: _G independent scalar chains, unrolled; flat unsigned offsets
         pv = carray(stack_buffer(_G, dt), (_G,))
         qv = carray(stack_buffer(_G, dt), (_G,))
+        af1 = a.reshape(a.size)
+        bf1 = b.reshape(b.size)
+        chans = a.shape[2]
+        base = np.uint64((bi * a.shape[1] + k0 * cl) * chans + d0)
+        lane = np.uint64(cl * chans)
+        step = np.uint64(chans)
         for g in range(_G):
-            pv[g] = a[bi, (k0 + g) * cl, d0]
-            qv[g] = b[bi, (k0 + g) * cl, d0]
+            pv[g] = af1[base + np.uint64(g) * lane]
+            qv[g] = bf1[base + np.uint64(g) * lane]
         for i in range(1, cl):
+            off = base + np.uint64(i) * step
             for g in range(_G):
-                t = (k0 + g) * cl + i
-                at = a[bi, t, d0]
+                at = af1[off + np.uint64(g) * lane]
                 pv[g] = at * pv[g]
-                qv[g] = at * qv[g] + b[bi, t, d0]
+                qv[g] = at * qv[g] + bf1[off + np.uint64(g) * lane]
         for g in range(_G):
             PQ[bi, k0 + g, 0, d0] = pv[g]
             PQ[bi, k0 + g, 1, d0] = qv[g]
@@ -126,22 +136,37 @@ def _linear_group_run(a, b, H, out, bi, d0, nd, k0, ng, cl, t_end):
         if ng == _G and last_len == cl:
             # one channel, a full group: _G independent scalar chains, unrolled
             hv1 = carray(stack_buffer(_G, dt), (_G,))
+            af1 = a.reshape(a.size)
+            bf1 = b.reshape(b.size)
+            of1 = out.reshape(out.size)
+            base = np.uint64((bi * a.shape[1] + k0 * cl) * channels + d0)
+            lane = np.uint64(cl * channels)
+            step = np.uint64(channels)
             for g in range(_G):
                 hv1[g] = H[bi, k0 + g, d0]
             for i in range(cl):
+                off = base + np.uint64(i) * step
                 for g in range(_G):
-                    t = (k0 + g) * cl + i
-                    x = a[bi, t, d0] * hv1[g] + b[bi, t, d0]
+                    o = off + np.uint64(g) * lane
+                    x = af1[o] * hv1[g] + bf1[o]
                     hv1[g] = x
-                    out[bi, t, d0] = x
+                    of1[o] = x
             for g in range(_G):
                 H[bi, k0 + g, d0] = hv1[g]
         else:
+            af1 = a.reshape(a.size)
+            bf1 = b.reshape(b.size)
+            of1 = out.reshape(out.size)
+            step = np.uint64(channels)
             for g in range(ng):
                 x = H[bi, k0 + g, d0]
-                for t in range((k0 + g) * cl, min((k0 + g + 1) * cl, t_end)):
-                    x = a[bi, t, d0] * x + b[bi, t, d0]
-                    out[bi, t, d0] = x
+                ta = (k0 + g) * cl
+                tb = min((k0 + g + 1) * cl, t_end)
+                o = np.uint64((bi * a.shape[1] + ta) * channels + d0)
+                for _ in range(ta, tb):
+                    x = af1[o] * x + bf1[o]
+                    of1[o] = x
+                    o += step
                 H[bi, k0 + g, d0] = x
         return
     af = a.reshape(a.size)
@@ -183,24 +208,20 @@ def linear_scan_kernel(a, b, h0, out, hT, chunk_length):
     ``_G`` consecutive chunks run in lockstep); phase 2 (the carry) is serial
     in the chunk index and parallel over (batch, channels).
 
+    The three phases run over windows of consecutive chunks (about
+    ``_WINDOW`` tokens) one window after the other, so that phase 3 re-reads
+    ``a`` and ``b`` from the cache instead of memory. This only schedules the
+    work: the chunks, their summaries and the carry (serial in chunk order
+    anyway) are exactly those of the reference.
+
     a, b, out : (b, l, d); h0, hT : (b, d).
     """
     batch, length, channels = a.shape
     nblk = (channels + _LBLK - 1) // _LBLK
     nchunks = (length + chunk_length - 1) // chunk_length
     nsum = max(nchunks - 1, 0)
-    # phase 1: summaries of the full chunks 0 .. nsum-1
     PQ = np.empty((batch, nsum, 2, channels), dtype=a.dtype)
-    ngs = (nsum + _G - 1) // _G
-    for job in prange(batch * nblk * ngs):
-        grp = job % ngs
-        rest = job // ngs
-        bi = rest // nblk
-        d0 = (rest % nblk) * _LBLK
-        nd = min(_LBLK, channels - d0)
-        k0 = grp * _G
-        _linear_group_summary(a, b, PQ, bi, d0, nd, k0, min(_G, nsum - k0), chunk_length)
-    # phase 2: serial carry; H[:, k] is the state entering chunk k
+    # H[:, k] is the state entering chunk k
     H = np.empty((batch, max(nchunks, 1), channels), dtype=a.dtype)
     for job in prange(batch * nblk):
         bi = job // nblk
@@ -208,19 +229,40 @@ def linear_scan_kernel(a, b, h0, out, hT, chunk_length):
         nd = min(_LBLK, channels - d0)
         for j in range(nd):
             H[bi, 0, d0 + j] = h0[bi, d0 + j]
-        for k in range(nsum):
-            for j in range(nd):
-                H[bi, k + 1, d0 + j] = PQ[bi, k, 0, d0 + j] * H[bi, k, d0 + j] + PQ[bi, k, 1, d0 + j]
-    # phase 3: fix-up of every chunk from its carried state
-    ngr = (nchunks + _G - 1) // _G
-    for job in prange(batch * nblk * ngr):
-        grp = job % ngr
-        rest = job // ngr
-        bi = rest // nblk
-        d0 = (rest % nblk) * _LBLK
-        nd = min(_LBLK, channels - d0)
-        k0 = grp * _G
-        _linear_group_run(a, b, H, out, bi, d0, nd, k0, min(_G, nchunks - k0), chunk_length, length)
+    # chunks per window: a multiple of _G covering about _WINDOW tokens of all channels
+    per = max(1, _WINDOW // max(chunk_length * max(channels, 1) * batch, 1))
+    per = ((per + _G - 1) // _G) * _G
+    for c0 in range(0, nchunks, per):
+        c1 = min(c0 + per, nchunks)
+        s1 = min(c1, nsum)  # summaries needed in this window: chunks c0 .. s1-1
+        # phase 1: summaries of the window's full chunks
+        ngs = (max(s1 - c0, 0) + _G - 1) // _G
+        for job in prange(batch * nblk * ngs):
+            grp = job % ngs
+            rest = job // ngs
+            bi = rest // nblk
+            d0 = (rest % nblk) * _LBLK
+            nd = min(_LBLK, channels - d0)
+            k0 = c0 + grp * _G
+            _linear_group_summary(a, b, PQ, bi, d0, nd, k0, min(_G, s1 - k0), chunk_length)
+        # phase 2: serial carry through the window
+        for job in prange(batch * nblk):
+            bi = job // nblk
+            d0 = (job % nblk) * _LBLK
+            nd = min(_LBLK, channels - d0)
+            for k in range(c0, s1):
+                for j in range(nd):
+                    H[bi, k + 1, d0 + j] = PQ[bi, k, 0, d0 + j] * H[bi, k, d0 + j] + PQ[bi, k, 1, d0 + j]
+        # phase 3: fix-up of the window's chunks from their carried states
+        ngr = (c1 - c0 + _G - 1) // _G
+        for job in prange(batch * nblk * ngr):
+            grp = job % ngr
+            rest = job // ngr
+            bi = rest // nblk
+            d0 = (rest % nblk) * _LBLK
+            nd = min(_LBLK, channels - d0)
+            k0 = c0 + grp * _G
+            _linear_group_run(a, b, H, out, bi, d0, nd, k0, min(_G, c1 - k0), chunk_length, length)
     # final state: the state after the last chunk (h0 when there is none)
     for job in prange(batch * nblk):
         bi = job // nblk
@@ -392,7 +434,7 @@ def _sel_summary(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d0, t
 
 @njit(cache=_config.CACHE, parallel=True, error_model="numpy")
 def selective_scan_kernel(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias,
-                          delta_softplus, h0, y, hT, chunk_length, W):
+                          delta_softplus, h0, y, hT, chunk_length, W, group):
     """Fused selective scan, chunked in time by ``chunk_length`` (``chunked_diagonal_scan``).
 
     ``chunk_length >= length`` is the sequential strategy (one chunk: phases 1
@@ -443,23 +485,33 @@ def selective_scan_kernel(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has
             for n in range(nstate):
                 for j in range(jw, W):
                     hT[bi, d0 + j, n] = h0[bi, d0 + j, n]
-    # phase 3: fix-up, every chunk from its carried state, with the readout
-    for job in prange(batch * nblk * nchunks):
+    # phase 3: fix-up, every chunk from its carried state, with the readout. One job runs
+    # `group` neighbouring blocks over the same tokens in tiles of _TILE tokens, so that
+    # the blocks share the pages and DRAM rows of every token row (fewer TLB misses);
+    # the tiling only schedules work: each block runs the same operations in order.
+    ngroups = (nblk + group - 1) // group
+    for job in prange(batch * ngroups * nchunks):
         k = job % nchunks
         rest = job // nchunks
-        bi = rest // nblk
-        blk = rest % nblk
-        d0, jw = _sel_block_geometry(blk, channels, W)
+        bi = rest // ngroups
+        g0 = (rest % ngroups) * group
+        g1 = min(g0 + group, nblk)
         t0 = k * chunk_length
         t1 = min(t0 + chunk_length, length)
-        state = H[bi, k, blk]  # (n, W): the carried state in, the chunk's last state out
-        if W == 64:
-            _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_softplus,
-                     bi, d0, jw, t0, t1, state, y, 64)
-        else:
-            _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_softplus,
-                     bi, d0, jw, t0, t1, state, y, 32)
+        for ta in range(t0, t1, _TILE):
+            tb = min(ta + _TILE, t1)
+            for blk in range(g0, g1):
+                d0, jw = _sel_block_geometry(blk, channels, W)
+                state = H[bi, k, blk]  # (n, W): the carried state in, the state after tb out
+                if W == 64:
+                    _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_softplus,
+                             bi, d0, jw, ta, tb, state, y, 64)
+                else:
+                    _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_softplus,
+                             bi, d0, jw, ta, tb, state, y, 32)
         if k == nchunks - 1:
-            for n in range(nstate):
-                for j in range(jw, W):
-                    hT[bi, d0 + j, n] = state[n, j]
+            for blk in range(g0, g1):
+                d0, jw = _sel_block_geometry(blk, channels, W)
+                for n in range(nstate):
+                    for j in range(jw, W):
+                        hT[bi, d0 + j, n] = H[bi, k, blk, n, j]

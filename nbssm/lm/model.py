@@ -21,12 +21,12 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from .config import MambaLMConfig
-from .mixer import MambaMixer, silu  # noqa: F401  (silu re-exported for convenience)
+from .mixer import MambaMixer
 from .sampling import sample_next
 from .state import MambaLMState, StateMismatchError
 
