@@ -251,10 +251,17 @@ print(json.dumps(dict(import_and_first_call_s=t1 - t0, process_s=t1 - t_start)))
 """
 
 
+# Linux carries a process's peak RSS (ru_maxrss) into the children it forks or vforks
+# (the child starts with the parent's current or peak RSS). A tiny intermediate Python
+# process launches the measured child, so the child's ru_maxrss starts near zero.
+_LAUNCHER = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"
+
+
 def _child(code, arg, env_extra=None):
     env = dict(os.environ)
     env.update(env_extra or {})
-    proc = subprocess.run([sys.executable, "-c", code, arg], capture_output=True, text=True, env=env, check=True)
+    proc = subprocess.run([sys.executable, "-c", _LAUNCHER, sys.executable, "-c", code, arg],
+                          capture_output=True, text=True, env=env, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

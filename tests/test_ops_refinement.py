@@ -271,13 +271,3 @@ def test_refinement_checks_refute_a_broken_kernel(monkeypatch):
     assert r.verdict == "refuted" and "index" in r.detail
     assert results["causal_conv1d_refines_causal_conv_step_and_streaming_reference"].verdict == "proved"
 
-
-def test_linear_chunked_several_windows_bitwise_vs_generic_reference():
-    # 64 channels x chunk 500: the kernel's cache windows hold 16 chunks, so 40 chunks take 3 windows
-    from nbssm._kernels import scan
-
-    a, b, h0 = linear_inputs(12, 1, 20000, 64)
-    assert 20000 // 500 > scan._WINDOW // (500 * 64)
-    out, hT = nbssm.linear_scan(a, b, h0, return_final_state=True, strategy="chunked", chunk_length=500)
-    ref = algorithms.chunked_diagonal_scan(h0[0].tolist(), a[0].tolist(), b[0].tolist(), 500)
-    assert np.array_equal(out[0], np.array(ref)) and np.array_equal(hT[0], np.array(ref[-1]))

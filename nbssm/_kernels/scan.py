@@ -42,7 +42,7 @@ import numpy as np
 from numba import carray, literally, njit, prange
 
 from .. import _config
-from .fastmath import constant, exp_, prefetch, sigmoid_, softplus_, stack_buffer
+from .fastmath import constant, exp_, prefetch, prefetch_write, sigmoid_, softplus_, stack_buffer
 
 #: channel-block widths of the selective scan (a compile-time constant per specialisation);
 #: the results do not depend on the width (every lane runs the same operations)
@@ -53,8 +53,6 @@ _TILE = 128
 _PREFETCH = 16
 #: channels per block of the linear scan
 _LBLK = 64
-#: tokens x channels per window of the chunked linear scan (phase 3 re-reads a window from cache)
-_WINDOW = 1 << 19
 #: chunks of the linear scan run in lockstep by one parallel iteration
 _G = 4
 
@@ -208,20 +206,24 @@ def linear_scan_kernel(a, b, h0, out, hT, chunk_length):
     ``_G`` consecutive chunks run in lockstep); phase 2 (the carry) is serial
     in the chunk index and parallel over (batch, channels).
 
-    The three phases run over windows of consecutive chunks (about
-    ``_WINDOW`` tokens) one window after the other, so that phase 3 re-reads
-    ``a`` and ``b`` from the cache instead of memory. This only schedules the
-    work: the chunks, their summaries and the carry (serial in chunk order
-    anyway) are exactly those of the reference.
-
     a, b, out : (b, l, d); h0, hT : (b, d).
     """
     batch, length, channels = a.shape
     nblk = (channels + _LBLK - 1) // _LBLK
     nchunks = (length + chunk_length - 1) // chunk_length
     nsum = max(nchunks - 1, 0)
+    # phase 1: summaries of the full chunks 0 .. nsum-1
     PQ = np.empty((batch, nsum, 2, channels), dtype=a.dtype)
-    # H[:, k] is the state entering chunk k
+    ngs = (nsum + _G - 1) // _G
+    for job in prange(batch * nblk * ngs):
+        grp = job % ngs
+        rest = job // ngs
+        bi = rest // nblk
+        d0 = (rest % nblk) * _LBLK
+        nd = min(_LBLK, channels - d0)
+        k0 = grp * _G
+        _linear_group_summary(a, b, PQ, bi, d0, nd, k0, min(_G, nsum - k0), chunk_length)
+    # phase 2: serial carry; H[:, k] is the state entering chunk k
     H = np.empty((batch, max(nchunks, 1), channels), dtype=a.dtype)
     for job in prange(batch * nblk):
         bi = job // nblk
@@ -229,40 +231,19 @@ def linear_scan_kernel(a, b, h0, out, hT, chunk_length):
         nd = min(_LBLK, channels - d0)
         for j in range(nd):
             H[bi, 0, d0 + j] = h0[bi, d0 + j]
-    # chunks per window: a multiple of _G covering about _WINDOW tokens of all channels
-    per = max(1, _WINDOW // max(chunk_length * max(channels, 1) * batch, 1))
-    per = ((per + _G - 1) // _G) * _G
-    for c0 in range(0, nchunks, per):
-        c1 = min(c0 + per, nchunks)
-        s1 = min(c1, nsum)  # summaries needed in this window: chunks c0 .. s1-1
-        # phase 1: summaries of the window's full chunks
-        ngs = (max(s1 - c0, 0) + _G - 1) // _G
-        for job in prange(batch * nblk * ngs):
-            grp = job % ngs
-            rest = job // ngs
-            bi = rest // nblk
-            d0 = (rest % nblk) * _LBLK
-            nd = min(_LBLK, channels - d0)
-            k0 = c0 + grp * _G
-            _linear_group_summary(a, b, PQ, bi, d0, nd, k0, min(_G, s1 - k0), chunk_length)
-        # phase 2: serial carry through the window
-        for job in prange(batch * nblk):
-            bi = job // nblk
-            d0 = (job % nblk) * _LBLK
-            nd = min(_LBLK, channels - d0)
-            for k in range(c0, s1):
-                for j in range(nd):
-                    H[bi, k + 1, d0 + j] = PQ[bi, k, 0, d0 + j] * H[bi, k, d0 + j] + PQ[bi, k, 1, d0 + j]
-        # phase 3: fix-up of the window's chunks from their carried states
-        ngr = (c1 - c0 + _G - 1) // _G
-        for job in prange(batch * nblk * ngr):
-            grp = job % ngr
-            rest = job // ngr
-            bi = rest // nblk
-            d0 = (rest % nblk) * _LBLK
-            nd = min(_LBLK, channels - d0)
-            k0 = c0 + grp * _G
-            _linear_group_run(a, b, H, out, bi, d0, nd, k0, min(_G, c1 - k0), chunk_length, length)
+        for k in range(nsum):
+            for j in range(nd):
+                H[bi, k + 1, d0 + j] = PQ[bi, k, 0, d0 + j] * H[bi, k, d0 + j] + PQ[bi, k, 1, d0 + j]
+    # phase 3: fix-up of every chunk from its carried state
+    ngr = (nchunks + _G - 1) // _G
+    for job in prange(batch * nblk * ngr):
+        grp = job % ngr
+        rest = job // ngr
+        bi = rest // nblk
+        d0 = (rest % nblk) * _LBLK
+        nd = min(_LBLK, channels - d0)
+        k0 = grp * _G
+        _linear_group_run(a, b, H, out, bi, d0, nd, k0, min(_G, nchunks - k0), chunk_length, length)
     # final state: the state after the last chunk (h0 when there is none)
     for job in prange(batch * nblk):
         bi = job // nblk
@@ -338,7 +319,7 @@ def _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_
         for q in range(0, W, line):
             prefetch(u, ahead + q)
             prefetch(delta, ahead + q)
-            prefetch(y, ahead + q)
+            prefetch_write(y, ahead + q)
             if has_z:
                 prefetch(z, ahead + q)
         for j in range(W):
