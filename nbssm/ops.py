@@ -389,11 +389,13 @@ def causal_conv1d(x, weight, bias=None, history=None, return_history=False, acti
     return out, new_hist
 
 
-def warmup(verbose: bool = False) -> dict:
+def warmup(verbose: bool = False, models: bool = True) -> dict:
     """Compile (or load from Numba's cache) every kernel for float32 and float64.
 
     Runs each entry point and strategy once on tiny inputs; afterwards no call
     of the public functions compiles anything (one specialisation per dtype).
+    With ``models=True`` (default) it also compiles the runtime models'
+    projection kernels (:func:`nbssm.models.warmup`).
 
     Returns
     -------
@@ -421,4 +423,11 @@ def warmup(verbose: bool = False) -> dict:
         causal_conv1d(a, np.ones((2, 3), dtype=dt), bias=np.ones(2, dt))
         if verbose:
             print(f"warmup {np.dtype(dt).name}: {time.perf_counter() - t0:.2f} s")
+    if models:
+        # the runtime models' own projection kernels (nbssm/_kernels/dense.py)
+        from .models import warmup as _warmup_models
+
+        _warmup_models()
+        if verbose:
+            print(f"warmup models: {time.perf_counter() - t0:.2f} s")
     return {"seconds": time.perf_counter() - t0}
