@@ -23,6 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+
+# what `import nbssm` does before numpy is loaded (see nbssm/__init__.py); set here because the
+# transformers side of this script runs in an interpreter without nbssm
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 import platform
 import subprocess
 import sys

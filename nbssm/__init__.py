@@ -13,7 +13,16 @@ Paper objects: ``signature`` (``nbssm.signature``), linear CDE scans (``nbssm.cd
 Specification mirror: ``nbssm.spec``.
 """
 
+import os
 from importlib import import_module
+
+# OpenBLAS's worker threads spin for about 2**28 cycles after every matrix product, on the
+# same cores that nbssm's Numba kernels need next: a scan right after a projection then runs
+# 2x slower (measured: 38 ms vs 15 ms for one mamba-130m layer's scan on 2 cores). With a
+# timeout of 2**4 cycles they sleep at once; BLAS speed itself is unchanged. OpenBLAS reads
+# this when it is loaded (with numpy), so it takes effect when nbssm is imported before numpy
+# (and always in the `nbssm` command); a value set by the user is kept.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 __version__ = "0.1.0"
 
