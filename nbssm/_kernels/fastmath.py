@@ -42,60 +42,43 @@ _f32 = np.float32
 # ----------------------------------------------------------------------------- prefetch
 
 
-@intrinsic
-def prefetch(typingctx, arr, offset):
-    """``prefetch(arr, offset)``: hint the CPU to load ``arr.flat[offset]`` into cache.
+def _prefetch_intrinsic(rw: int, name: str, doc: str):
+    """Build the ``llvm.prefetch`` intrinsic for reads (``rw = 0``) or writes (``rw = 1``)."""
+
+    def impl(typingctx, arr, offset):
+        if not isinstance(arr, types.Array) or not isinstance(offset, types.Integer):
+            return None
+        sig = types.void(arr, offset)
+
+        def codegen(context, builder, signature, args):
+            ary = context.make_array(signature.args[0])(context, builder, args[0])
+            ptr = builder.gep(ary.data, [args[1]])
+            i8p = _ir.IntType(8).as_pointer()
+            i32 = _ir.IntType(32)
+            fnty = _ir.FunctionType(_ir.VoidType(), [i8p, i32, i32, i32])
+            mod = builder.module
+            fn = mod.globals.get("llvm.prefetch.p0i8")
+            if fn is None:
+                fn = _ir.Function(mod, fnty, name="llvm.prefetch.p0i8")
+            # (address, rw, locality 3 = keep in all cache levels, cache type 1 = data)
+            builder.call(fn, [builder.bitcast(ptr, i8p), i32(rw), i32(3), i32(1)])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    impl.__name__ = impl.__qualname__ = name
+    impl.__doc__ = doc
+    return intrinsic(impl)
+
+
+prefetch = _prefetch_intrinsic(0, "prefetch", """``prefetch(arr, offset)``: hint the CPU to load ``arr.flat[offset]`` into cache.
 
     ``llvm.prefetch`` (read, high locality, data cache); never faults, so an
     out-of-range offset is harmless. Used to hide memory latency when a
     kernel walks a ``(b, l, d)`` array along ``l`` with a stride of ``d``.
-    """
-    if not isinstance(arr, types.Array) or not isinstance(offset, types.Integer):
-        return None
-    sig = types.void(arr, offset)
+    """)
 
-    def codegen(context, builder, signature, args):
-        ary = context.make_array(signature.args[0])(context, builder, args[0])
-        ptr = builder.gep(ary.data, [args[1]])
-        i8p = _ir.IntType(8).as_pointer()
-        i32 = _ir.IntType(32)
-        fnty = _ir.FunctionType(_ir.VoidType(), [i8p, i32, i32, i32])
-        mod = builder.module
-        fn = mod.globals.get("llvm.prefetch.p0i8")
-        if fn is None:
-            fn = _ir.Function(mod, fnty, name="llvm.prefetch.p0i8")
-        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@intrinsic
-def prefetch_write(typingctx, arr, offset):
-    """``prefetch_write(arr, offset)``: like :func:`prefetch`, for a line about to be written.
-
-    ``llvm.prefetch`` (read, high locality, data cache); never faults, so an
-    out-of-range offset is harmless. Used to hide memory latency when a
-    kernel walks a ``(b, l, d)`` array along ``l`` with a stride of ``d``.
-    """
-    if not isinstance(arr, types.Array) or not isinstance(offset, types.Integer):
-        return None
-    sig = types.void(arr, offset)
-
-    def codegen(context, builder, signature, args):
-        ary = context.make_array(signature.args[0])(context, builder, args[0])
-        ptr = builder.gep(ary.data, [args[1]])
-        i8p = _ir.IntType(8).as_pointer()
-        i32 = _ir.IntType(32)
-        fnty = _ir.FunctionType(_ir.VoidType(), [i8p, i32, i32, i32])
-        mod = builder.module
-        fn = mod.globals.get("llvm.prefetch.p0i8")
-        if fn is None:
-            fn = _ir.Function(mod, fnty, name="llvm.prefetch.p0i8")
-        builder.call(fn, [builder.bitcast(ptr, i8p), i32(1), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
+prefetch_write = _prefetch_intrinsic(1, "prefetch_write", """``prefetch_write(arr, offset)``: like :func:`prefetch`, for a line about to be written.""")
 
 
 @intrinsic
