@@ -28,6 +28,7 @@ NaN and infinities propagate: nothing here uses fast-math flags.
 from __future__ import annotations
 
 import math
+import platform
 
 import numpy as np
 from numba import njit, types
@@ -35,6 +36,8 @@ from llvmlite import ir as _ir
 from numba.extending import intrinsic, overload
 
 from .. import _config
+
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
 
 _f32 = np.float32
 
@@ -78,7 +81,54 @@ prefetch = _prefetch_intrinsic(0, "prefetch", """``prefetch(arr, offset)``: hint
     kernel walks a ``(b, l, d)`` array along ``l`` with a stride of ``d``.
     """)
 
-prefetch_write = _prefetch_intrinsic(1, "prefetch_write", """``prefetch_write(arr, offset)``: like :func:`prefetch`, for a line about to be written.""")
+@intrinsic
+def store_nontemporal(typingctx, arr, offset, value):
+    """``arr.flat[offset] = value`` as a non-temporal (streaming) store.
+
+    The line is written without being read into the cache first: output
+    arrays that are written once and not read back by the kernel then cost
+    one memory transfer instead of two. The value stored is exactly
+    ``value`` (cast to the array's dtype), so results are unchanged; the
+    parallel region's closing barrier (a locked instruction) orders these
+    stores before any later read, and every worker that streams ends with
+    :func:`store_fence`.
+    """
+    if not isinstance(arr, types.Array) or not isinstance(offset, types.Integer):
+        return None
+    sig = types.void(arr, offset, value)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        v = context.cast(builder, args[2], signature.args[2], signature.args[0].dtype)
+        st = builder.store(v, ptr)
+        st.set_metadata("nontemporal", builder.module.add_metadata([_ir.IntType(32)(1)]))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def store_fence(typingctx):
+    """``sfence``: make this thread's earlier non-temporal stores globally visible.
+
+    Called once at the end of a worker that used :func:`store_nontemporal`, so
+    that the ordering does not rest on the parallel runtime's barrier alone.
+    """
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        if not _X86:  # elsewhere non-temporal stores are ordered by the runtime's barrier
+            return context.get_dummy_value()
+        fnty = _ir.FunctionType(_ir.VoidType(), [])
+        mod = builder.module
+        fn = mod.globals.get("llvm.x86.sse.sfence")
+        if fn is None:
+            fn = _ir.Function(mod, fnty, name="llvm.x86.sse.sfence")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @intrinsic

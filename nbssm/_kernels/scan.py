@@ -42,7 +42,7 @@ import numpy as np
 from numba import carray, literally, njit, prange
 
 from .. import _config
-from .fastmath import constant, exp_, prefetch, prefetch_write, sigmoid_, softplus_, stack_buffer
+from .fastmath import constant, exp_, prefetch, sigmoid_, softplus_, stack_buffer, store_fence, store_nontemporal
 
 #: channel-block widths of the selective scan (a compile-time constant per specialisation);
 #: the results do not depend on the width (every lane runs the same operations)
@@ -319,7 +319,6 @@ def _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_
         for q in range(0, W, line):
             prefetch(u, ahead + q)
             prefetch(delta, ahead + q)
-            prefetch_write(y, ahead + q)
             if has_z:
                 prefetch(z, ahead + q)
         for j in range(W):
@@ -345,10 +344,11 @@ def _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_
                 zv = zf[row + np.uint64(j)]
                 yy[j] = yy[j] * (zv * sigmoid_(zv))
         for j in range(jw, W):
-            yf[row + np.uint64(j)] = yy[j]
+            store_nontemporal(yf, row + np.uint64(j), yy[j])
     for n in range(nstate):
         for j in range(W):
             state[n, j] = h[n, j]
+    store_fence()  # the y rows above were streamed (non-temporal stores)
 
 
 @njit(cache=_config.CACHE, error_model="numpy")
