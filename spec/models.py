@@ -74,6 +74,13 @@ def check_shape(owner: str, field: str, value: Any, expected: tuple) -> list:
     return value
 
 
+def check_ssm(owner: str, ssm: Any, dim: int) -> None:
+    """Check that a model's ``ssm`` field is a :class:`DiagonalSSM` of dimension ``dim``."""
+    if not isinstance(ssm, DiagonalSSM) or ssm.dim != dim:
+        got = ssm.dim if isinstance(ssm, DiagonalSSM) else type(ssm).__name__
+        raise ShapeError(f"{owner}.ssm: expected DiagonalSSM of dim {dim}, got {got}")
+
+
 def vec_mat(ctx: Context, v: Sequence[Any], W: Sequence[Sequence[Any]], n_out: int) -> list:
     """``(v @ W)_j = ((0 + v_0*W[0][j]) + v_1*W[1][j]) + ...`` over increasing i.
 
@@ -170,9 +177,7 @@ class DiagonalS4Spec:
         o = "DiagonalS4Spec"
         self.in_proj = check_shape(o, "in_proj", self.in_proj, (self.input_dim, self.state_dim))
         self.out_proj = check_shape(o, "out_proj", self.out_proj, (self.state_dim, self.output_dim))
-        if not isinstance(self.ssm, DiagonalSSM) or self.ssm.dim != self.state_dim:
-            got = self.ssm.dim if isinstance(self.ssm, DiagonalSSM) else type(self.ssm).__name__
-            raise ShapeError(f"{o}.ssm: expected DiagonalSSM of dim {self.state_dim}, got {got}")
+        check_ssm(o, self.ssm, self.state_dim)
 
     def step(self, ctx: Context, h: list, x: list) -> tuple:
         """One token: ``s = x@inProj``; ``h' = A⊙h + B⊙s``; ``o = (C⊙h' + D⊙s)@outProj``."""
@@ -214,9 +219,7 @@ class MambaBlockSpec:
         self.in_proj = check_shape(o, "in_proj", self.in_proj, (self.input_dim, self.state_dim))
         self.gate_proj = check_shape(o, "gate_proj", self.gate_proj, (self.input_dim, self.state_dim))
         self.out_proj = check_shape(o, "out_proj", self.out_proj, (self.state_dim, self.output_dim))
-        if not isinstance(self.ssm, DiagonalSSM) or self.ssm.dim != self.state_dim:
-            got = self.ssm.dim if isinstance(self.ssm, DiagonalSSM) else type(self.ssm).__name__
-            raise ShapeError(f"{o}.ssm: expected DiagonalSSM of dim {self.state_dim}, got {got}")
+        check_ssm(o, self.ssm, self.state_dim)
 
     def step(self, ctx: Context, h: list, x: list) -> tuple:
         """``h' = A⊙h + B⊙s``; ``o = ((C⊙h' + D⊙s) ⊙ sigmoid(x@gateProj)) @ outProj``."""
@@ -404,6 +407,7 @@ __all__ = [
     "hadamard",
     "vec_add",
     "check_shape",
+    "check_ssm",
     "shape_of",
     "run_list_steps",
     "DiagonalSSM",

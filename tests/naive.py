@@ -9,6 +9,8 @@ bitwise.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -78,3 +80,18 @@ def naive_causal_conv1d(x, weight, bias=None, history=None, silu=False):
         out[:, t, :] = acc / (1.0 + np.exp(-acc)) if silu else acc
     new_hist = xp[:, xp.shape[1] - pad:, :] if pad else np.zeros((batch, 0, channels))
     return out, new_hist
+
+
+def expm_reference(M):
+    """Accurate exp(M) in float64: scaling and squaring with a degree-30 Taylor series."""
+    norm = np.abs(M).sum(axis=1).max()
+    s = max(0, int(math.ceil(math.log2(norm))) + 4) if norm > 0 else 0
+    X = M / 2.0**s
+    E = np.eye(M.shape[0])
+    term = np.eye(M.shape[0])
+    for j in range(1, 31):
+        term = term @ X / j
+        E = E + term
+    for _ in range(s):
+        E = E @ E
+    return E

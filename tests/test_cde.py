@@ -6,11 +6,13 @@ import math
 
 import numpy as np
 import pytest
+from naive import expm_reference
 from tolerances import max_rel_err, tol
 
 from nbssm.cde import diagonal_cde_scan, increments, linear_cde_scan, taylor_error_bound
 from nbssm.spec.cde import LinearCDESpec
 from nbssm.spec.context import DOUBLE
+
 
 
 def _dense_inputs(seed, b=3, T=6, n=5, dw=3, dx=2, scale=0.3):
@@ -64,21 +66,6 @@ def test_diagonal_refines_spec(method):
     np.testing.assert_array_equal(final, states[:, -1])
 
 
-def _expm(M):
-    """Accurate exp(M) in float64: scaling and squaring with a degree-30 Taylor series."""
-    norm = np.abs(M).sum(axis=1).max()
-    s = max(0, int(math.ceil(math.log2(norm))) + 4) if norm > 0 else 0
-    X = M / 2.0**s
-    E = np.eye(M.shape[0])
-    term = np.eye(M.shape[0])
-    for j in range(1, 31):
-        term = term @ X / j
-        E = E + term
-    for _ in range(s):
-        E = E @ E
-    return E
-
-
 def _exact_reference(A, B, domega, dxi, z0):
     """Exact steps via the augmented matrix exp([[M, v], [0, 0]]) = [[e^M, phi1(M) v], [0, 1]]."""
     b, T, _ = domega.shape
@@ -91,7 +78,7 @@ def _exact_reference(A, B, domega, dxi, z0):
             aug = np.zeros((n + 1, n + 1))
             aug[:n, :n] = M
             aug[:n, n] = B @ dxi[p, k]
-            E = _expm(aug)
+            E = expm_reference(aug)
             z = E[:n, :n] @ z + E[:n, n]
         out[p] = z
     return out

@@ -61,8 +61,12 @@ def _fold_tile(x, w, out, r0, c0, nr, nc):
             out[r0 + r, c0 + j] = acc[r, j]
 
 
-@njit(cache=_config.CACHE, parallel=True, error_model="numpy")
-def _matmul_fold_parallel(x, w, out):
+def _matmul_fold_tiles(x, w, out):
+    """Every (_ROWS x _COLS) tile of ``out`` by ``_fold_tile``; compiled twice below.
+
+    ``prange`` is a plain ``range`` in the serial compilation, so both variants
+    run the same tiles with the same per-element folds (identical bits).
+    """
     m = x.shape[0]
     n = w.shape[1]
     nrb = (m + _ROWS - 1) // _ROWS
@@ -73,16 +77,8 @@ def _matmul_fold_parallel(x, w, out):
         _fold_tile(x, w, out, r0, c0, min(r0 + _ROWS, m) - r0, min(c0 + _COLS, n) - c0)
 
 
-@njit(cache=_config.CACHE, error_model="numpy")
-def _matmul_fold_serial(x, w, out):
-    m = x.shape[0]
-    n = w.shape[1]
-    nrb = (m + _ROWS - 1) // _ROWS
-    ncb = (n + _COLS - 1) // _COLS
-    for job in range(nrb * ncb):
-        r0 = (job // ncb) * _ROWS
-        c0 = (job % ncb) * _COLS
-        _fold_tile(x, w, out, r0, c0, min(r0 + _ROWS, m) - r0, min(c0 + _COLS, n) - c0)
+_matmul_fold_parallel = njit(cache=_config.CACHE, parallel=True, error_model="numpy")(_matmul_fold_tiles)
+_matmul_fold_serial = njit(cache=_config.CACHE, error_model="numpy")(_matmul_fold_tiles)
 
 
 def matmul_fold(x, w, out):
