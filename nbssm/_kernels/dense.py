@@ -61,24 +61,33 @@ def _fold_tile(x, w, out, r0, c0, nr, nc):
             out[r0 + r, c0 + j] = acc[r, j]
 
 
-def _matmul_fold_tiles(x, w, out):
-    """Every (_ROWS x _COLS) tile of ``out`` by ``_fold_tile``; compiled twice below.
-
-    ``prange`` is a plain ``range`` in the serial compilation, so both variants
-    run the same tiles with the same per-element folds (identical bits).
-    """
+@njit(cache=_config.CACHE, error_model="numpy")
+def _tile_job(x, w, out, job):
+    """Tile number ``job`` (row-major over (_ROWS x _COLS) tiles of ``out``) by ``_fold_tile``."""
     m = x.shape[0]
     n = w.shape[1]
-    nrb = (m + _ROWS - 1) // _ROWS
     ncb = (n + _COLS - 1) // _COLS
-    for job in prange(nrb * ncb):
-        r0 = (job // ncb) * _ROWS
-        c0 = (job % ncb) * _COLS
-        _fold_tile(x, w, out, r0, c0, min(r0 + _ROWS, m) - r0, min(c0 + _COLS, n) - c0)
+    r0 = (job // ncb) * _ROWS
+    c0 = (job % ncb) * _COLS
+    _fold_tile(x, w, out, r0, c0, min(r0 + _ROWS, m) - r0, min(c0 + _COLS, n) - c0)
 
 
-_matmul_fold_parallel = njit(cache=_config.CACHE, parallel=True, error_model="numpy")(_matmul_fold_tiles)
-_matmul_fold_serial = njit(cache=_config.CACHE, error_model="numpy")(_matmul_fold_tiles)
+@njit(cache=_config.CACHE)
+def _n_tiles(x, w):
+    """Number of (_ROWS x _COLS) tiles of ``out = x @ w``."""
+    return ((x.shape[0] + _ROWS - 1) // _ROWS) * ((w.shape[1] + _COLS - 1) // _COLS)
+
+
+@njit(cache=_config.CACHE, parallel=True, error_model="numpy")
+def _matmul_fold_parallel(x, w, out):
+    for job in prange(_n_tiles(x, w)):
+        _tile_job(x, w, out, job)
+
+
+@njit(cache=_config.CACHE, error_model="numpy")
+def _matmul_fold_serial(x, w, out):
+    for job in range(_n_tiles(x, w)):
+        _tile_job(x, w, out, job)
 
 
 def matmul_fold(x, w, out):
