@@ -10,6 +10,8 @@ Kernels (``nbssm.ops``): ``linear_scan``, ``selective_scan``, ``causal_conv1d``,
 Runtime models (``nbssm.models``): ``DiagonalS4``, ``CompactMamba``, ``SelectiveMamba``.
 Language models (``nbssm.lm``): ``MambaLM``.
 Paper objects: ``signature`` (``nbssm.signature``), linear CDE scans (``nbssm.cde``).
+Memory: ``output_cache_info``, ``clear_output_cache``, ``set_output_cache_limit``
+(large kernel outputs are recycled; see ``nbssm._memory``).
 Specification mirror: ``nbssm.spec``.
 """
 
@@ -40,6 +42,9 @@ _LAZY = {
     "signature": "nbssm.signature",
     "linear_cde_scan": "nbssm.cde",
     "diagonal_cde_scan": "nbssm.cde",
+    "clear_output_cache": "nbssm._memory",
+    "output_cache_info": "nbssm._memory",
+    "set_output_cache_limit": "nbssm._memory",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

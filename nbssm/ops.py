@@ -55,6 +55,7 @@ import time
 
 import numpy as np
 
+from . import _memory
 from ._validate import as_float_array, check_int, optional_float_array, readonly, result_dtype
 
 STRATEGIES = ("auto", "sequential", "chunked")
@@ -198,7 +199,7 @@ def linear_scan(a, b, initial_state=None, return_final_state=False, strategy="au
     else:
         cl = default_chunk_length("linear", batch, channels) if chunk_length is None else check_int(
             chunk_length, "chunk_length", 1)
-    out = np.empty((batch, length, channels), dtype=dt)
+    out = _memory.empty((batch, length, channels), dt)
     hT = np.empty((batch, channels), dtype=dt)
     scan, _ = _kernels()
     scan.linear_scan_kernel(a_, b_, h0, out, hT, cl)
@@ -307,7 +308,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         chans = blk
     else:
         chans = channels
-    y = np.empty((batch, length, chans), dtype=dt)
+    y = _memory.empty((batch, length, chans), dt)
     hT = np.empty((batch, chans, nstate), dtype=dt)
     width, group = _block_width(batch, chans, scan.SELECTIVE_WIDTHS)
     scan.selective_scan_kernel(u_, delta_, A_, B_, C_, D_, z_, bias_, has_D, has_z, has_bias,
@@ -377,7 +378,7 @@ def causal_conv1d(x, weight, bias=None, history=None, return_history=False, acti
         hist = as_float_array(history, "history", dt, shape=(batch, nhist, channels))
     if activation not in (None, "silu"):
         raise ValueError(f"activation: expected None or 'silu', got {activation!r}")
-    out = np.empty((batch, length, channels), dtype=dt)
+    out = _memory.empty((batch, length, channels), dt)
     _, conv = _kernels()
     conv.causal_conv(x_, w_newest, bias_, has_bias, hist, activation == "silu", out)
     if not return_history:
