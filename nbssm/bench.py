@@ -8,7 +8,8 @@ Measures, on this machine, with the machine, thread counts and versions recorded
   state), on 1 and 2 threads, in elements/s (elements = b*l*d*n), against a
   vectorised numpy loop over the length in the same run, and the error of the
   float32 result against the float64 kernel (max|y - y64| / max|y64|);
-* cost linear in length: time(L=16384) / time(L=2048) at S1's channels and state;
+* cost linear in length: time(L=16384) / time(L=2048) at S1's channels and state,
+  the runs of the two lengths alternating, with the output cache on and off;
 * ``linear_scan`` on one long sequence (1, 2**22, 1) float32: sequential and
   chunked on 1 thread, chunked on 2 threads;
 * peak memory above inputs plus outputs (``ru_maxrss`` in a fresh process);
@@ -165,20 +166,56 @@ def bench_selective(repeats, threads, shapes=SHAPES, numpy_ref=True, log=print):
     return rows
 
 
+def _interleaved_medians(fns, repeats):
+    """Median time of each ``fns[key]()``, the keys alternating run by run.
+
+    Alternating (instead of all runs of one case, then all of the next) makes
+    every case see the same machine conditions (neighbours on a shared host,
+    clock, memory traffic), which is what a ratio between cases needs.
+    """
+    for fn in fns.values():
+        fn()  # warm-up
+    times = {key: [] for key in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t0)
+    return {key: float(np.median(ts)) for key, ts in times.items()}, times
+
+
 def bench_length_scaling(repeats, threads, log=print):
+    """time(L=16384) / time(L=2048) at S1's channels and state, runs of the two lengths alternating.
+
+    Measured with nbssm's output cache as shipped (the default) and, for
+    comparison, with it disabled: then every L=16384 call writes into a fresh
+    100 MB mapping whose pages the OS faults in and zeroes, while the 12.5 MB
+    output of L=2048 is recycled by glibc's heap either way.
+    """
     import numba
 
-    from . import ops
+    from . import _memory, ops
 
     numba.set_num_threads(threads)
-    out = {}
-    for length in (2048, 16384):
-        kw = make_inputs((1, length, 1536, 16))
-        med, _ = _median_time(lambda: ops.selective_scan(**kw, delta_softplus=True), repeats)
-        out[f"t_L{length}_ms"] = med * 1e3
-    out["ratio_L16384_over_L2048"] = out["t_L16384_ms"] / out["t_L2048_ms"]
-    out["threads"] = threads
-    log(f"  L=16384 / L=2048: {out['ratio_L16384_over_L2048']:.2f} (ideal 8)")
+    kws = {length: make_inputs((1, length, 1536, 16)) for length in (2048, 16384)}
+    fns = {length: (lambda kw=kw: ops.selective_scan(**kw, delta_softplus=True)) for length, kw in kws.items()}
+    out = {"threads": threads, "repeats": max(repeats, 9), "order": "interleaved"}
+    budget = _memory.output_cache_info()["budget_bytes"] >> 20
+    for label, limit in (("", budget), ("_no_output_cache", 0)):
+        _memory.set_output_cache_limit(limit)
+        try:
+            med, _ = _interleaved_medians(fns, out["repeats"])
+        finally:
+            _memory.set_output_cache_limit(budget)
+            _memory.clear_output_cache()
+        for length, t in med.items():
+            out[f"t_L{length}_ms{label}"] = t * 1e3
+        out[f"ratio_L16384_over_L2048{label}"] = med[16384] / med[2048]
+    out["output_cache_mb"] = budget
+    log(f"  L=16384 / L=2048: {out['ratio_L16384_over_L2048']:.2f} (ideal 8; "
+        f"{out['t_L16384_ms']:.1f} / {out['t_L2048_ms']:.1f} ms); without the output cache "
+        f"{out['ratio_L16384_over_L2048_no_output_cache']:.2f} "
+        f"({out['t_L16384_ms_no_output_cache']:.1f} / {out['t_L2048_ms_no_output_cache']:.1f} ms)")
     return out
 
 
@@ -321,8 +358,13 @@ def to_markdown(res):
     lines.append("")
     if "length_scaling" in res:
         s = res["length_scaling"]
-        lines.append(f"Cost in length (b=1, d=1536, n=16, {s['threads']} threads): L=2048 {s['t_L2048_ms']:.1f} ms, "
-                     f"L=16384 {s['t_L16384_ms']:.1f} ms, ratio {s['ratio_L16384_over_L2048']:.2f} (linear: 8).")
+        lines.append(f"Cost in length (b=1, d=1536, n=16, {s['threads']} threads, the two lengths alternating "
+                     f"run by run): L=2048 {s['t_L2048_ms']:.1f} ms, L=16384 {s['t_L16384_ms']:.1f} ms, "
+                     f"ratio {s['ratio_L16384_over_L2048']:.2f} (linear: 8).")
+        if "ratio_L16384_over_L2048_no_output_cache" in s:
+            lines.append(f"With the output cache disabled (`NBSSM_OUTPUT_CACHE_MB=0`): "
+                         f"{s['t_L2048_ms_no_output_cache']:.1f} ms and {s['t_L16384_ms_no_output_cache']:.1f} ms, "
+                         f"ratio {s['ratio_L16384_over_L2048_no_output_cache']:.2f}.")
         lines.append("")
     if "linear" in res:
         lr = res["linear"]

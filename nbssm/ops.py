@@ -43,7 +43,11 @@ Guarantees (all tested in ``tests/test_ops_*.py``):
   the same wherever the arithmetic turns it into NaN.
 * **Memory.** Nothing of size ``b * l * d * n`` is allocated; beyond the
   outputs the kernels use O(b * d * n * l / chunk_length) for the chunked
-  strategy and O(d * n) per thread otherwise.
+  strategy and O(d * n) per thread otherwise. Outputs of 32 MiB or more come
+  from the output cache (:mod:`nbssm._memory`): a block is reused only after
+  every array referring to it is gone, so a result the caller holds is never
+  overwritten; ``NBSSM_OUTPUT_CACHE_MB=0`` or ``nbssm.set_output_cache_limit(0)``
+  turns it off, ``nbssm.clear_output_cache()`` frees what it keeps.
 
 Numba's on-disk cache is on (``NBSSM_CACHE=0`` turns it off); :func:`warmup`
 compiles (or loads) every specialisation ahead of time.
