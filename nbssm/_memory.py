@@ -43,7 +43,7 @@ ALIGN = 64
 _lock = threading.RLock()  # re-entrant: a block's release can run inside any allocation
 _free = []  # (nbytes, raw uint8 array), oldest first
 _stats = {"hits": 0, "misses": 0}
-_budget = [_config.OUTPUT_CACHE_MB << 20]
+_budget = _config.OUTPUT_CACHE_MB << 20  # bytes
 
 
 class _Owner:
@@ -73,15 +73,19 @@ def _aligned(raw):
     return raw.ctypes.data + (-raw.ctypes.data) % ALIGN
 
 
+def _evict():
+    """Free the oldest kept blocks until the rest fit the budget (call with the lock held)."""
+    total = sum(n for n, _ in _free)
+    while _free and total > _budget:
+        total -= _free.pop(0)[0]
+
+
 def _release(raw):
     with _lock:
         size = raw.nbytes - ALIGN
-        if size > _budget[0]:
-            return
-        _free.append((size, raw))
-        total = sum(n for n, _ in _free)
-        while total > _budget[0]:
-            total -= _free.pop(0)[0]
+        if size <= _budget:
+            _free.append((size, raw))
+            _evict()
 
 
 def empty(shape, dtype):
@@ -89,7 +93,7 @@ def empty(shape, dtype):
     dtype = np.dtype(dtype)
     shape = tuple(int(s) for s in shape)
     nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-    if nbytes < MIN_BYTES or _budget[0] <= 0:
+    if nbytes < MIN_BYTES or _budget <= 0:
         return np.empty(shape, dtype)
     size = -(-nbytes // GRANULE) * GRANULE
     raw = None
@@ -115,19 +119,18 @@ def clear_output_cache():
 def output_cache_info():
     """``{"blocks", "bytes", "budget_bytes", "hits", "misses"}`` of the output cache."""
     with _lock:
-        return {"blocks": len(_free), "bytes": sum(n for n, _ in _free), "budget_bytes": _budget[0], **_stats}
+        return {"blocks": len(_free), "bytes": sum(n for n, _ in _free), "budget_bytes": _budget, **_stats}
 
 
 def set_output_cache_limit(megabytes):
     """Set the byte budget of the output cache in MiB (0 disables it); returns the old value."""
+    global _budget
     if isinstance(megabytes, bool) or not isinstance(megabytes, (int, np.integer)) or megabytes < 0:
         raise ValueError(f"megabytes: expected an integer >= 0, got {megabytes!r}")
     with _lock:
-        old = _budget[0] >> 20
-        _budget[0] = int(megabytes) << 20
-        total = sum(n for n, _ in _free)
-        while _free and total > _budget[0]:
-            total -= _free.pop(0)[0]
+        old = _budget >> 20
+        _budget = int(megabytes) << 20
+        _evict()
     return old
 
 

@@ -359,8 +359,8 @@ def to_markdown(res):
     if "length_scaling" in res:
         s = res["length_scaling"]
         lines.append(f"Cost in length (b=1, d=1536, n=16, {s['threads']} threads, the two lengths alternating "
-                     f"run by run, median of {s.get('repeats', res['repeats'])} runs): L=2048 {s['t_L2048_ms']:.1f} ms, L=16384 {s['t_L16384_ms']:.1f} ms, "
-                     f"ratio {s['ratio_L16384_over_L2048']:.2f} (linear: 8).")
+                     f"run by run, median of {s.get('repeats', res['repeats'])} runs): "
+                     f"L=2048 {s['t_L2048_ms']:.1f} ms, L=16384 {s['t_L16384_ms']:.1f} ms, ratio {s['ratio_L16384_over_L2048']:.2f} (linear: 8).")
         if "ratio_L16384_over_L2048_no_output_cache" in s:
             lines.append(f"With the output cache disabled (`NBSSM_OUTPUT_CACHE_MB=0`): "
                          f"{s['t_L2048_ms_no_output_cache']:.1f} ms and {s['t_L16384_ms_no_output_cache']:.1f} ms, "

@@ -93,11 +93,13 @@ def _check_3d(x, name: str):
     return arr
 
 
-def _strategy(strategy: str, batch_channels: int, chunked_below: int) -> str:
+def _strategy(kind: str, strategy: str, batch: int, channels: int) -> str:
+    """``strategy`` checked, with "auto" resolved from ``batch * channels`` for ``kind``."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}")
     if strategy == "auto":
-        return "chunked" if batch_channels < chunked_below else "sequential"
+        below = LINEAR_CHUNKED_BELOW if kind == "linear" else SELECTIVE_CHUNKED_BELOW
+        return "chunked" if batch * channels < below else "sequential"
     return strategy
 
 
@@ -138,8 +140,7 @@ def default_strategy(kind: str, batch: int, channels: int) -> str:
 
     A function of ``batch * channels`` only.
     """
-    below = LINEAR_CHUNKED_BELOW if kind == "linear" else SELECTIVE_CHUNKED_BELOW
-    return _strategy("auto", batch * channels, below)
+    return _strategy(kind, "auto", batch, channels)
 
 
 def default_chunk_length(kind: str, batch: int, channels: int) -> int:
@@ -148,6 +149,16 @@ def default_chunk_length(kind: str, batch: int, channels: int) -> int:
     A function of ``batch * channels`` only (currently a constant per kind).
     """
     return LINEAR_CHUNK_LENGTH if kind == "linear" else SELECTIVE_CHUNK_LENGTH
+
+
+def _chunk_length(kind: str, strategy: str, batch: int, length: int, channels: int, chunk_length) -> int:
+    """The kernel's ``chunk_length`` for ``kind``: the whole length for the sequential strategy
+    (one chunk: the kernel's fix-up phase is the time loop), else the given or default one."""
+    if _strategy(kind, strategy, batch, channels) == "sequential":
+        return max(length, 1)
+    if chunk_length is None:
+        return default_chunk_length(kind, batch, channels)
+    return check_int(chunk_length, "chunk_length", 1)
 
 
 def linear_scan(a, b, initial_state=None, return_final_state=False, strategy="auto", chunk_length=None):
@@ -197,12 +208,7 @@ def linear_scan(a, b, initial_state=None, return_final_state=False, strategy="au
         h0 = readonly(np.zeros((batch, channels), dtype=dt))
     else:
         h0 = as_float_array(initial_state, "initial_state", dt, shape=(batch, channels))
-    strat = _strategy(strategy, batch * channels, LINEAR_CHUNKED_BELOW)
-    if strat == "sequential":
-        cl = max(length, 1)  # one chunk: the kernel's fix-up phase is the time loop
-    else:
-        cl = default_chunk_length("linear", batch, channels) if chunk_length is None else check_int(
-            chunk_length, "chunk_length", 1)
+    cl = _chunk_length("linear", strategy, batch, length, channels, chunk_length)
     out = _memory.empty((batch, length, channels), dt)
     hT = np.empty((batch, channels), dtype=dt)
     scan, _ = _kernels()
@@ -287,12 +293,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         h0 = readonly(np.zeros((batch, channels, nstate), dtype=dt))
     else:
         h0 = as_float_array(initial_state, "initial_state", dt, shape=(batch, channels, nstate))
-    strat = _strategy(strategy, batch * channels, SELECTIVE_CHUNKED_BELOW)
-    if strat == "sequential":
-        cl = max(length, 1)  # one chunk: the kernel's fix-up phase is the time loop
-    else:
-        cl = default_chunk_length("selective", batch, channels) if chunk_length is None else check_int(
-            chunk_length, "chunk_length", 1)
+    cl = _chunk_length("selective", strategy, batch, length, channels, chunk_length)
     scan, _ = _kernels()
     blk = min(scan.SELECTIVE_WIDTHS)
     if 0 < channels < blk:

@@ -72,17 +72,23 @@ def summarize_scalar_affine(ctx: Context, trs: Sequence[ScalarAffineTransition])
     return s
 
 
-def scalar_affine_scan(ctx: Context, h0: Any, trs: Sequence[ScalarAffineTransition]) -> list:
-    """States after each transition, ``[h1, ..., hT]`` (without ``h0``).
-
-    Spec: ``scalarAffineScan``.
-    """
+def _states_after(ctx: Context, h0: Any, trs: Sequence[Any]) -> list:
+    """``[h1, ..., hT]`` with ``h_k = trs[k-1].apply(ctx, h_{k-1})``: the recursion that
+    ``scalarAffineScan`` and ``diagonalSelectiveScan`` both unfold to."""
     out = []
     h = h0
     for t in trs:
         h = t.apply(ctx, h)
         out.append(h)
     return out
+
+
+def scalar_affine_scan(ctx: Context, h0: Any, trs: Sequence[ScalarAffineTransition]) -> list:
+    """States after each transition, ``[h1, ..., hT]`` (without ``h0``).
+
+    Spec: ``scalarAffineScan``.
+    """
+    return _states_after(ctx, h0, trs)
 
 
 # --------------------------------------------------------------------------- diagonal
@@ -143,12 +149,7 @@ def diagonal_selective_scan(ctx: Context, h0: Vector, trs: Sequence[DiagonalTran
 
     Spec: ``diagonalSelectiveScan``.
     """
-    out = []
-    h = h0
-    for t in trs:
-        h = t.apply(ctx, h)
-        out.append(h)
-    return out
+    return _states_after(ctx, h0, trs)
 
 
 # --------------------------------------------------------------------------- Array family

@@ -1,19 +1,10 @@
 """The README's `kernels` section runs, and the benchmarks section holds the generated table markers."""
 
-import pathlib
-import re
-
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-
-
-def _section(name: str) -> str:
-    m = re.search(rf"<!-- section:{name} -->(.*?)<!-- /section:{name} -->", README.read_text(), re.S)
-    assert m, f"README has no section {name!r}"
-    return m.group(1)
+from readme import python_blocks, section
 
 
 def test_readme_kernels_example():
-    code = re.findall(r"```python\n(.*?)```", _section("kernels"), re.S)
+    code = python_blocks("kernels")
     assert code
     ns: dict = {}
     exec(compile(code[0], "README-kernels", "exec"), ns)
@@ -25,5 +16,5 @@ def test_readme_kernels_example():
 def test_readme_benchmarks_has_generated_table_markers():
     from nbssm.bench import README_BEGIN, README_END
 
-    sec = _section("benchmarks")
+    sec = section("benchmarks")
     assert README_BEGIN in sec and README_END in sec

@@ -1,20 +1,10 @@
 """The README's `models` section runs, and what it claims holds."""
 
-import pathlib
-import re
-
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-
-
-def _section(name: str) -> str:
-    text = README.read_text()
-    m = re.search(rf"<!-- section:{name} -->(.*?)<!-- /section:{name} -->", text, re.S)
-    assert m, f"README has no section {name!r}"
-    return m.group(1)
+from readme import python_blocks
 
 
 def test_readme_models_example(tmp_path, monkeypatch, capsys):
-    code = re.findall(r"```python\n(.*?)```", _section("models"), re.S)
+    code = python_blocks("models")
     assert code, "the models section has no python block"
     monkeypatch.chdir(tmp_path)  # the example writes state.npz in the working directory
     ns: dict = {}

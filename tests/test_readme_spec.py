@@ -1,16 +1,8 @@
 """The README's spec example runs and says what it claims."""
 
-import pathlib
 import re
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-
-
-def _section(name: str) -> str:
-    text = README.read_text()
-    m = re.search(rf"<!-- section:{name} -->(.*?)<!-- /section:{name} -->", text, re.S)
-    assert m, f"README has no section {name!r}"
-    return m.group(1)
+from readme import README, python_blocks
 
 
 def test_readme_starts_with_the_two_quick_start_commands():
@@ -23,7 +15,7 @@ def test_readme_starts_with_the_two_quick_start_commands():
 
 
 def test_readme_spec_example():
-    code = re.findall(r"```python\n(.*?)```", _section("spec"), re.S)
+    code = python_blocks("spec")
     assert code
     ns: dict = {}
     exec(compile(code[0], "README-spec", "exec"), ns)
