@@ -17,7 +17,7 @@ do not depend on the number of threads.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from ._jit import njit, prange
 
 from .. import _config
 from .fastmath import sigmoid_

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 
-from numba import njit, prange
+from ._jit import njit, prange
 
 from .. import _config
 from .fastmath import exp_, softplus_

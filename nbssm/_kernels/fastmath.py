@@ -31,7 +31,9 @@ import math
 import platform
 
 import numpy as np
-from numba import njit, types
+from numba import types
+
+from ._jit import njit
 from llvmlite import ir as _ir
 from numba.extending import intrinsic, overload
 

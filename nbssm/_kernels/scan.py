@@ -39,7 +39,9 @@ single channel, to overlap their dependency chains.
 from __future__ import annotations
 
 import numpy as np
-from numba import carray, literally, njit, prange
+from numba import carray, literally
+
+from ._jit import njit, prange
 
 from .. import _config
 from .fastmath import constant, exp_, prefetch, sigmoid_, softplus_, stack_buffer, store_fence, store_nontemporal

@@ -13,7 +13,7 @@ Kernels take float64 paths and write into a caller-provided ``out``; validation 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from ._jit import njit, prange
 
 from nbssm import _config
 
