@@ -6,7 +6,8 @@ access, and kernels compile on first call (or ahead of time with
 
 Public API
 ----------
-Kernels (``nbssm.ops``): ``linear_scan``, ``selective_scan``, ``causal_conv1d``, ``warmup``.
+Kernels (``nbssm.ops``): ``linear_scan``, ``selective_scan``, ``causal_conv1d``;
+``warmup`` compiles every kernel ahead of time.
 Runtime models (``nbssm.models``): ``DiagonalS4``, ``CompactMamba``, ``SelectiveMamba``.
 Language models (``nbssm.lm``): ``MambaLM``.
 Paper objects: ``signature`` (``nbssm.signature``), linear CDE scans (``nbssm.cde``).
@@ -33,7 +34,7 @@ _LAZY = {
     "linear_scan": "nbssm.ops",
     "selective_scan": "nbssm.ops",
     "causal_conv1d": "nbssm.ops",
-    "warmup": "nbssm.ops",
+    "warmup": "nbssm._warmup",
     "DiagonalS4": "nbssm.models",
     "CompactMamba": "nbssm.models",
     "SelectiveMamba": "nbssm.models",

@@ -55,11 +55,12 @@ compiles (or loads) every specialisation ahead of time.
 
 from __future__ import annotations
 
-import time
-
+import numba
 import numpy as np
 
 from . import _memory
+from ._kernels.conv import causal_conv
+from ._kernels.scan import SELECTIVE_WIDTHS, linear_scan_kernel, selective_scan_kernel
 from ._validate import as_float_array, check_int, optional_float_array, readonly, result_dtype
 
 STRATEGIES = ("auto", "sequential", "chunked")
@@ -72,13 +73,6 @@ SELECTIVE_CHUNKED_BELOW = 16
 LINEAR_CHUNK_LENGTH = 4000
 #: default ``chunk_length`` of the selective scan
 SELECTIVE_CHUNK_LENGTH = 512
-
-
-def _kernels():
-    # imported lazily: importing nbssm.ops must not import numba
-    from ._kernels import conv, scan
-
-    return scan, conv
 
 
 def _check_3d(x, name: str):
@@ -117,8 +111,6 @@ def _block_width(batch: int, channels: int, widths) -> tuple:
     (tested), and choosing the split from the thread count keeps results
     independent of the thread count.
     """
-    import numba
-
     threads = numba.get_num_threads()
     width = min(widths)
     for w in sorted(widths, reverse=True):
@@ -211,8 +203,7 @@ def linear_scan(a, b, initial_state=None, return_final_state=False, strategy="au
     cl = _chunk_length("linear", strategy, batch, length, channels, chunk_length)
     out = _memory.empty((batch, length, channels), dt)
     hT = np.empty((batch, channels), dtype=dt)
-    scan, _ = _kernels()
-    scan.linear_scan_kernel(a_, b_, h0, out, hT, cl)
+    linear_scan_kernel(a_, b_, h0, out, hT, cl)
     return (out, hT) if return_final_state else out
 
 
@@ -294,8 +285,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     else:
         h0 = as_float_array(initial_state, "initial_state", dt, shape=(batch, channels, nstate))
     cl = _chunk_length("selective", strategy, batch, length, channels, chunk_length)
-    scan, _ = _kernels()
-    blk = min(scan.SELECTIVE_WIDTHS)
+    blk = min(SELECTIVE_WIDTHS)
     if 0 < channels < blk:
         # the kernel works on blocks of _BLK channel lanes: pad with inert channels
         # (u = delta = z = A = D = bias = h0 = 0), computed independently and dropped
@@ -315,8 +305,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         chans = channels
     y = _memory.empty((batch, length, chans), dt)
     hT = np.empty((batch, chans, nstate), dtype=dt)
-    width, group = _block_width(batch, chans, scan.SELECTIVE_WIDTHS)
-    scan.selective_scan_kernel(u_, delta_, A_, B_, C_, D_, z_, bias_, has_D, has_z, has_bias,
+    width, group = _block_width(batch, chans, SELECTIVE_WIDTHS)
+    selective_scan_kernel(u_, delta_, A_, B_, C_, D_, z_, bias_, has_D, has_z, has_bias,
                                bool(delta_softplus), h0, y, hT, cl, width, group)
     if chans != channels:
         y = np.ascontiguousarray(y[:, :, :channels])
@@ -384,8 +374,7 @@ def causal_conv1d(x, weight, bias=None, history=None, return_history=False, acti
     if activation not in (None, "silu"):
         raise ValueError(f"activation: expected None or 'silu', got {activation!r}")
     out = _memory.empty((batch, length, channels), dt)
-    _, conv = _kernels()
-    conv.causal_conv(x_, w_newest, bias_, has_bias, hist, activation == "silu", out)
+    causal_conv(x_, w_newest, bias_, has_bias, hist, activation == "silu", out)
     if not return_history:
         return out
     if length >= nhist:
@@ -396,44 +385,10 @@ def causal_conv1d(x, weight, bias=None, history=None, return_history=False, acti
 
 
 def warmup(verbose: bool = False, models: bool = True) -> dict:
-    """Compile (or load from Numba's cache) every kernel for float32 and float64.
+    """Deprecated alias of :func:`nbssm.warmup` (defined in :mod:`nbssm._warmup`)."""
+    import warnings
 
-    Runs each entry point and strategy once on tiny inputs; afterwards no call
-    of the public functions compiles anything (one specialisation per dtype).
-    With ``models=True`` (default) it also compiles the runtime models'
-    projection kernels (:func:`nbssm.models.warmup`).
+    from ._warmup import warmup as _warmup
 
-    Returns
-    -------
-    dict
-        ``{"seconds": total wall time}``.
-    """
-    import numba
-
-    t0 = time.perf_counter()
-    threads = numba.get_num_threads()
-    for dt in (np.float32, np.float64):
-        # every block width of the selective kernel: (threads, 2, 64) picks 64, (1, 2, 32) picks 32
-        for batch, chans in ((threads, 64), (1, 32)):
-            uw = np.ones((batch, 2, chans), dtype=dt)
-            selective_scan(uw, uw, -np.ones((chans, 2), dtype=dt), uw[..., :2], uw[..., :2], D=np.ones(chans, dt),
-                           z=uw, delta_bias=np.ones(chans, dt), delta_softplus=True, strategy="sequential")
-        a = np.full((1, 3, 2), 0.5, dtype=dt)
-        for strat in ("sequential", "chunked"):
-            linear_scan(a, a, strategy=strat, chunk_length=2)
-            u = np.ones((1, 3, 2), dtype=dt)
-            A = -np.ones((2, 2), dtype=dt)
-            Bm = np.ones((1, 3, 2), dtype=dt)
-            selective_scan(u, u, A, Bm, Bm, D=np.ones(2, dt), z=u, delta_bias=np.ones(2, dt),
-                           delta_softplus=True, strategy=strat, chunk_length=2)
-        causal_conv1d(a, np.ones((2, 3), dtype=dt), bias=np.ones(2, dt))
-        if verbose:
-            print(f"warmup {np.dtype(dt).name}: {time.perf_counter() - t0:.2f} s")
-    if models:
-        # the runtime models' own projection kernels (nbssm/_kernels/dense.py)
-        from .models import warmup as _warmup_models
-
-        _warmup_models()
-        if verbose:
-            print(f"warmup models: {time.perf_counter() - t0:.2f} s")
-    return {"seconds": time.perf_counter() - t0}
+    warnings.warn("nbssm.ops.warmup is deprecated; use nbssm.warmup", DeprecationWarning, stacklevel=2)
+    return _warmup(verbose=verbose, models=models)

@@ -66,20 +66,6 @@ def test_import_nbssm_compiles_nothing_and_does_not_import_numba():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
-def test_warmup_compiles_every_specialisation_once():
-    import nbssm
-    from nbssm._kernels import conv, scan
-
-    nbssm.warmup()
-    counts = [len(k.signatures) for k in (scan.selective_scan_kernel, scan.linear_scan_kernel, conv.causal_conv)]
-    assert all(c >= 2 for c in counts)  # float32 and float64
-    nbssm.warmup()
-    rng = np.random.default_rng(0)
-    u = rng.standard_normal((1, 5, 20)).astype(np.float32)
-    nbssm.selective_scan(u, u, -np.ones((20, 3), np.float32), u[..., :3], u[..., :3])
-    assert [len(k.signatures) for k in (scan.selective_scan_kernel, scan.linear_scan_kernel, conv.causal_conv)] == counts
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_output_dtype_follows_input(dtype):
     import nbssm

@@ -1,0 +1,110 @@
+"""Ahead-of-time compilation of every kernel family: :func:`nbssm.warmup`.
+
+This module sits above every layer (ops, models, the language model, linear
+CDEs, signatures) because it calls each of them once; nothing imports it but
+the package's lazy ``nbssm.warmup`` name and the deprecated
+``nbssm.ops.warmup``. Its name is private so that ``import`` of it can never
+shadow the function ``nbssm.warmup``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+_DTYPES = (np.float32, np.float64)
+
+
+def _scans(dt) -> None:
+    """Linear and selective scans (both strategies, both selective block widths) and the convolution."""
+    import numba
+
+    from . import ops
+
+    threads = numba.get_num_threads()
+    # every block width of the selective kernel: (threads, 64 channels) picks 64, (1, 32) picks 32
+    for batch, chans in ((threads, 64), (1, 32)):
+        u = np.ones((batch, 2, chans), dtype=dt)  # (b, l, d)
+        ops.selective_scan(u, u, -np.ones((chans, 2), dtype=dt), u[..., :2], u[..., :2], D=np.ones(chans, dt),
+                           z=u, delta_bias=np.ones(chans, dt), delta_softplus=True, strategy="sequential")
+    a = np.full((1, 3, 2), 0.5, dtype=dt)  # (b, l, d)
+    for strategy in ("sequential", "chunked"):
+        ops.linear_scan(a, a, strategy=strategy, chunk_length=2)
+        u = np.ones((1, 3, 2), dtype=dt)  # (b, l, d)
+        Bm = np.ones((1, 3, 2), dtype=dt)  # (b, l, n)
+        ops.selective_scan(u, u, -np.ones((2, 2), dtype=dt), Bm, Bm, D=np.ones(2, dt), z=u,
+                           delta_bias=np.ones(2, dt), delta_softplus=True, strategy=strategy, chunk_length=2)
+    ops.causal_conv1d(a, np.ones((2, 3), dtype=dt), bias=np.ones(2, dt))
+
+
+def _models() -> None:
+    """The runtime models' projection kernels and the language model's fused decode kernel."""
+    from . import models
+    from .lm import MambaLM
+
+    models.warmup()
+    lm = MambaLM.random(seed=0, dtype=np.float32, d_model=4, n_layer=1, vocab_size=8, d_state=2, d_conv=2)
+    lm.forward(np.zeros((1, 2), dtype=np.int64))  # prefill: BLAS + ops
+    lm.step(np.zeros(1, dtype=np.int64))  # decode: the fused kernel
+
+
+def _cde_and_signature() -> None:
+    """Linear CDE kernels (dense and diagonal, every method) and signature kernels (both outputs)."""
+    import nbssm
+
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((2, 2, 2)) * 0.1  # (dw, n, n)
+    a = rng.standard_normal((2, 2)) * 0.1  # (dw, n)
+    B = rng.standard_normal((2, 1))  # (n, dx)
+    domega = rng.standard_normal((1, 3, 2))  # (b, T, dw)
+    dxi = rng.standard_normal((1, 3, 1))  # (b, T, dx)
+    z0 = np.zeros((1, 2))  # (b, n)
+    for method in ("taylor", "euler"):
+        nbssm.linear_cde_scan(A, B, domega, dxi, z0, method=method, backend="numba", return_states=True)
+    for method in ("exact", "euler"):
+        nbssm.diagonal_cde_scan(a, B, domega, dxi, z0, method=method, return_states=True)
+    path = rng.standard_normal((3, 2))  # (length, dim)
+    for stream in (False, True):
+        nbssm.signature(path, 2, stream=stream)
+
+
+def warmup(verbose: bool = False, models: bool = True) -> dict:
+    """Compile (or load from Numba's cache) every kernel nbssm has.
+
+    Calls each public entry point once on tiny inputs, for every dtype its
+    kernels are specialised on: the scans and the convolution (float32 and
+    float64, both strategies, both selective block widths), the runtime
+    models' projections (float32 and float64), the language model's prefill
+    and fused decode step (float32), the linear CDE kernels and the signature
+    kernels (float64, their only compute dtype). Afterwards no call of these
+    entry points compiles anything.
+
+    Parameters
+    ----------
+    verbose : bool
+        Print the elapsed time after each family.
+    models : bool
+        Also compile the model-layer kernels (runtime models, language model,
+        CDEs, signatures); ``False`` compiles the kernels of :mod:`nbssm.ops` only.
+
+    Returns
+    -------
+    dict
+        ``{"seconds": total wall time}``.
+    """
+    t0 = time.perf_counter()
+
+    def done(what: str) -> None:
+        if verbose:
+            print(f"warmup {what}: {time.perf_counter() - t0:.2f} s")
+
+    for dt in _DTYPES:
+        _scans(dt)
+        done(f"ops {np.dtype(dt).name}")
+    if models:
+        _models()
+        done("models and language model")
+        _cde_and_signature()
+        done("linear CDEs and signatures")
+    return {"seconds": time.perf_counter() - t0}
