@@ -421,7 +421,6 @@ def run(args) -> int:
 
     repeats = max(5, int(args.repeats))
     threads = [t for t in (1, 2) if t <= numba.config.NUMBA_NUM_THREADS]
-    from . import ops
 
     print("warming up (compiling or loading the kernels)...")
     from ._warmup import warmup

@@ -59,9 +59,16 @@ import numba
 import numpy as np
 
 from . import _memory
-from ._kernels.conv import causal_conv
-from ._kernels.scan import SELECTIVE_WIDTHS, linear_scan_kernel, selective_scan_kernel
-from ._validate import as_float_array, check_int, optional_float_array, readonly, result_dtype
+from ._kernels.conv import causal_conv1d_kernel
+from ._kernels.linear_scan import linear_scan_kernel
+from ._kernels.selective_scan import SELECTIVE_WIDTHS, selective_scan_kernel
+from ._validate import (
+    as_float_array,
+    check_int,
+    optional_float_array,
+    readonly,
+    result_dtype,
+)
 
 STRATEGIES = ("auto", "sequential", "chunked")
 
@@ -374,7 +381,7 @@ def causal_conv1d(x, weight, bias=None, history=None, return_history=False, acti
     if activation not in (None, "silu"):
         raise ValueError(f"activation: expected None or 'silu', got {activation!r}")
     out = _memory.empty((batch, length, channels), dt)
-    causal_conv(x_, w_newest, bias_, has_bias, hist, activation == "silu", out)
+    causal_conv1d_kernel(x_, w_newest, bias_, has_bias, hist, activation == "silu", out)
     if not return_history:
         return out
     if length >= nhist:

@@ -134,7 +134,8 @@ def test_layouts_give_identical_results_and_inputs_are_never_written():
 
 
 def test_one_specialisation_per_dtype_whatever_the_layout():
-    from nbssm._kernels import conv, scan
+    from nbssm._kernels import conv
+    from nbssm._kernels import selective_scan as scan
 
     kw = selective_inputs(50, 1, 5, 17, 2)
     nbssm.selective_scan(**kw)
@@ -145,9 +146,9 @@ def test_one_specialisation_per_dtype_whatever_the_layout():
     assert len(scan.selective_scan_kernel.signatures) == before
     x, w, bias, hist = conv_inputs(51, 1, 5, 3, 2)
     nbssm.causal_conv1d(x, w)
-    n = len(conv.causal_conv.signatures)
+    n = len(conv.causal_conv1d_kernel.signatures)
     nbssm.causal_conv1d(np.asfortranarray(x), w[:, ::-1], bias, hist)
-    assert len(conv.causal_conv.signatures) == n
+    assert len(conv.causal_conv1d_kernel.signatures) == n
 
 
 # ----------------------------------------------------------------------------- edge sizes

@@ -121,7 +121,7 @@ def test_auto_equals_the_strategy_it_names():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_block_width_and_grouping_do_not_change_results(dtype):
     # the kernel's channel-block width and block grouping are chosen from the thread count for speed only
-    from nbssm._kernels import scan
+    from nbssm._kernels import selective_scan as scan
     from nbssm._validate import readonly
 
     kw = selective_inputs(30, 2, 21, 100, 3, dtype)

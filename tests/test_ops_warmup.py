@@ -15,7 +15,7 @@ def _dispatchers():
     return {
         "linear_scan_kernel": linear_scan_kernel,
         "selective_scan_kernel": selective_scan_kernel,
-        "causal_conv": conv.causal_conv,
+        "causal_conv1d_kernel": conv.causal_conv1d_kernel,
         "matmul_fold_parallel": dense._matmul_fold_parallel,
         "matmul_fold_serial": dense._matmul_fold_serial,
         "decode_step": decode.decode_step,
@@ -31,7 +31,7 @@ def test_warmup_compiles_every_kernel_family():
     assert res["seconds"] >= 0
     counts = {name: len(k.signatures) for name, k in _dispatchers().items()}
     assert all(c >= 1 for c in counts.values()), counts
-    for name in ("linear_scan_kernel", "selective_scan_kernel", "causal_conv"):
+    for name in ("linear_scan_kernel", "selective_scan_kernel", "causal_conv1d_kernel"):
         assert counts[name] >= 2, name  # float32 and float64
     # a second warmup and ordinary calls compile nothing new
     nbssm.warmup()
@@ -51,6 +51,6 @@ def test_ops_warmup_is_a_deprecated_alias():
 
 
 def test_warmup_stays_the_function_after_importing_its_module():
-    import nbssm._warmup  # noqa: F401
+    import nbssm._warmup
 
     assert callable(nbssm.warmup) and nbssm.warmup is nbssm._warmup.warmup

@@ -17,9 +17,9 @@ do not depend on the number of threads.
 from __future__ import annotations
 
 import numpy as np
-from ._jit import njit, prange
 
 from .. import _config
+from ._jit import njit, prange
 from .fastmath import sigmoid_
 
 #: channels per block
@@ -27,7 +27,7 @@ _CBLK = 64
 
 
 @njit(cache=_config.CACHE, parallel=True, error_model="numpy")
-def causal_conv(x, w_newest, bias, has_bias, history, silu, out):
+def causal_conv1d_kernel(x, w_newest, bias, has_bias, history, silu, out):
     """Depthwise causal convolution into ``out``; see the module docstring."""
     batch, length, channels = x.shape
     width = w_newest.shape[0]

@@ -1,0 +1,169 @@
+"""LLVM intrinsics the kernels use, exposed to Numba (``numba.extending.intrinsic``).
+
+No arithmetic of the algorithms lives here (that is :mod:`nbssm._kernels.fastmath`):
+
+* memory hints: :func:`prefetch` (``llvm.prefetch``), :func:`store_nontemporal`
+  (a store with ``!nontemporal`` metadata), :func:`store_fence` (``sfence``);
+* scratch memory: :func:`stack_buffer` (an ``alloca``: memory that cannot
+  alias any argument, so loops over it vectorise without overlap checks);
+* code generation: :func:`constant` (a literal argument as an LLVM constant),
+  :func:`fma32` (``llvm.fma.f32``, used by the float32 polynomials).
+
+None of them changes a value: results are those of the plain Python
+semantics (``fma32`` is one rounding of ``a * b + c``, by definition).
+"""
+
+from __future__ import annotations
+
+import platform
+
+from llvmlite import ir as _ir
+from numba import types
+from numba.extending import intrinsic
+
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
+
+
+# ----------------------------------------------------------------------------- memory hints
+@intrinsic
+def prefetch(typingctx, arr, offset):
+    """``prefetch(arr, offset)``: hint the CPU to load ``arr.flat[offset]`` into cache.
+
+    ``llvm.prefetch`` (read, high locality, data cache); never faults, so an
+    out-of-range offset is harmless. Used to hide memory latency when a
+    kernel walks a ``(b, l, d)`` array along ``l`` with a stride of ``d``.
+    """
+    if not isinstance(arr, types.Array) or not isinstance(offset, types.Integer):
+        return None
+    sig = types.void(arr, offset)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        i8p = _ir.IntType(8).as_pointer()
+        i32 = _ir.IntType(32)
+        fnty = _ir.FunctionType(_ir.VoidType(), [i8p, i32, i32, i32])
+        mod = builder.module
+        fn = mod.globals.get("llvm.prefetch.p0i8")
+        if fn is None:
+            fn = _ir.Function(mod, fnty, name="llvm.prefetch.p0i8")
+        # (address, rw 0 = read, locality 3 = keep in all cache levels, cache type 1 = data)
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def store_nontemporal(typingctx, arr, offset, value):
+    """``arr.flat[offset] = value`` as a non-temporal (streaming) store.
+
+    The line is written without being read into the cache first: output
+    arrays that are written once and not read back by the kernel then cost
+    one memory transfer instead of two. The value stored is exactly
+    ``value`` (cast to the array's dtype), so results are unchanged; the
+    parallel region's closing barrier (a locked instruction) orders these
+    stores before any later read, and every worker that streams ends with
+    :func:`store_fence`.
+    """
+    if not isinstance(arr, types.Array) or not isinstance(offset, types.Integer):
+        return None
+    sig = types.void(arr, offset, value)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        v = context.cast(builder, args[2], signature.args[2], signature.args[0].dtype)
+        st = builder.store(v, ptr)
+        st.set_metadata("nontemporal", builder.module.add_metadata([_ir.IntType(32)(1)]))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def store_fence(typingctx):
+    """``sfence``: make this thread's earlier non-temporal stores globally visible.
+
+    Called once at the end of a worker that used :func:`store_nontemporal`, so
+    that the ordering does not rest on the parallel runtime's barrier alone.
+    """
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        if not _X86:  # elsewhere non-temporal stores are ordered by the runtime's barrier
+            return context.get_dummy_value()
+        fnty = _ir.FunctionType(_ir.VoidType(), [])
+        mod = builder.module
+        fn = mod.globals.get("llvm.x86.sse.sfence")
+        if fn is None:
+            fn = _ir.Function(mod, fnty, name="llvm.x86.sse.sfence")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def fma32(typingctx, a, b, c):
+    """``a * b + c`` rounded once (``llvm.fma.f32``), float32 only.
+
+    Deterministic (the same instruction on every run); used by the float32
+    polynomials, never by float64 code (which keeps the spec's separate roundings).
+    """
+    if not (a == types.float32 and b == types.float32 and c == types.float32):
+        return None
+    sig = types.float32(types.float32, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        f32 = _ir.FloatType()
+        fnty = _ir.FunctionType(f32, [f32, f32, f32])
+        mod = builder.module
+        fn = mod.globals.get("llvm.fma.f32")
+        if fn is None:
+            fn = _ir.Function(mod, fnty, name="llvm.fma.f32")
+        return builder.call(fn, list(args))
+
+    return sig, codegen
+
+
+@intrinsic
+def constant(typingctx, value):
+    """The value of a ``Literal[int]`` argument as an LLVM constant.
+
+    Numba types an argument forced with ``numba.literally`` as a literal but
+    still passes its value at run time; ``constant(W)`` emits the number
+    itself, so LLVM sees fixed trip counts (and fully vectorises lane loops).
+    """
+    if not isinstance(value, types.IntegerLiteral):
+        return None
+    sig = types.intp(value)
+
+    def codegen(context, builder, signature, args):
+        return context.get_constant(types.intp, signature.args[0].literal_value)
+
+    return sig, codegen
+
+
+@intrinsic
+def stack_buffer(typingctx, size, dtype):
+    """Pointer to ``size`` elements of ``dtype`` on the stack of the calling function.
+
+    Wrap with ``numba.carray(ptr, shape)``. The memory lives until the
+    function that called ``stack_buffer`` returns (LLVM inserts stack
+    save/restore when it inlines that function into a loop). Stack memory
+    cannot alias any array argument, so LLVM vectorises loops over it
+    without runtime overlap checks. Keep ``size`` small (a few KiB).
+    """
+    if not isinstance(size, types.Integer) or not isinstance(dtype, types.DTypeSpec):
+        return None
+    elem = dtype.dtype
+    sig = types.CPointer(elem)(size, dtype)
+
+    def codegen(context, builder, signature, args):
+        ty = context.get_value_type(elem)
+        ptr = builder.alloca(ty, size=args[0])
+        ptr.align = 64
+        return ptr
+
+    return sig, codegen

@@ -1,0 +1,288 @@
+"""Numba kernel of the fused Mamba selective scan: :func:`selective_scan_kernel`.
+
+A plain function on C-contiguous float32/float64 arrays that writes into
+preallocated outputs; validation, layout normalisation and padding live in
+:func:`nbssm.ops.selective_scan`. Shapes (``b`` batch, ``l`` length, ``d``
+channels, ``n`` state): ``u, delta, z, y (b, l, d)``; ``A (d, n)``;
+``B, C (b, l, n)``; ``D, delta_bias (d,)``; ``h0, hT (b, d, n)``.
+
+It follows :func:`nbssm.spec.algorithms.chunked_diagonal_scan` step for step,
+with the transition ``a = exp(dl * A)``, ``b = (dl * B) * u`` computed inside
+(nothing of size ``b * l * d * n`` is ever allocated): local summaries per
+chunk (parallel), a serial carry, a fix-up that re-runs each chunk from its
+carried state with the readout (parallel). The sequential strategy is the
+same kernel with one chunk (``chunk_length >= length``).
+
+The state of one block of ``W`` (32 or 64) channels is kept in a scratch laid
+out ``(state, channel)``, so that every operation of the recurrence is an
+elementwise operation across channel lanes (it vectorises without
+reassociating anything: the sum over the state keeps the spec's fold order
+for every channel, and the block width cannot change a result). Per-token
+work (softplus, gate, skip) is done once per block and token, vectorised;
+rows ``(b, l, d)`` are ``d`` apart in memory, so the kernel prefetches a few
+tokens ahead. Each parallel iteration owns a disjoint set of outputs and runs
+a fixed sequence of floating-point operations, so the results do not depend
+on the number of threads or on scheduling.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import carray, literally
+
+from .. import _config
+from ._jit import njit, prange
+from .fastmath import exp_, sigmoid_, softplus_
+from .intrinsics import constant, prefetch, stack_buffer, store_fence, store_nontemporal
+
+#: channel-block widths (a compile-time constant per specialisation); the results do not
+#: depend on the width (every lane runs the same operations)
+SELECTIVE_WIDTHS = (32, 64)  # the kernel dispatches on these two literals
+#: tokens per tile when one parallel iteration interleaves several channel blocks
+_TILE = 128
+#: how many tokens ahead the kernels prefetch their (b, l, d) rows
+_PREFETCH = 16
+
+
+@njit(cache=_config.CACHE, error_model="numpy")
+def _sel_block_geometry(blk, channels, W):
+    """``(d0, jw)``: the block reads lanes ``d0 .. d0+W-1`` and owns lanes ``j >= jw``.
+
+    The last block is shifted left to stay inside the array (``channels >= W``);
+    the lanes it shares with the previous block are computed (identically) but
+    written by the previous block only.
+    """
+    dstart = blk * W
+    d0 = min(dstart, channels - W)
+    return d0, dstart - d0
+
+
+@njit(cache=_config.CACHE, error_model="numpy")
+def _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_softplus,
+             bi, d0, jw, t0, t1, state, y, W):
+    """Run tokens ``t0..t1-1`` for the block of channels ``d0..d0+W-1``.
+
+    ``state (n, W)`` holds the block's state on entry and receives it on
+    exit; ``y[bi, t, d0+j]`` is written for ``j >= jw``. Per token, the spec's
+    ``SelectiveMambaBlockSpec`` order with ``A = -A_spec``, every line
+    elementwise over the block's channel lanes::
+
+        dl   = softplus(delta + delta_bias)           (as requested)
+        y    = D * u                                  (0 without D)
+        for n:  h[n] = exp(dl * A[n]) * h[n] + (dl * B[n]) * u;  y = y + h[n] * C[n]
+        y    = y * (z * sigmoid(z))                   (with z)
+
+    The working copies live on the stack (no aliasing with the arguments, so
+    every lane loop vectorises without overlap checks).
+    """
+    literally(W)
+    W = constant(W)  # a compile-time constant: fixed trip counts, fully vectorised lane loops
+    nstate = B.shape[2]
+    length = u.shape[1]
+    channels = u.shape[2]
+    dt = u.dtype
+    line = 64 // u.itemsize  # elements per cache line
+    h = carray(stack_buffer(nstate * W, dt), (nstate, W))
+    At = carray(stack_buffer(nstate * W, dt), (nstate, W))
+    Dl = carray(stack_buffer(W, dt), (W,))
+    dl = carray(stack_buffer(W, dt), (W,))
+    uu = carray(stack_buffer(W, dt), (W,))
+    yy = carray(stack_buffer(W, dt), (W,))
+    for n in range(nstate):
+        for j in range(W):
+            At[n, j] = A[d0 + j, n]
+            h[n, j] = state[n, j]
+    bl = carray(stack_buffer(W, dt), (W,))
+    for j in range(W):
+        Dl[j] = D[d0 + j] if has_D else 0
+        bl[j] = delta_bias[d0 + j] if has_bias else 0
+    # flat views indexed with unsigned offsets: contiguous vector loads (no negative-index selects)
+    uf = u.reshape(u.size)
+    df = delta.reshape(delta.size)
+    zf = z.reshape(z.size)
+    yf = y.reshape(y.size)
+    for t in range(t0, t1):
+        row = np.uint64((bi * length + t) * channels + d0)
+        # rows (b, l, d) are `channels` apart: prefetch every cache line of the block's
+        # row a few tokens ahead
+        ahead = (bi * length + t + _PREFETCH) * channels + d0
+        for q in range(0, W, line):
+            prefetch(u, ahead + q)
+            prefetch(delta, ahead + q)
+            if has_z:
+                prefetch(z, ahead + q)
+        for j in range(W):
+            uv = uf[row + np.uint64(j)]
+            dv = df[row + np.uint64(j)]
+            if has_bias:
+                dv = dv + bl[j]
+            if delta_softplus:
+                dv = softplus_(dv)
+            dl[j] = dv
+            uu[j] = uv
+            yy[j] = Dl[j] * uv if has_D else 0
+        for n in range(nstate):
+            bn = B[bi, t, n]
+            cn = C[bi, t, n]
+            for j in range(W):
+                dv = dl[j]
+                hv = exp_(dv * At[n, j]) * h[n, j] + (dv * bn) * uu[j]
+                h[n, j] = hv
+                yy[j] = yy[j] + hv * cn
+        if has_z:
+            for j in range(W):
+                zv = zf[row + np.uint64(j)]
+                yy[j] = yy[j] * (zv * sigmoid_(zv))
+        for j in range(jw, W):
+            store_nontemporal(yf, row + np.uint64(j), yy[j])
+    for n in range(nstate):
+        for j in range(W):
+            state[n, j] = h[n, j]
+    store_fence()  # the y rows above were streamed (non-temporal stores)
+
+
+@njit(cache=_config.CACHE, error_model="numpy")
+def _sel_summary(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d0, t0, t1, PQ, W):
+    """Summary of tokens ``t0..t1-1`` (``t1 > t0``) into ``PQ (2n, W)``: rows ``[0,n)`` P, ``[n,2n)`` Q.
+
+    ``chunk_summary`` with ``a = exp(dl * A)``, ``b = (dl * B) * u``: the
+    first token initialises ``(P, Q) = (a, b)``, every later one does
+    ``P = a * P``, ``Q = a * Q + b``.
+    """
+    literally(W)
+    W = constant(W)
+    nstate = B.shape[2]
+    length = u.shape[1]
+    channels = u.shape[2]
+    dt = u.dtype
+    line = 64 // u.itemsize
+    P = carray(stack_buffer(nstate * W, dt), (nstate, W))
+    Q = carray(stack_buffer(nstate * W, dt), (nstate, W))
+    At = carray(stack_buffer(nstate * W, dt), (nstate, W))
+    dl = carray(stack_buffer(W, dt), (W,))
+    uu = carray(stack_buffer(W, dt), (W,))
+    bl = carray(stack_buffer(W, dt), (W,))
+    for n in range(nstate):
+        for j in range(W):
+            At[n, j] = A[d0 + j, n]
+    for j in range(W):
+        bl[j] = delta_bias[d0 + j] if has_bias else 0
+    uf = u.reshape(u.size)
+    df = delta.reshape(delta.size)
+    for t in range(t0, t1):
+        row = np.uint64((bi * length + t) * channels + d0)
+        ahead = (bi * length + t + _PREFETCH) * channels + d0
+        for q in range(0, W, line):
+            prefetch(u, ahead + q)
+            prefetch(delta, ahead + q)
+        for j in range(W):
+            uv = uf[row + np.uint64(j)]
+            dv = df[row + np.uint64(j)]
+            if has_bias:
+                dv = dv + bl[j]
+            if delta_softplus:
+                dv = softplus_(dv)
+            dl[j] = dv
+            uu[j] = uv
+        first = t == t0
+        for n in range(nstate):
+            bn = B[bi, t, n]
+            for j in range(W):
+                dv = dl[j]
+                at = exp_(dv * At[n, j])
+                bt = (dv * bn) * uu[j]
+                if first:
+                    P[n, j] = at
+                    Q[n, j] = bt
+                else:
+                    P[n, j] = at * P[n, j]
+                    Q[n, j] = at * Q[n, j] + bt
+    for n in range(nstate):
+        for j in range(W):
+            PQ[n, j] = P[n, j]
+            PQ[nstate + n, j] = Q[n, j]
+
+
+@njit(cache=_config.CACHE, parallel=True, error_model="numpy")
+def selective_scan_kernel(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias,
+                          delta_softplus, h0, y, hT, chunk_length, W, group):
+    """Fused selective scan, chunked in time by ``chunk_length`` (``chunked_diagonal_scan``).
+
+    ``chunk_length >= length`` is the sequential strategy (one chunk: phases 1
+    and 2 are empty, phase 3 runs the time loop from ``h0``). Requires
+    ``channels >= W`` (or ``channels == 0``); :mod:`nbssm.ops` pads.
+    Parallel over (batch, channel block, chunk) in phases 1 and 3 and over
+    (batch, channel block) in phase 2.
+
+    u, delta, z, y : (b, l, d); A : (d, n); B, C : (b, l, n); D, delta_bias : (d,);
+    h0, hT : (b, d, n).
+    """
+    batch, length, channels = u.shape
+    nstate = A.shape[1]
+    dt = u.dtype
+    nblk = (channels + W - 1) // W
+    nchunks = (length + chunk_length - 1) // chunk_length
+    nsum = max(nchunks - 1, 0)
+    # phase 1: local summaries of every chunk but the last
+    PQ = np.empty((batch, nsum, nblk, 2 * nstate, W), dtype=dt)
+    for job in prange(batch * nblk * nsum):
+        k = job % nsum
+        rest = job // nsum
+        bi = rest // nblk
+        blk = rest % nblk
+        d0, jw = _sel_block_geometry(blk, channels, W)
+        t0 = k * chunk_length
+        if W == 64:  # literal widths: the worker is compiled with a constant trip count
+            _sel_summary(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d0, t0, t0 + chunk_length,
+                         PQ[bi, k, blk], 64)
+        else:
+            _sel_summary(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d0, t0, t0 + chunk_length,
+                         PQ[bi, k, blk], 32)
+    # phase 2: serial carry over the summaries; H[:, k] is the state entering chunk k
+    H = np.empty((batch, max(nchunks, 1), nblk, nstate, W), dtype=dt)
+    for job in prange(batch * nblk):
+        bi = job // nblk
+        blk = job % nblk
+        d0, jw = _sel_block_geometry(blk, channels, W)
+        for n in range(nstate):
+            for j in range(W):
+                H[bi, 0, blk, n, j] = h0[bi, d0 + j, n]
+        for k in range(nsum):
+            for n in range(nstate):
+                for j in range(W):
+                    H[bi, k + 1, blk, n, j] = (PQ[bi, k, blk, n, j] * H[bi, k, blk, n, j]
+                                               + PQ[bi, k, blk, nstate + n, j])
+        if nchunks == 0:
+            for n in range(nstate):
+                for j in range(jw, W):
+                    hT[bi, d0 + j, n] = h0[bi, d0 + j, n]
+    # phase 3: fix-up, every chunk from its carried state, with the readout. One job runs
+    # `group` neighbouring blocks over the same tokens in tiles of _TILE tokens, so that
+    # the blocks share the pages and DRAM rows of every token row (fewer TLB misses);
+    # the tiling only schedules work: each block runs the same operations in order.
+    ngroups = (nblk + group - 1) // group
+    for job in prange(batch * ngroups * nchunks):
+        k = job % nchunks
+        rest = job // nchunks
+        bi = rest // ngroups
+        g0 = (rest % ngroups) * group
+        g1 = min(g0 + group, nblk)
+        t0 = k * chunk_length
+        t1 = min(t0 + chunk_length, length)
+        for ta in range(t0, t1, _TILE):
+            tb = min(ta + _TILE, t1)
+            for blk in range(g0, g1):
+                d0, jw = _sel_block_geometry(blk, channels, W)
+                state = H[bi, k, blk]  # (n, W): the carried state in, the state after tb out
+                if W == 64:
+                    _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_softplus,
+                             bi, d0, jw, ta, tb, state, y, 64)
+                else:
+                    _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_softplus,
+                             bi, d0, jw, ta, tb, state, y, 32)
+        if k == nchunks - 1:
+            for blk in range(g0, g1):
+                d0, jw = _sel_block_geometry(blk, channels, W)
+                for n in range(nstate):
+                    for j in range(jw, W):
+                        hT[bi, d0 + j, n] = H[bi, k, blk, n, j]
