@@ -11,8 +11,7 @@ Kernels (``nbssm.ops``): ``linear_scan``, ``selective_scan``, ``causal_conv1d``;
 Runtime models (``nbssm.models``): ``DiagonalS4``, ``CompactMamba``, ``SelectiveMamba``.
 Language models (``nbssm.lm``): ``MambaLM``.
 Paper objects: ``signature`` (``nbssm.signature``), linear CDE scans (``nbssm.cde``).
-Memory: ``output_cache_info``, ``clear_output_cache``, ``set_output_cache_limit``
-(large kernel outputs are recycled; see ``nbssm._memory``).
+Numpy references of the kernels: ``nbssm.reference``; the tolerance table: ``nbssm.tolerances``.
 Specification mirror: ``nbssm.spec``.
 """
 
@@ -43,15 +42,26 @@ _LAZY = {
     "signature": "nbssm.signature",
     "linear_cde_scan": "nbssm.cde",
     "diagonal_cde_scan": "nbssm.cde",
-    "clear_output_cache": "nbssm._memory",
-    "output_cache_info": "nbssm._memory",
-    "set_output_cache_limit": "nbssm._memory",
+}
+
+# deprecated public names: name -> (module, replacement named in the warning)
+_DEPRECATED = {
+    "clear_output_cache": ("nbssm._memory", "the ops' out= argument or NBSSM_OUTPUT_CACHE_MB"),
+    "output_cache_info": ("nbssm._memory", "the ops' out= argument or NBSSM_OUTPUT_CACHE_MB"),
+    "set_output_cache_limit": ("nbssm._memory", "the ops' out= argument or NBSSM_OUTPUT_CACHE_MB"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
 
 
 def __getattr__(name):
+    if name in _DEPRECATED:
+        import warnings
+
+        module, instead = _DEPRECATED[name]
+        warnings.warn(f"nbssm.{name} is deprecated (the output cache is private); use {instead}",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(import_module(module), name)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'nbssm' has no attribute {name!r}")

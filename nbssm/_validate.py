@@ -45,7 +45,8 @@ def float_dtype_of(x, name: str) -> np.dtype:
         return np.dtype(np.float64)
     if dt == np.float16:
         raise TypeError(
-            f"{name}: float16 is not supported (convert to float32 explicitly, e.g. {name}.astype(np.float32))"
+            f"{name}: expected a float32, float64 or integer array, got dtype float16 "
+            f"(convert explicitly, e.g. {name}.astype(np.float32))"
         )
     raise TypeError(f"{name}: expected a float32, float64 or integer array, got dtype {dt}")
 
@@ -126,3 +127,22 @@ def check_int(value, name: str, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
     return int(value)
+
+
+def check_out(out, shape: tuple, dtype, inputs: dict):
+    """Validate a caller's ``out`` array: exact shape and dtype, C-contiguous, aligned, writable,
+    sharing no memory with any input. Returns it (never a copy)."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out: expected a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"out: expected dtype {np.dtype(dtype).name} (the compute dtype), got {out.dtype}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"out: expected shape {tuple(shape)}, got {out.shape}")
+    if not (out.flags.c_contiguous and out.flags.aligned):
+        raise ValueError(f"out: expected a C-contiguous aligned array, got strides {out.strides}")
+    if not out.flags.writeable:
+        raise ValueError("out: expected a writable array, got a read-only one")
+    for name, arr in inputs.items():
+        if isinstance(arr, np.ndarray) and np.may_share_memory(out, arr):
+            raise ValueError(f"out: expected an array sharing no memory with the inputs, got one overlapping {name}")
+    return out

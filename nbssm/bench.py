@@ -5,8 +5,9 @@ Measures, on this machine, with the machine, thread counts and versions recorded
 * ``selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
   delta_softplus=True)`` in float32 at S1 = (1, 2048, 1536, 16),
   S2 = (8, 512, 768, 16), S3 = (1, 16384, 64, 16) (batch, length, channels,
-  state), on 1 and 2 threads, in elements/s (elements = b*l*d*n), against a
-  vectorised numpy loop over the length in the same run, and the error of the
+  state), on 1 and 2 threads, in elements/s (elements = b*l*d*n), against
+  :func:`nbssm.reference.selective_scan_ref` (a numpy loop over the length)
+  in the same run, and the error of the
   float32 result against the float64 kernel (max|y - y64| / max|y64|);
 * cost linear in length: time(L=16384) / time(L=2048) at S1's channels and state,
   the runs of the two lengths alternating, with the output cache on and off;
@@ -46,34 +47,11 @@ README_END = "<!-- /bench:kernels -->"
 
 # ----------------------------------------------------------------------------- inputs
 def make_inputs(shape, dtype=np.float32, seed=0):
-    """Random ``selective_scan`` arguments at ``shape = (b, l, d, n)`` (Mamba-like ranges)."""
-    b, l, d, n = shape
-    rng = np.random.default_rng(seed)
-    return dict(
-        u=rng.standard_normal((b, l, d), dtype=np.float32).astype(dtype),
-        delta=(rng.standard_normal((b, l, d), dtype=np.float32) * 0.5 - 2.0).astype(dtype),
-        A=(-np.exp(rng.standard_normal((d, n), dtype=np.float32) * 0.5)).astype(dtype),
-        B=rng.standard_normal((b, l, n), dtype=np.float32).astype(dtype),
-        C=rng.standard_normal((b, l, n), dtype=np.float32).astype(dtype),
-        D=rng.standard_normal(d, dtype=np.float32).astype(dtype),
-        z=rng.standard_normal((b, l, d), dtype=np.float32).astype(dtype),
-        delta_bias=(rng.standard_normal(d, dtype=np.float32) * 0.1).astype(dtype),
-    )
+    """``selective_scan`` keyword arguments at ``shape = (b, l, d, n)``: :func:`nbssm.reference.random_inputs`
+    with the extras (``D``, ``z``, ``delta_bias``, ``delta_softplus=True``) and no initial state."""
+    from .reference import random_inputs
 
-
-def numpy_selective_scan(u, delta, A, B, C, D, z, delta_bias):
-    """Vectorised numpy reference: a Python loop over the length, numpy over (b, d, n)."""
-    dl = delta + delta_bias  # (b, l, d)
-    dl = np.log1p(np.exp(dl))
-    batch, length, channels = u.shape
-    h = np.zeros((batch, channels, A.shape[1]), dtype=u.dtype)  # (b, d, n)
-    y = np.empty_like(u)  # (b, l, d)
-    for t in range(length):
-        dlt = dl[:, t, :, None]  # (b, d, 1)
-        h = np.exp(dlt * A) * h + (dlt * B[:, t, None, :]) * u[:, t, :, None]  # (b, d, n)
-        y[:, t, :] = (h @ C[:, t, :, None])[..., 0]  # (b, d)
-    y = y + D * u
-    return y * (z / (1 + np.exp(-z)))
+    return random_inputs("selective", shape, dtype, seed, initial_state=False)
 
 
 def _median_time(fn, repeats):
@@ -137,6 +115,7 @@ def bench_selective(repeats, threads, shapes=SHAPES, numpy_ref=True, log=print):
     import numba
 
     from . import ops
+    from .reference import selective_scan_ref
 
     rows = []
     for name, shape in shapes.items():
@@ -145,22 +124,22 @@ def bench_selective(repeats, threads, shapes=SHAPES, numpy_ref=True, log=print):
         row = {"shape": name, "dims (b,l,d,n)": list(shape), "elements": elements}
         for th in threads:
             numba.set_num_threads(th)
-            med, all_t = _median_time(lambda: ops.selective_scan(**kw, delta_softplus=True), repeats)
+            med, all_t = _median_time(lambda: ops.selective_scan(**kw), repeats)
             row[f"t_{th}thr_ms"] = med * 1e3
             row[f"gelem_s_{th}thr"] = elements / med / 1e9
             log(f"  {name} {th} thread(s): {med * 1e3:.1f} ms, {elements / med / 1e9:.2f} G elements/s")
         if numpy_ref:
-            med, _ = _median_time(lambda: numpy_selective_scan(**kw), max(3, repeats // 2 if repeats > 6 else repeats))
+            med, _ = _median_time(lambda: selective_scan_ref(**kw), max(3, repeats // 2 if repeats > 6 else repeats))
             row["t_numpy_ms"] = med * 1e3
             row["gelem_s_numpy"] = elements / med / 1e9
             best = min(row[f"t_{th}thr_ms"] for th in threads)
             row["speedup_vs_numpy"] = med * 1e3 / best
-            log(f"  {name} numpy loop: {med * 1e3:.1f} ms ({row['speedup_vs_numpy']:.1f}x slower than nbssm)")
+            log(f"  {name} numpy reference (selective_scan_ref): {med * 1e3:.1f} ms ({row['speedup_vs_numpy']:.1f}x slower than nbssm)")
         # accuracy against the float64 kernel (bitwise the spec's double runner)
         numba.set_num_threads(max(threads))
-        y32 = ops.selective_scan(**kw, delta_softplus=True)
-        kw64 = {k: v.astype(np.float64) for k, v in kw.items()}
-        y64 = ops.selective_scan(**kw64, delta_softplus=True)
+        y32 = ops.selective_scan(**kw)
+        kw64 = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+        y64 = ops.selective_scan(**kw64)
         row["rel_err_vs_float64"] = float(np.max(np.abs(y32 - y64)) / np.max(np.abs(y64)))
         rows.append(row)
     return rows
@@ -198,7 +177,7 @@ def bench_length_scaling(repeats, threads, log=print):
 
     numba.set_num_threads(threads)
     kws = {length: make_inputs((1, length, 1536, 16)) for length in (2048, 16384)}
-    fns = {length: (lambda kw=kw: ops.selective_scan(**kw, delta_softplus=True)) for length, kw in kws.items()}
+    fns = {length: (lambda kw=kw: ops.selective_scan(**kw)) for length, kw in kws.items()}
     out = {"threads": threads, "repeats": max(repeats, 9), "order": "interleaved"}
     budget = _memory.output_cache_info()["budget_bytes"] >> 20
     for label, limit in (("", budget), ("_no_output_cache", 0)):
@@ -251,7 +230,7 @@ shape = tuple(json.loads(sys.argv[1]))
 kw = make_inputs(shape)
 # load the kernel specialisation the S1 call uses (from the filled cache) on a tiny input
 small = make_inputs((shape[0], 2, shape[2], shape[3]))
-ops.selective_scan(**small, delta_softplus=True, return_final_state=True)
+ops.selective_scan(**small, return_final_state=True)
 del small
 def rss():
     with open("/proc/self/statm") as f:
@@ -268,10 +247,10 @@ try:
     reset = True
 except OSError:
     reset = False
-y, h = ops.selective_scan(**kw, delta_softplus=True, return_final_state=True)
+y, h = ops.selective_scan(**kw, return_final_state=True)
 peak_ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps(dict(rss_before_call=base, peak_after_call=peak_ru, vmhwm_after_call=hwm(), hwm_reset=reset,
-                      inputs_bytes=sum(v.nbytes for v in kw.values()), outputs_bytes=y.nbytes + h.nbytes)))
+                      inputs_bytes=sum(v.nbytes for v in kw.values() if hasattr(v, 'nbytes')), outputs_bytes=y.nbytes + h.nbytes)))
 """
 
 _CHILD_START = r"""
@@ -282,7 +261,7 @@ from nbssm.bench import make_inputs
 kw = make_inputs(tuple(json.loads(sys.argv[1])))
 t0 = time.perf_counter()
 import nbssm
-y = nbssm.selective_scan(**kw, delta_softplus=True)
+y = nbssm.selective_scan(**kw)
 t1 = time.perf_counter()
 print(json.dumps(dict(import_and_first_call_s=t1 - t0, process_s=t1 - t_start)))
 """
@@ -345,7 +324,7 @@ def to_markdown(res):
         "`selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=True)`, float32, "
         "G elements/s (elements = batch·length·channels·state):",
         "",
-        "| shape (b, l, d, n) | 1 thread | 2 threads | numpy loop | speedup vs numpy | max rel. err vs float64 |",
+        "| shape (b, l, d, n) | 1 thread | 2 threads | numpy reference | speedup vs numpy | max rel. err vs float64 |",
         "|---|---|---|---|---|---|",
     ]
     for r in res["selective"]:
@@ -425,7 +404,7 @@ def run(args) -> int:
     print("warming up (compiling or loading the kernels)...")
     from ._warmup import warmup
 
-    warmup()
+    warmup(models=False)
     res = {"machine": machine_info(), "repeats": repeats, "threads": threads}
     skip = set(args.skip)
     if args.quick:

@@ -7,10 +7,19 @@ Layout (glossary: ``b`` batch, ``l`` length, ``d`` channels, ``n`` state,
 ``w`` convolution width):
 
 * sequences ``(b, l, d)``; per-step selective inputs ``B, C (b, l, n)``;
-* parameters ``A (d, n)``, ``D, delta_bias (d,)``, ``weight (d, w)``;
-* states ``(b, d)`` (linear scan), ``(b, d, n)`` (selective scan),
-  convolution history ``(b, w-1, d)``.
-Only 3-D sequences are accepted; for one sequence pass ``x[None]``.
+* parameters ``A (d, n)``, ``D, delta_bias (d,)``, ``weight (d, w)`` (the one
+  orientation of the convolution weight: a checkpoint's ``conv1d.weight``,
+  oldest tap first);
+* states (``initial_state=`` / ``return_final_state=`` on all three ops):
+  ``(b, d)`` (linear scan), ``(b, d, n)`` (selective scan), convolution
+  history ``(b, w-1, d)``.
+
+A 2-D sequence ``(l, d)`` (``(l, n)`` for ``B, C``) is one sequence: every
+sequence argument of the call is then 2-D, states are unbatched (``(d,)``,
+``(d, n)``, ``(w-1, d)``) and outputs are 2-D.
+
+Sign convention: ``A`` is used as in ``exp(delta * A)``, negative for decay
+(Mamba's ``A = -exp(A_log)``); the spec's ``A`` is its negation.
 
 Dtypes: float32 and float64. The compute dtype is float64 if any of the
 sequence inputs (``a, b``; ``u, delta``; ``x``) is float64 or an integer array
@@ -43,17 +52,28 @@ Guarantees (all tested in ``tests/test_ops_*.py``):
   the same wherever the arithmetic turns it into NaN.
 * **Memory.** Nothing of size ``b * l * d * n`` is allocated; beyond the
   outputs the kernels use O(b * d * n * l / chunk_length) for the chunked
-  strategy and O(d * n) per thread otherwise. Outputs of 32 MiB or more come
-  from the output cache (:mod:`nbssm._memory`): a block is reused only after
-  every array referring to it is gone, so a result the caller holds is never
-  overwritten; ``NBSSM_OUTPUT_CACHE_MB=0`` or ``nbssm.set_output_cache_limit(0)``
-  turns it off, ``nbssm.clear_output_cache()`` frees what it keeps.
+  strategy and O(d * n) per thread otherwise (on the stack up to a few tens of
+  KiB, on the heap above: any state size runs). ``out=`` makes an op write into
+  the caller's array (C-contiguous, aligned, writable, the compute dtype and
+  the exact output shape, sharing no memory with any input). Without it,
+  outputs of 32 MiB or more are recycled by a private cache (a block is reused
+  only after every array referring to it is gone, so a result the caller holds
+  is never overwritten); ``NBSSM_OUTPUT_CACHE_MB=0`` turns it off.
+* **Integer arguments.** ``chunk_length`` is any integer >= 1 (a chunk length
+  of at least the sequence length is one chunk); bools and floats raise
+  ``TypeError``.
 
-Numba's on-disk cache is on (``NBSSM_CACHE=0`` turns it off); :func:`warmup`
+Errors name the argument: ``"<argument>: expected <what>, got <actual>"``;
+``TypeError`` for a wrong type or dtype, ``ValueError`` for a wrong value or
+shape.
+
+Numba's on-disk cache is on (``NBSSM_CACHE=0`` turns it off); :func:`nbssm.warmup`
 compiles (or loads) every specialisation ahead of time.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numba
 import numpy as np
@@ -65,6 +85,7 @@ from ._kernels.selective_scan import SELECTIVE_WIDTHS, selective_scan_kernel
 from ._validate import (
     as_float_array,
     check_int,
+    check_out,
     optional_float_array,
     readonly,
     result_dtype,
@@ -82,16 +103,39 @@ LINEAR_CHUNK_LENGTH = 4000
 SELECTIVE_CHUNK_LENGTH = 512
 
 
-def _check_3d(x, name: str):
-    arr = np.asarray(x) if x is not None else None
-    if arr is None:
-        raise TypeError(f"{name}: expected an array of shape (batch, length, channels), got None")
-    if arr.ndim != 3:
-        hint = "; for a single sequence pass x[None]" if arr.ndim == 2 else ""
-        raise ValueError(
-            f"{name}: expected shape (batch, length, channels), got {arr.shape} ({arr.ndim} dimensions){hint}"
-        )
-    return arr
+def _sequence(x, name: str):
+    """``(array, unbatched)``: a ``(batch, length, channels)`` array, or a 2-D
+    ``(length, channels)`` one seen as one sequence (``unbatched`` True)."""
+    if x is None:
+        raise TypeError(f"{name}: expected an array of shape (batch, length, channels) or (length, channels), "
+                        "got None")
+    arr = np.asarray(x)
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"{name}: expected shape (batch, length, channels) or (length, channels), "
+                         f"got {arr.shape} ({arr.ndim} dimensions)")
+    return (arr[None], True) if arr.ndim == 2 else (arr, False)
+
+
+def _batched(x, name: str, unbatched: bool, dims: int):
+    """Another per-sequence argument of a call whose first sequence is ``unbatched``:
+    given without the batch axis (``dims - 1`` dimensions) in a 2-D call."""
+    if x is None or not unbatched:
+        return x
+    arr = np.asarray(x)
+    if arr.ndim != dims - 1:
+        raise ValueError(f"{name}: expected {dims - 1} dimensions for a 2-D (length, channels) input, "
+                         f"got {arr.shape} ({arr.ndim} dimensions)")
+    return arr[None]
+
+
+def _output(out, shape: tuple, unbatched: bool, dtype, inputs: dict):
+    """``(kernel output (b, l, d), array to return)``: the caller's ``out`` or a new array."""
+    if out is None:
+        arr = _memory.empty(shape, dtype)
+        return arr, (arr[0] if unbatched else arr)
+    want = shape[1:] if unbatched else shape
+    check_out(out, want, dtype, inputs)
+    return out.reshape(shape), out
 
 
 def _strategy(kind: str, strategy: str, batch: int, channels: int) -> str:
@@ -157,17 +201,19 @@ def _chunk_length(kind: str, strategy: str, batch: int, length: int, channels: i
         return max(length, 1)
     if chunk_length is None:
         return default_chunk_length(kind, batch, channels)
-    return check_int(chunk_length, "chunk_length", 1)
+    # any integer >= 1; at least the length means one chunk, so the kernel never sees more
+    # than max(length, 1) (chunk arithmetic cannot overflow, whatever the caller passes)
+    return min(check_int(chunk_length, "chunk_length", 1), max(length, 1))
 
 
-def linear_scan(a, b, initial_state=None, return_final_state=False, strategy="auto", chunk_length=None):
+def linear_scan(a, b, initial_state=None, return_final_state=False, strategy="auto", chunk_length=None, out=None):
     """Diagonal linear recurrence ``h_t = a_t * h_{t-1} + b_t``, every state returned.
 
     Parameters
     ----------
-    a, b : array_like, shape (batch, length, channels)
-        Multipliers and offsets (float32, float64 or integer).
-    initial_state : array_like, shape (batch, channels), optional
+    a, b : array_like, shape (batch, length, channels) or (length, channels)
+        Multipliers and offsets (float32, float64 or integer). 2-D: one sequence.
+    initial_state : array_like, shape (batch, channels) or (channels,) for 2-D input, optional
         ``h_0``; zeros if omitted.
     return_final_state : bool
         Also return ``h_T`` (``initial_state`` when ``length == 0``).
@@ -177,13 +223,20 @@ def linear_scan(a, b, initial_state=None, return_final_state=False, strategy="au
         local chunk summaries, a serial carry, a fix-up. "auto": "chunked" when
         ``batch * channels < LINEAR_CHUNKED_BELOW`` (32), else "sequential".
     chunk_length : int, optional
-        Chunk length of the chunked strategy (default ``LINEAR_CHUNK_LENGTH`` = 4000; lengths that are multiples of 1024 make the lockstep chunks of one-channel scans collide in the L1 cache).
+        Chunk length of the chunked strategy, any integer >= 1 (at least the
+        length: one chunk, the sequential result). Default
+        ``LINEAR_CHUNK_LENGTH`` = 4000 (lengths that are multiples of 1024 make
+        the lockstep chunks of one-channel scans collide in the L1 cache).
+    out : ndarray, shape of ``h``, optional
+        Written with ``h`` and returned: the compute dtype, C-contiguous,
+        aligned, writable, sharing no memory with any input (else
+        ``TypeError``/``ValueError`` naming ``out``).
 
     Returns
     -------
-    h : ndarray, shape (batch, length, channels)
+    h : ndarray, shape (batch, length, channels) or (length, channels)
         ``[h_1 .. h_T]`` (without ``h_0``), dtype float32 or float64.
-    final_state : ndarray, shape (batch, channels)
+    final_state : ndarray, shape (batch, channels) or (channels,)
         Only with ``return_final_state``.
 
     Notes
@@ -195,27 +248,33 @@ def linear_scan(a, b, initial_state=None, return_final_state=False, strategy="au
 
     Spec: ``diagonalSelectiveScan`` with ``DiagonalTransition (a_t, b_t)``.
     """
-    a_ = _check_3d(a, "a")
-    b_ = _check_3d(b, "b")
+    a_, unbatched = _sequence(a, "a")
+    b_ = _batched(b, "b", unbatched, 3)
     dt = result_dtype((a_, "a"), (b_, "b"))
     batch, length, channels = a_.shape
     a_ = as_float_array(a_, "a", dt)
     b_ = as_float_array(b_, "b", dt, shape=("batch", "length", "channels"))
     if b_.shape != a_.shape:
-        raise ValueError(f"b: expected shape {a_.shape} (the shape of a), got {b_.shape}")
+        want = a_.shape[1:] if unbatched else a_.shape
+        got = b_.shape[1:] if unbatched else b_.shape
+        raise ValueError(f"b: expected shape {want} (the shape of a), got {got}")
     if initial_state is None:
         h0 = readonly(np.zeros((batch, channels), dtype=dt))
     else:
-        h0 = as_float_array(initial_state, "initial_state", dt, shape=(batch, channels))
+        h0 = as_float_array(_batched(initial_state, "initial_state", unbatched, 2), "initial_state", dt,
+                            shape=(batch, channels))
     cl = _chunk_length("linear", strategy, batch, length, channels, chunk_length)
-    out = _memory.empty((batch, length, channels), dt)
+    h, result = _output(out, (batch, length, channels), unbatched, dt,
+                        {"a": a, "b": b, "initial_state": initial_state})
     hT = np.empty((batch, channels), dtype=dt)
-    linear_scan_kernel(a_, b_, h0, out, hT, cl)
-    return (out, hT) if return_final_state else out
+    linear_scan_kernel(a_, b_, h0, h, hT, cl)
+    if not return_final_state:
+        return result
+    return result, (hT[0] if unbatched else hT)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   initial_state=None, return_final_state=False, strategy="auto", chunk_length=None):
+                   initial_state=None, return_final_state=False, strategy="auto", chunk_length=None, out=None):
     """Fused Mamba selective scan (mamba_ssm's ``selective_scan_fn`` semantics, nbssm layout).
 
     For every batch ``i``, channel ``d``, state ``n`` and time ``t``::
@@ -227,14 +286,17 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
     Parameters
     ----------
-    u : array_like, shape (batch, length, channels)
-        Input.
+    u : array_like, shape (batch, length, channels) or (length, channels)
+        Input. 2-D: one sequence; then ``delta, z`` are ``(length, channels)``,
+        ``B, C`` ``(length, state)``, ``initial_state`` and the final state
+        ``(channels, state)``, ``y`` ``(length, channels)``.
     delta : array_like, shape (batch, length, channels)
         Step sizes (before ``delta_bias`` and softplus).
     A : array_like, shape (channels, state)
-        Transition rates, negative in Mamba (``A = -exp(A_log)``); the spec's
-        positive ``A`` is ``-A`` (the negation is exact, so the transition is
-        the spec's ``exp(-(delta * A_spec))`` bit for bit).
+        Transition rates as used in ``exp(delta * A)``: negative for decay, as
+        in Mamba (``A = -exp(A_log)``). The spec's positive ``A`` is ``-A``
+        (the negation is exact, so the transition is the spec's
+        ``exp(-(delta * A_spec))`` bit for bit).
     B, C : array_like, shape (batch, length, state)
         Input and readout vectors, shared by all channels.
     D : array_like, shape (channels,), optional
@@ -245,9 +307,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         Added to ``delta`` before the softplus.
     delta_softplus : bool
         Apply softplus to ``delta + delta_bias``. float64: ``log(1 + exp(x))``
-        exactly as the spec's List family; float32: the same with a polynomial
-        exp/log, and ``x`` itself above 20 (PyTorch's and mamba_ssm's threshold;
-        the difference is below 2.1e-9).
+        exactly as the spec's List family wherever ``exp(x)`` is finite, and
+        ``x`` itself above ``log(DBL_MAX)`` = 709.78 (the branched form's value
+        there; the plain form would overflow to inf); float32: the same with a
+        polynomial exp/log, and ``x`` itself above 20 (PyTorch's and
+        mamba_ssm's threshold; the difference is below 2.1e-9).
     initial_state : array_like, shape (batch, channels, state), optional
         Zeros if omitted.
     return_final_state : bool
@@ -255,12 +319,15 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     strategy : {"auto", "sequential", "chunked"}
         "auto": "chunked" when ``batch * channels < SELECTIVE_CHUNKED_BELOW`` (16).
     chunk_length : int, optional
-        Default ``SELECTIVE_CHUNK_LENGTH`` (512).
+        Any integer >= 1 (at least the length: one chunk, the sequential
+        result). Default ``SELECTIVE_CHUNK_LENGTH`` (512).
+    out : ndarray, shape of ``y``, optional
+        Written with ``y`` and returned (requirements as in :func:`linear_scan`).
 
     Returns
     -------
-    y : ndarray, shape (batch, length, channels)
-    final_state : ndarray, shape (batch, channels, state)
+    y : ndarray, shape (batch, length, channels) or (length, channels)
+    final_state : ndarray, shape (batch, channels, state) or (channels, state)
         Only with ``return_final_state``.
 
     Notes
@@ -274,23 +341,29 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     Spec: ``SelectiveMambaBlockSpec`` (the ``H_t`` and ``y_t`` lines and the
     gate ``y_t ⊙ silu(z_t)``), with ``A = -A_spec``, ``Δ_t = softplus(delta + dtBias)``.
     """
-    u_ = _check_3d(u, "u")
-    delta_ = _check_3d(delta, "delta")
+    u_, unbatched = _sequence(u, "u")
+    delta_ = _batched(delta, "delta", unbatched, 3)
+    if delta_ is None:
+        raise TypeError("delta: expected an array, got None")
     dt = result_dtype((u_, "u"), (delta_, "delta"))
     batch, length, channels = u_.shape
     u_ = as_float_array(u_, "u", dt)
     delta_ = as_float_array(delta_, "delta", dt, shape=(batch, length, channels))
     A_ = as_float_array(A, "A", dt, shape=(channels, "state"))
     nstate = A_.shape[1]
-    B_ = as_float_array(B, "B", dt, shape=(batch, length, nstate))
-    C_ = as_float_array(C, "C", dt, shape=(batch, length, nstate))
+    B_ = as_float_array(_batched(B, "B", unbatched, 3), "B", dt, shape=(batch, length, nstate))
+    C_ = as_float_array(_batched(C, "C", unbatched, 3), "C", dt, shape=(batch, length, nstate))
     D_, has_D = optional_float_array(D, "D", dt, shape=(channels,))
-    z_, has_z = optional_float_array(z, "z", dt, shape=(batch, length, channels))
+    z_, has_z = optional_float_array(_batched(z, "z", unbatched, 3), "z", dt, shape=(batch, length, channels))
     bias_, has_bias = optional_float_array(delta_bias, "delta_bias", dt, shape=(channels,))
     if initial_state is None:
         h0 = readonly(np.zeros((batch, channels, nstate), dtype=dt))
     else:
-        h0 = as_float_array(initial_state, "initial_state", dt, shape=(batch, channels, nstate))
+        h0 = as_float_array(_batched(initial_state, "initial_state", unbatched, 3), "initial_state", dt,
+                            shape=(batch, channels, nstate))
+    y_out, result = _output(out, (batch, length, channels), unbatched, dt,
+                            {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z,
+                             "delta_bias": delta_bias, "initial_state": initial_state})
     cl = _chunk_length("selective", strategy, batch, length, channels, chunk_length)
     blk = min(SELECTIVE_WIDTHS)
     if 0 < channels < blk:
@@ -310,48 +383,64 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         chans = blk
     else:
         chans = channels
-    y = _memory.empty((batch, length, chans), dt)
+    y = y_out if chans == channels else np.empty((batch, length, chans), dt)
     hT = np.empty((batch, chans, nstate), dtype=dt)
     width, group = _block_width(batch, chans, SELECTIVE_WIDTHS)
     selective_scan_kernel(u_, delta_, A_, B_, C_, D_, z_, bias_, has_D, has_z, has_bias,
-                               bool(delta_softplus), h0, y, hT, cl, width, group)
+                          bool(delta_softplus), h0, y, hT, cl, width, group)
     if chans != channels:
-        y = np.ascontiguousarray(y[:, :, :channels])
+        y_out[...] = y[:, :, :channels]
         hT = np.ascontiguousarray(hT[:, :channels, :])
-    return (y, hT) if return_final_state else y
+    if not return_final_state:
+        return result
+    return result, (hT[0] if unbatched else hT)
 
 
-def causal_conv1d(x, weight, bias=None, history=None, return_history=False, activation=None):
+_UNSET = object()
+
+
+def causal_conv1d(x, weight, bias=None, initial_state=None, return_final_state=False, activation=None, out=None,
+                  *, history=_UNSET, return_history=_UNSET):
     """Depthwise causal convolution, weight in checkpoint orientation, with a carried history.
 
     ``out[i,t,d] = fold_k(acc + x[i,t-k,d] * weight[d, w-1-k]; seed bias[d])``
     for ``k = 0 .. w-1`` (the current token first, as the spec's fold), where
-    positions before the first token are read from ``history`` (zeros if
+    positions before the first token are read from ``initial_state`` (zeros if
     omitted: zero left padding).
 
     Parameters
     ----------
-    x : array_like, shape (batch, length, channels)
+    x : array_like, shape (batch, length, channels) or (length, channels)
+        2-D: one sequence (then the states are ``(width-1, channels)`` and
+        ``out`` is ``(length, channels)``).
     weight : array_like, shape (channels, width) or (channels, 1, width)
-        Taps oldest first, the last one multiplying the current token (the
-        orientation of a checkpoint's ``conv1d.weight``). The spec's
-        ``convKernel[k, d]`` (newest first) is ``weight[d, width-1-k]``.
+        The one orientation: taps oldest first, the last one multiplying the
+        current token (a checkpoint's ``conv1d.weight``, whose middle axis of
+        size 1 may be kept). The spec's ``convKernel[k, d]`` (newest first) is
+        ``weight[d, width-1-k]``.
     bias : array_like, shape (channels,), optional
         Seeds the fold (zero if omitted).
-    history : array_like, shape (batch, width-1, channels), optional
-        The ``width-1`` tokens before ``x[:, 0]``, oldest first; zeros if omitted.
-    return_history : bool
+    initial_state : array_like, shape (batch, width-1, channels), optional
+        The convolution history: the ``width-1`` tokens before ``x[:, 0]``,
+        oldest first; zeros if omitted.
+    return_final_state : bool
         Also return the history after the last token, shape
-        ``(batch, width-1, channels)``, to pass with the next piece: processing
-        a sequence in pieces equals processing it whole, bit for bit.
+        ``(batch, width-1, channels)``, to pass as ``initial_state`` with the
+        next piece: processing a sequence in pieces equals processing it
+        whole, bit for bit.
     activation : {None, "silu"}
         ``"silu"`` applies ``c * sigmoid(c)`` (plain sigmoid) to every output.
+    out : ndarray, shape of the output, optional
+        Written with the output and returned (requirements as in :func:`linear_scan`).
+    history, return_history
+        Deprecated names of ``initial_state`` and ``return_final_state``
+        (``DeprecationWarning``).
 
     Returns
     -------
-    out : ndarray, shape (batch, length, channels)
-    history : ndarray, shape (batch, width-1, channels)
-        Only with ``return_history``.
+    out : ndarray, shape (batch, length, channels) or (length, channels)
+    final_state : ndarray, shape (batch, width-1, channels) or (width-1, channels)
+        Only with ``return_final_state``.
 
     Notes
     -----
@@ -362,7 +451,15 @@ def causal_conv1d(x, weight, bias=None, history=None, return_history=False, acti
     with ``activation="silu"``); reference
     ``nbssm.spec.algorithms.streaming_causal_conv``.
     """
-    x_ = _check_3d(x, "x")
+    if history is not _UNSET:
+        _deprecated("history", "initial_state")
+        if initial_state is not None:
+            raise TypeError("history: expected only one of history and initial_state, got both")
+        initial_state = history
+    if return_history is not _UNSET:
+        _deprecated("return_history", "return_final_state")
+        return_final_state = return_final_state or bool(return_history)
+    x_, unbatched = _sequence(x, "x")
     dt = result_dtype((x_, "x"))
     batch, length, channels = x_.shape
     x_ = as_float_array(x_, "x", dt)
@@ -374,27 +471,31 @@ def causal_conv1d(x, weight, bias=None, history=None, return_history=False, acti
     nhist = max(width - 1, 0)
     w_newest = readonly(np.ascontiguousarray(w[:, ::-1].T))  # (width, channels), tap 0 = current token
     bias_, has_bias = optional_float_array(bias, "bias", dt, shape=(channels,))
-    if history is None:
+    if initial_state is None:
         hist = readonly(np.zeros((batch, nhist, channels), dtype=dt))
     else:
-        hist = as_float_array(history, "history", dt, shape=(batch, nhist, channels))
+        hist = as_float_array(_batched(initial_state, "initial_state", unbatched, 3), "initial_state", dt,
+                              shape=(batch, nhist, channels))
     if activation not in (None, "silu"):
         raise ValueError(f"activation: expected None or 'silu', got {activation!r}")
-    out = _memory.empty((batch, length, channels), dt)
-    causal_conv1d_kernel(x_, w_newest, bias_, has_bias, hist, activation == "silu", out)
-    if not return_history:
-        return out
+    y, result = _output(out, (batch, length, channels), unbatched, dt,
+                        {"x": x, "weight": weight, "bias": bias, "initial_state": initial_state})
+    causal_conv1d_kernel(x_, w_newest, bias_, has_bias, hist, activation == "silu", y)
+    if not return_final_state:
+        return result
     if length >= nhist:
         new_hist = np.array(x_[:, length - nhist:, :], dtype=dt, order="C")
     else:
         new_hist = np.concatenate([hist[:, length:, :], x_], axis=1)
-    return out, new_hist
+    return result, (new_hist[0] if unbatched else new_hist)
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"causal_conv1d: the argument {old}= is deprecated; use {new}=", DeprecationWarning, stacklevel=3)
 
 
 def warmup(verbose: bool = False, models: bool = True) -> dict:
     """Deprecated alias of :func:`nbssm.warmup` (defined in :mod:`nbssm._warmup`)."""
-    import warnings
-
     from ._warmup import warmup as _warmup
 
     warnings.warn("nbssm.ops.warmup is deprecated; use nbssm.warmup", DeprecationWarning, stacklevel=2)

@@ -35,11 +35,13 @@ def test_selective_shape_errors_name_argument_and_expected_shape(name, bad, patt
         nbssm.selective_scan(**kw)
 
 
-def test_two_dimensional_input_is_rejected_with_a_hint():
+def test_two_dimensional_input_needs_every_sequence_argument_2d():
     kw = selective_inputs(41, 1, 7, 6, 3)
     kw["u"] = kw["u"][0]
-    with pytest.raises(ValueError, match=r"u: expected shape \(batch, length, channels\).*x\[None\]"):
+    with pytest.raises(ValueError, match=r"delta: expected 2 dimensions for a 2-D \(length, channels\) input"):
         nbssm.selective_scan(**kw)
+    with pytest.raises(ValueError, match=r"u: expected shape \(batch, length, channels\) or \(length, channels\)"):
+        nbssm.selective_scan(**dict(kw, u=kw["u"][0]))
 
 
 def test_linear_and_conv_shape_errors():
@@ -51,8 +53,8 @@ def test_linear_and_conv_shape_errors():
     x, w, bias, hist = conv_inputs(43, 2, 5, 3, 4)
     with pytest.raises(ValueError, match=r"weight: expected shape \(3, width\)"):
         nbssm.causal_conv1d(x, w[:2])
-    with pytest.raises(ValueError, match=r"history: expected shape \(2, 3, 3\)"):
-        nbssm.causal_conv1d(x, w, history=hist[:, :2])
+    with pytest.raises(ValueError, match=r"initial_state: expected shape \(2, 3, 3\)"):
+        nbssm.causal_conv1d(x, w, initial_state=hist[:, :2])
     with pytest.raises(ValueError, match=r"activation"):
         nbssm.causal_conv1d(x, w, activation="relu")
 
@@ -166,7 +168,7 @@ def test_length_zero_and_one(strategy):
     out, hT = nbssm.linear_scan(a, b, h0, return_final_state=True, strategy=strategy)
     assert out.shape == (2, 0, 3) and np.array_equal(hT, h0)
     x, w, bias, hist = conv_inputs(55, 2, 0, 3, 4)
-    out, new_hist = nbssm.causal_conv1d(x, w, bias, hist, return_history=True)
+    out, new_hist = nbssm.causal_conv1d(x, w, bias, hist, return_final_state=True)
     assert out.shape == (2, 0, 3) and np.array_equal(new_hist, hist)
 
 

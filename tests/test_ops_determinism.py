@@ -90,11 +90,11 @@ def test_sequential_pieces_with_carried_state_equal_whole(dtype):
 @pytest.mark.parametrize("width", [1, 3, 4])
 def test_conv_pieces_with_carried_history_equal_whole(width):
     x, w, bias, _ = conv_inputs(28, 2, 23, 9, width)
-    whole, hist_whole = nbssm.causal_conv1d(x, w, bias, return_history=True)
+    whole, hist_whole = nbssm.causal_conv1d(x, w, bias, return_final_state=True)
     hist = None
     outs = []
     for lo, hi in [(0, 1), (1, 2), (2, 2), (2, 15), (15, 23)]:
-        o, hist = nbssm.causal_conv1d(x[:, lo:hi], w, bias, history=hist, return_history=True)
+        o, hist = nbssm.causal_conv1d(x[:, lo:hi], w, bias, initial_state=hist, return_final_state=True)
         outs.append(o)
     assert np.concatenate(outs, axis=1).tobytes() == whole.tobytes()
     assert hist.tobytes() == hist_whole.tobytes()

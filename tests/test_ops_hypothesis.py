@@ -58,13 +58,13 @@ def test_linear_scan_matches_naive_and_chunked_reference(batch, length, channels
 def test_causal_conv_matches_naive_and_pieces_equal_whole(batch, length, channels, width, dtype, seed, cut, silu):
     x, w, bias, hist = conv_inputs(seed, batch, length, channels, width, dtype)
     act = "silu" if silu else None
-    out, new_hist = nbssm.causal_conv1d(x, w, bias, hist, return_history=True, activation=act)
+    out, new_hist = nbssm.causal_conv1d(x, w, bias, hist, return_final_state=True, activation=act)
     ref, ref_hist = naive_causal_conv1d(x, w, bias, hist, silu=silu)
     assert max_rel_err(out, ref) <= _tol(dtype)
     assert np.array_equal(new_hist, ref_hist.astype(dtype))
     cut = min(cut, length)
-    o1, h1 = nbssm.causal_conv1d(x[:, :cut], w, bias, hist, return_history=True, activation=act)
-    o2, h2 = nbssm.causal_conv1d(x[:, cut:], w, bias, h1, return_history=True, activation=act)
+    o1, h1 = nbssm.causal_conv1d(x[:, :cut], w, bias, hist, return_final_state=True, activation=act)
+    o2, h2 = nbssm.causal_conv1d(x[:, cut:], w, bias, h1, return_final_state=True, activation=act)
     assert np.concatenate([o1, o2], axis=1).tobytes() == out.tobytes() and h2.tobytes() == new_hist.tobytes()
 
 

@@ -194,7 +194,7 @@ def test_linear_float32_vs_float64():
 @pytest.mark.parametrize("width", [0, 1, 2, 4])
 def test_conv_float64_bitwise_vs_spec_and_reference(width):
     x, w, bias, hist = conv_inputs(10, 2, 9, 70, width)
-    out, new_hist = nbssm.causal_conv1d(x, w, bias=bias, history=hist, return_history=True)
+    out, new_hist = nbssm.causal_conv1d(x, w, bias=bias, initial_state=hist, return_final_state=True)
     # spec: kernel newest first is the checkpoint weight reversed
     kernel = [[float(w[d, width - 1 - k]) for d in range(70)] for k in range(width)]
     for i in range(2):

@@ -20,11 +20,11 @@ from nbssm import _config, _memory
 def small_cache(monkeypatch):
     """Every output goes through the cache, which starts empty with a 64 MiB budget."""
     monkeypatch.setattr(_memory, "MIN_BYTES", 0)
-    old = nbssm.set_output_cache_limit(64)
-    nbssm.clear_output_cache()
+    old = _memory.set_output_cache_limit(64)
+    _memory.clear_output_cache()
     yield
-    nbssm.clear_output_cache()
-    nbssm.set_output_cache_limit(old)
+    _memory.clear_output_cache()
+    _memory.set_output_cache_limit(old)
 
 
 def _calls(seed):
@@ -42,20 +42,20 @@ def _calls(seed):
 @pytest.mark.parametrize("which", [0, 1, 2])
 def test_released_block_is_reused_with_identical_results(small_cache, which):
     name, call = _calls(10)[which]
-    nbssm.set_output_cache_limit(0)
+    _memory.set_output_cache_limit(0)
     expected = call()
     assert expected.base is None  # disabled: a plain np.empty output
-    nbssm.set_output_cache_limit(64)
+    _memory.set_output_cache_limit(64)
     first = call()
     np.testing.assert_array_equal(first, expected)
     address = first.ctypes.data
-    assert nbssm.output_cache_info()["blocks"] == 0
+    assert _memory.output_cache_info()["blocks"] == 0
     del first
-    info = nbssm.output_cache_info()
+    info = _memory.output_cache_info()
     assert info["blocks"] == 1, name
     again = call()
     assert again.ctypes.data == address  # the released block came back
-    assert nbssm.output_cache_info()["hits"] == info["hits"] + 1
+    assert _memory.output_cache_info()["hits"] == info["hits"] + 1
     assert again.flags.c_contiguous and again.flags.writeable and again.flags.aligned
     assert again.ctypes.data % _memory.ALIGN == 0
     np.testing.assert_array_equal(again, expected)
@@ -76,45 +76,45 @@ def test_a_live_result_is_never_overwritten(small_cache):
         np.testing.assert_array_equal(h, c)
     del held[0]
     np.testing.assert_array_equal(view, view_copy)
-    blocks = nbssm.output_cache_info()["blocks"]
+    blocks = _memory.output_cache_info()["blocks"]
     for _, call in _calls(12):
         out = call()
         assert not np.shares_memory(out, view)
         del out
-    assert nbssm.output_cache_info()["blocks"] == blocks
+    assert _memory.output_cache_info()["blocks"] == blocks
 
 
 def test_budget_evicts_oldest_blocks_first(small_cache):
-    nbssm.set_output_cache_limit(4)  # room for two 2 MiB blocks
+    _memory.set_output_cache_limit(4)  # room for two 2 MiB blocks
     a0, a1, a2 = (_memory.empty((1000,), np.float64) for _ in range(3))
     addresses = [a0.ctypes.data, a1.ctypes.data, a2.ctypes.data]
     del a0  # released in this order: a0 is the oldest block in the cache
     del a1
     del a2
-    info = nbssm.output_cache_info()
+    info = _memory.output_cache_info()
     assert info["blocks"] == 2 and info["bytes"] == 2 * _memory.GRANULE
     # the newest released block is handed out first, then the next; the oldest was freed
     first = _memory.empty((1000,), np.float64)
     second = _memory.empty((1000,), np.float64)
     assert (first.ctypes.data, second.ctypes.data) == (addresses[2], addresses[1])
-    misses = nbssm.output_cache_info()["misses"]
+    misses = _memory.output_cache_info()["misses"]
     third = _memory.empty((1000,), np.float64)
-    assert nbssm.output_cache_info()["misses"] == misses + 1
+    assert _memory.output_cache_info()["misses"] == misses + 1
     del first, second, third
-    assert nbssm.output_cache_info()["blocks"] == 2
+    assert _memory.output_cache_info()["blocks"] == 2
     # shrinking the budget frees at once
-    nbssm.set_output_cache_limit(2)
-    assert nbssm.output_cache_info()["blocks"] == 1
-    nbssm.clear_output_cache()
-    assert nbssm.output_cache_info()["blocks"] == 0 and nbssm.output_cache_info()["bytes"] == 0
+    _memory.set_output_cache_limit(2)
+    assert _memory.output_cache_info()["blocks"] == 1
+    _memory.clear_output_cache()
+    assert _memory.output_cache_info()["blocks"] == 0 and _memory.output_cache_info()["bytes"] == 0
 
 
 def test_blocks_larger_than_the_budget_are_not_kept(small_cache):
-    nbssm.set_output_cache_limit(2)
+    _memory.set_output_cache_limit(2)
     big = _memory.empty((3 << 20,), np.uint8)  # rounds up to 4 MiB
     assert big.shape == (3 << 20,) and big.dtype == np.uint8
     del big
-    assert nbssm.output_cache_info()["blocks"] == 0
+    assert _memory.output_cache_info()["blocks"] == 0
 
 
 def test_requests_below_the_threshold_bypass_the_cache(monkeypatch):
@@ -146,13 +146,13 @@ def test_concurrent_calls_from_threads_match_serial_results(small_cache):
     for t in threads:
         t.join()
     assert errors == []
-    assert nbssm.output_cache_info()["hits"] > 0
+    assert _memory.output_cache_info()["hits"] > 0
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "8", None])
 def test_set_output_cache_limit_rejects_bad_values(bad):
     with pytest.raises(ValueError, match="megabytes"):
-        nbssm.set_output_cache_limit(bad)
+        _memory.set_output_cache_limit(bad)
 
 
 def test_environment_budget_is_parsed(monkeypatch):
@@ -164,3 +164,11 @@ def test_environment_budget_is_parsed(monkeypatch):
         monkeypatch.setenv("NBSSM_OUTPUT_CACHE_MB", bad)
         with pytest.raises(ValueError, match="NBSSM_OUTPUT_CACHE_MB"):
             _config._mebibytes("NBSSM_OUTPUT_CACHE_MB", 512)
+
+
+@pytest.mark.parametrize("name", ["output_cache_info", "clear_output_cache", "set_output_cache_limit"])
+def test_public_names_are_deprecated_aliases(name):
+    assert name not in nbssm.__all__ and name not in dir(nbssm)
+    with pytest.warns(DeprecationWarning, match=f"nbssm.{name} is deprecated"):
+        fn = getattr(nbssm, name)
+    assert fn is getattr(_memory, name)
