@@ -9,7 +9,9 @@ reals).
 
 The kernels in ``nbssm._kernels`` follow these references step for step:
 the same chunk boundaries, the same order of every product and sum. Nothing in
-this module may branch on the scalar type or on a scalar's value.
+this module branches on the scalar type, and nothing branches on a scalar's
+value except through a predicate the caller passes (``carry_ok`` of
+:func:`chunked_diagonal_scan`, whose two branches are equal over the reals).
 
 Glossary: ``T`` length (tokens), ``D`` channels, ``W`` convolution width,
 ``Lc`` chunk length.
@@ -17,7 +19,9 @@ Glossary: ``T`` length (tokens), ``D`` channels, ``W`` convolution width,
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
 
 Scalar = Any
 Vector = list  # list of D scalars
@@ -97,7 +101,27 @@ def sequential_diagonal_scan(h0: Vector, a: Sequence[Vector], b: Sequence[Vector
     return out
 
 
-def chunked_diagonal_scan(h0: Vector, a: Sequence[Vector], b: Sequence[Vector], chunk_length: int) -> list[Vector]:
+def ieee_carry_ok(p: float, q: float, h: float, c: float,
+                  tiny: float = sys.float_info.min, huge: float = sys.float_info.max) -> bool:
+    """The kernels' rule for IEEE numbers: may the summary ``(p, q)`` carry the state ``h``?
+
+    True when ``p`` is a normal finite number (``tiny <= |p| <= huge``) and
+    ``q``, ``h`` and ``c = p * h + q`` are finite. Otherwise (a product of
+    transitions that overflowed, underflowed or is 0, an infinite or NaN
+    summary, state or result) the chunk is re-run from ``h`` one transition
+    at a time, so that ``inf * 0`` (an overflowed product times a zero state)
+    or ``0 * inf`` (an underflowed product times an infinite state) never
+    produces a NaN the sequential scan does not have. NaN fails every
+    comparison, so it always re-runs. Defaults: float64's limits (the float32
+    kernels use float32's).
+    """
+    ap = abs(p)
+    return tiny <= ap <= huge and abs(q) <= huge and abs(h) <= huge and abs(c) <= huge
+
+
+def chunked_diagonal_scan(h0: Vector, a: Sequence[Vector], b: Sequence[Vector], chunk_length: int,
+                          carry_ok: Callable[[Scalar, Scalar, Scalar, Scalar], bool] | None = None
+                          ) -> list[Vector]:
     """The chunked (parallel-in-time) diagonal scan, exactly as the kernels run it.
 
     Three phases:
@@ -107,7 +131,10 @@ def chunked_diagonal_scan(h0: Vector, a: Sequence[Vector], b: Sequence[Vector], 
        (run in parallel by the kernels);
     2. serial carry over the summaries: ``H_{-1} = h0``,
        ``H_k = P_k * H_{k-1} + Q_k`` for every chunk but the last (the last
-       chunk's summary is never needed, and it is not computed);
+       chunk's summary is never needed, and it is not computed); per channel,
+       where ``carry_ok(P_k, Q_k, H_{k-1}, H_k)`` is false, ``H_k`` is instead
+       the state after re-running chunk ``k``'s transitions from ``H_{k-1}``
+       one at a time (the two are equal over the reals);
     3. fix-up: every chunk re-runs its own transitions sequentially from the
        carried state ``H_{k-1}`` (``h0`` for chunk 0), writing every state;
        independent across chunks.
@@ -123,6 +150,10 @@ def chunked_diagonal_scan(h0: Vector, a: Sequence[Vector], b: Sequence[Vector], 
         Transition multipliers and offsets.
     chunk_length : int
         Lc >= 1. Chunk boundaries are ``k * Lc``.
+    carry_ok : callable ``(p, q, h, c) -> bool``, optional
+        When the summary may carry the state. ``None``: always (the algebraic
+        algorithm, for symbolic scalars). The kernels run
+        :func:`ieee_carry_ok`.
 
     Returns
     -------
@@ -136,9 +167,17 @@ def chunked_diagonal_scan(h0: Vector, a: Sequence[Vector], b: Sequence[Vector], 
     summaries = [chunk_summary(a, b, start, stop) for (start, stop) in bounds[:-1]]
     # phase 2: serial carry
     carried = [list(h0)]
-    for p, q in summaries:
+    for (p, q), (start, stop) in zip(summaries, bounds):
         prev = carried[-1]
-        carried.append([p[d] * prev[d] + q[d] for d in range(len(prev))])
+        nxt = [p[d] * prev[d] + q[d] for d in range(len(prev))]
+        if carry_ok is not None:
+            for d in range(len(prev)):
+                if not carry_ok(p[d], q[d], prev[d], nxt[d]):
+                    h = prev[d]
+                    for t in range(start, stop):
+                        h = a[t][d] * h + b[t][d]
+                    nxt[d] = h
+        carried.append(nxt)
     # phase 3: fix-up, chunk by chunk from the carried state
     out: list[Vector] = []
     for k, (start, stop) in enumerate(bounds):

@@ -12,14 +12,14 @@ import math
 import numpy as np
 import pytest
 from naive import naive_causal_conv1d, naive_linear_scan, naive_selective_scan
-from ops_inputs import conv_inputs, linear_inputs, selective_inputs
-from tolerances import max_rel_err, tol
-
-import nbssm
 from nbssm.spec import algorithms
 from nbssm.spec.context import DOUBLE
 from nbssm.spec.models import causal_conv_step, selective_recurrence_step
 from nbssm.spec.scan import DiagonalTransition, diagonal_selective_scan
+from ops_inputs import conv_inputs, linear_inputs, selective_inputs
+from tolerances import max_rel_err, tol
+
+import nbssm
 
 
 # ----------------------------------------------------------------------------- spec adapters
@@ -86,7 +86,8 @@ def reference_chunked_selective(kw, chunk_length):
             dls.append(dl)
             a_seq.append([math.exp(dl[d] * float(A[d, n])) for d in range(channels) for n in range(nstate)])
             b_seq.append([(dl[d] * float(B[i, t, n])) * float(u[i, t, d]) for d in range(channels) for n in range(nstate)])
-        states = algorithms.chunked_diagonal_scan([float(v) for v in h0[i].reshape(-1)], a_seq, b_seq, chunk_length)
+        states = algorithms.chunked_diagonal_scan([float(v) for v in h0[i].reshape(-1)], a_seq, b_seq, chunk_length,
+                                                  carry_ok=algorithms.ieee_carry_ok)
         for t in range(length):
             for d in range(channels):
                 acc = float(D[d]) * float(u[i, t, d])
@@ -97,7 +98,9 @@ def reference_chunked_selective(kw, chunk_length):
 
 
 # ----------------------------------------------------------------------------- selective scan
-SELECTIVE_SHAPES = [(2, 13, 20, 4), (1, 5, 3, 2), (1, 1, 16, 1), (2, 9, 33, 3), (1, 4, 17, 0)]
+# state sizes 64 / 65 / 130: one, two and three slabs of the kernel's stack scratch
+SELECTIVE_SHAPES = [(2, 13, 20, 4), (1, 5, 3, 2), (1, 1, 16, 1), (2, 9, 33, 3), (1, 4, 17, 0), (1, 6, 3, 64),
+                    (1, 6, 35, 65), (1, 5, 3, 130)]
 
 
 @pytest.mark.parametrize("shape", SELECTIVE_SHAPES)
@@ -122,8 +125,9 @@ def test_selective_without_optional_arguments_vs_spec():
 
 
 @pytest.mark.parametrize("chunk_length", [1, 2, 3, 5, 64])
-def test_selective_chunked_float64_bitwise_vs_generic_reference(chunk_length):
-    kw = selective_inputs(3, 2, 11, 17, 3)
+@pytest.mark.parametrize("nstate", [3, 70])
+def test_selective_chunked_float64_bitwise_vs_generic_reference(chunk_length, nstate):
+    kw = selective_inputs(3, 2, 11, 17, nstate)
     y = nbssm.selective_scan(**kw, strategy="chunked", chunk_length=chunk_length)
     assert np.array_equal(y, reference_chunked_selective(kw, chunk_length))
     y_seq = nbssm.selective_scan(**kw, strategy="sequential")
@@ -175,7 +179,8 @@ def test_linear_chunked_float64_bitwise_vs_generic_reference(chunk_length, chann
     a, b, h0 = linear_inputs(8, 2, 29 if chunk_length < 7 else 80, channels)
     out, hT = nbssm.linear_scan(a, b, h0, return_final_state=True, strategy="chunked", chunk_length=chunk_length)
     for i in range(2):
-        ref = algorithms.chunked_diagonal_scan(list(map(float, h0[i])), a[i].tolist(), b[i].tolist(), chunk_length)
+        ref = algorithms.chunked_diagonal_scan(list(map(float, h0[i])), a[i].tolist(), b[i].tolist(), chunk_length,
+                                               carry_ok=algorithms.ieee_carry_ok)
         assert np.array_equal(out[i], np.array(ref))
         assert np.array_equal(hT[i], np.array(ref[-1]))
 

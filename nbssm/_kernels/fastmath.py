@@ -22,6 +22,9 @@ Accuracy of the float32 approximations (measured by
   argument; ``x`` itself above 20 (as PyTorch and mamba_ssm); NaN gives NaN.
 * ``sigmoid32``: ``1 / (1 + exp32(-x))``.
 
+float64 softplus is the plain form where ``exp(x)`` is finite and ``x`` above
+``log(DBL_MAX)`` = 709.78 (finite for every finite argument, like float32's).
+
 NaN and infinities propagate: nothing here uses fast-math flags.
 """
 
@@ -159,10 +162,24 @@ def sigmoid32(x):
     return _ONE / (_ONE + exp32(-x))
 
 
+#: log(DBL_MAX): the largest float64 argument with a finite exp
+_LOG_DBL_MAX = math.log(np.finfo(np.float64).max)
+
+
 @njit(cache=_config.CACHE, error_model="numpy", inline="always")
 def softplus64(x):
-    """float64 plain softplus ``log(1 + exp(x))`` (the spec's List family), C semantics."""
-    return math.log(1.0 + math.exp(x))
+    """float64 softplus: plain ``log(1 + exp(x))`` (the spec's List family) where ``exp(x)`` is finite.
+
+    Above ``log(DBL_MAX)`` = 709.78, where ``exp`` overflows and the plain form
+    would give inf, the result is ``x``: the branched form's value there
+    (``x + log(1 + exp(-x))`` rounds to ``x`` for every ``x > 36.8``). So the
+    result is bitwise the List family's wherever that is finite, and finite
+    for every finite ``x``. NaN gives NaN, inf gives inf.
+    """
+    res = math.log(1.0 + math.exp(x))
+    if x > _LOG_DBL_MAX:
+        res = x
+    return res
 
 
 @njit(cache=_config.CACHE, error_model="numpy", inline="always")

@@ -25,6 +25,7 @@ from numba import carray
 
 from .. import _config
 from ._jit import njit, prange
+from .chunking import carry_ok
 from .intrinsics import prefetch, stack_buffer
 
 #: how many tokens ahead the fix-up prefetches its (b, l, d) rows
@@ -181,11 +182,15 @@ def linear_scan_kernel(a, b, h0, out, hT, chunk_length):
     and 2 empty). Phase 1 (summaries of every chunk but the last) and phase 3
     (fix-up) are parallel over (batch, block of ``_LBLK`` channels, group of
     ``_G`` consecutive chunks run in lockstep); phase 2 (the carry) is serial
-    in the chunk index and parallel over (batch, channels).
+    in the chunk index and parallel over (batch, channels). The carry uses a
+    chunk's summary where :func:`~nbssm._kernels.chunking.carry_ok` allows it
+    and re-runs the chunk step by step elsewhere (``ieee_carry_ok``).
 
     a, b, out : (b, l, d); h0, hT : (b, d).
     """
     batch, length, channels = a.shape
+    tiny = np.finfo(a.dtype).tiny
+    huge = np.finfo(a.dtype).max
     nblk = (channels + _LBLK - 1) // _LBLK
     nchunks = (length + chunk_length - 1) // chunk_length
     nsum = max(nchunks - 1, 0)
@@ -210,7 +215,16 @@ def linear_scan_kernel(a, b, h0, out, hT, chunk_length):
             H[bi, 0, d0 + j] = h0[bi, d0 + j]
         for k in range(nsum):
             for j in range(nd):
-                H[bi, k + 1, d0 + j] = PQ[bi, k, 0, d0 + j] * H[bi, k, d0 + j] + PQ[bi, k, 1, d0 + j]
+                p = PQ[bi, k, 0, d0 + j]
+                q = PQ[bi, k, 1, d0 + j]
+                hk = H[bi, k, d0 + j]
+                c = p * hk + q
+                if not carry_ok(p, q, hk, c, tiny, huge):
+                    # the summary cannot stand for the chunk: re-run it from hk, one step at a time
+                    c = hk
+                    for t in range(k * chunk_length, (k + 1) * chunk_length):
+                        c = a[bi, t, d0 + j] * c + b[bi, t, d0 + j]
+                H[bi, k + 1, d0 + j] = c
     # phase 3: fix-up of every chunk from its carried state
     ngr = (nchunks + _G - 1) // _G
     for job in prange(batch * nblk * ngr):

@@ -32,6 +32,7 @@ from numba import carray, literally
 
 from .. import _config
 from ._jit import njit, prange
+from .chunking import carry_ok
 from .fastmath import exp_, sigmoid_, softplus_
 from .intrinsics import constant, prefetch, stack_buffer, store_fence, store_nontemporal
 
@@ -42,6 +43,9 @@ SELECTIVE_WIDTHS = (32, 64)  # the kernel dispatches on these two literals
 _TILE = 128
 #: how many tokens ahead the kernels prefetch their (b, l, d) rows
 _PREFETCH = 16
+#: states per slab: the stack scratch of a worker is at most a few (_SLAB, W) arrays
+#: (96 KiB for float64, W = 64), whatever the state size
+_SLAB = 64
 
 
 @njit(cache=_config.CACHE, error_model="numpy")
@@ -73,7 +77,12 @@ def _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_
         y    = y * (z * sigmoid(z))                   (with z)
 
     The working copies live on the stack (no aliasing with the arguments, so
-    every lane loop vectorises without overlap checks).
+    every lane loop vectorises without overlap checks). The states are taken
+    ``_SLAB`` at a time, so the stack holds at most ``_SLAB x W`` per copy
+    whatever the state size: with more states, the tokens are run once per
+    slab, the partial readout ``y`` of the earlier slabs kept in ``y`` itself
+    (stored and reloaded exactly, so the fold over ``n`` is unchanged); the
+    gate and the final store happen in the last slab.
     """
     literally(W)
     W = constant(W)  # a compile-time constant: fixed trip counts, fully vectorised lane loops
@@ -82,16 +91,13 @@ def _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_
     channels = u.shape[2]
     dt = u.dtype
     line = 64 // u.itemsize  # elements per cache line
-    h = carray(stack_buffer(nstate * W, dt), (nstate, W))
-    At = carray(stack_buffer(nstate * W, dt), (nstate, W))
+    cap = min(nstate, _SLAB)
+    h = carray(stack_buffer(cap * W, dt), (cap, W))
+    At = carray(stack_buffer(cap * W, dt), (cap, W))
     Dl = carray(stack_buffer(W, dt), (W,))
     dl = carray(stack_buffer(W, dt), (W,))
     uu = carray(stack_buffer(W, dt), (W,))
     yy = carray(stack_buffer(W, dt), (W,))
-    for n in range(nstate):
-        for j in range(W):
-            At[n, j] = A[d0 + j, n]
-            h[n, j] = state[n, j]
     bl = carray(stack_buffer(W, dt), (W,))
     for j in range(W):
         Dl[j] = D[d0 + j] if has_D else 0
@@ -101,43 +107,58 @@ def _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_
     df = delta.reshape(delta.size)
     zf = z.reshape(z.size)
     yf = y.reshape(y.size)
-    for t in range(t0, t1):
-        row = np.uint64((bi * length + t) * channels + d0)
-        # rows (b, l, d) are `channels` apart: prefetch every cache line of the block's
-        # row a few tokens ahead
-        ahead = (bi * length + t + _PREFETCH) * channels + d0
-        for q in range(0, W, line):
-            prefetch(u, ahead + q)
-            prefetch(delta, ahead + q)
-            if has_z:
-                prefetch(z, ahead + q)
-        for j in range(W):
-            uv = uf[row + np.uint64(j)]
-            dv = df[row + np.uint64(j)]
-            if has_bias:
-                dv = dv + bl[j]
-            if delta_softplus:
-                dv = softplus_(dv)
-            dl[j] = dv
-            uu[j] = uv
-            yy[j] = Dl[j] * uv if has_D else 0
-        for n in range(nstate):
-            bn = B[bi, t, n]
-            cn = C[bi, t, n]
+    for n0 in range(0, max(nstate, 1), _SLAB):
+        ns = min(_SLAB, nstate - n0)
+        first = n0 == 0
+        last = n0 + _SLAB >= nstate
+        for n in range(ns):
             for j in range(W):
-                dv = dl[j]
-                hv = exp_(dv * At[n, j]) * h[n, j] + (dv * bn) * uu[j]
-                h[n, j] = hv
-                yy[j] = yy[j] + hv * cn
-        if has_z:
+                At[n, j] = A[d0 + j, n0 + n]
+                h[n, j] = state[n0 + n, j]
+        for t in range(t0, t1):
+            row = np.uint64((bi * length + t) * channels + d0)
+            # rows (b, l, d) are `channels` apart: prefetch every cache line of the block's
+            # row a few tokens ahead
+            ahead = (bi * length + t + _PREFETCH) * channels + d0
+            for q in range(0, W, line):
+                prefetch(u, ahead + q)
+                prefetch(delta, ahead + q)
+                if has_z:
+                    prefetch(z, ahead + q)
             for j in range(W):
-                zv = zf[row + np.uint64(j)]
-                yy[j] = yy[j] * (zv * sigmoid_(zv))
-        for j in range(jw, W):
-            store_nontemporal(yf, row + np.uint64(j), yy[j])
-    for n in range(nstate):
-        for j in range(W):
-            state[n, j] = h[n, j]
+                uv = uf[row + np.uint64(j)]
+                dv = df[row + np.uint64(j)]
+                if has_bias:
+                    dv = dv + bl[j]
+                if delta_softplus:
+                    dv = softplus_(dv)
+                dl[j] = dv
+                uu[j] = uv
+                yy[j] = Dl[j] * uv if has_D else 0
+            if not first:  # the readout of the earlier slabs (lanes this block owns)
+                for j in range(jw, W):
+                    yy[j] = yf[row + np.uint64(j)]
+            for n in range(ns):
+                bn = B[bi, t, n0 + n]
+                cn = C[bi, t, n0 + n]
+                for j in range(W):
+                    dv = dl[j]
+                    hv = exp_(dv * At[n, j]) * h[n, j] + (dv * bn) * uu[j]
+                    h[n, j] = hv
+                    yy[j] = yy[j] + hv * cn
+            if last:
+                if has_z:
+                    for j in range(W):
+                        zv = zf[row + np.uint64(j)]
+                        yy[j] = yy[j] * (zv * sigmoid_(zv))
+                for j in range(jw, W):
+                    store_nontemporal(yf, row + np.uint64(j), yy[j])
+            else:
+                for j in range(jw, W):
+                    yf[row + np.uint64(j)] = yy[j]
+        for n in range(ns):
+            for j in range(W):
+                state[n0 + n, j] = h[n, j]
     store_fence()  # the y rows above were streamed (non-temporal stores)
 
 
@@ -147,7 +168,8 @@ def _sel_summary(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d0, t
 
     ``chunk_summary`` with ``a = exp(dl * A)``, ``b = (dl * B) * u``: the
     first token initialises ``(P, Q) = (a, b)``, every later one does
-    ``P = a * P``, ``Q = a * Q + b``.
+    ``P = a * P``, ``Q = a * Q + b``. States are independent: they are taken
+    ``_SLAB`` at a time (bounded stack use, as in :func:`_sel_run`).
     """
     literally(W)
     W = constant(W)
@@ -156,51 +178,73 @@ def _sel_summary(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d0, t
     channels = u.shape[2]
     dt = u.dtype
     line = 64 // u.itemsize
-    P = carray(stack_buffer(nstate * W, dt), (nstate, W))
-    Q = carray(stack_buffer(nstate * W, dt), (nstate, W))
-    At = carray(stack_buffer(nstate * W, dt), (nstate, W))
+    cap = min(nstate, _SLAB)
+    P = carray(stack_buffer(cap * W, dt), (cap, W))
+    Q = carray(stack_buffer(cap * W, dt), (cap, W))
+    At = carray(stack_buffer(cap * W, dt), (cap, W))
     dl = carray(stack_buffer(W, dt), (W,))
     uu = carray(stack_buffer(W, dt), (W,))
     bl = carray(stack_buffer(W, dt), (W,))
-    for n in range(nstate):
-        for j in range(W):
-            At[n, j] = A[d0 + j, n]
     for j in range(W):
         bl[j] = delta_bias[d0 + j] if has_bias else 0
     uf = u.reshape(u.size)
     df = delta.reshape(delta.size)
-    for t in range(t0, t1):
-        row = np.uint64((bi * length + t) * channels + d0)
-        ahead = (bi * length + t + _PREFETCH) * channels + d0
-        for q in range(0, W, line):
-            prefetch(u, ahead + q)
-            prefetch(delta, ahead + q)
-        for j in range(W):
-            uv = uf[row + np.uint64(j)]
-            dv = df[row + np.uint64(j)]
-            if has_bias:
-                dv = dv + bl[j]
-            if delta_softplus:
-                dv = softplus_(dv)
-            dl[j] = dv
-            uu[j] = uv
-        first = t == t0
-        for n in range(nstate):
-            bn = B[bi, t, n]
+    for n0 in range(0, nstate, _SLAB):
+        ns = min(_SLAB, nstate - n0)
+        for n in range(ns):
             for j in range(W):
-                dv = dl[j]
-                at = exp_(dv * At[n, j])
-                bt = (dv * bn) * uu[j]
-                if first:
-                    P[n, j] = at
-                    Q[n, j] = bt
-                else:
-                    P[n, j] = at * P[n, j]
-                    Q[n, j] = at * Q[n, j] + bt
-    for n in range(nstate):
-        for j in range(W):
-            PQ[n, j] = P[n, j]
-            PQ[nstate + n, j] = Q[n, j]
+                At[n, j] = A[d0 + j, n0 + n]
+        for t in range(t0, t1):
+            row = np.uint64((bi * length + t) * channels + d0)
+            ahead = (bi * length + t + _PREFETCH) * channels + d0
+            for q in range(0, W, line):
+                prefetch(u, ahead + q)
+                prefetch(delta, ahead + q)
+            for j in range(W):
+                uv = uf[row + np.uint64(j)]
+                dv = df[row + np.uint64(j)]
+                if has_bias:
+                    dv = dv + bl[j]
+                if delta_softplus:
+                    dv = softplus_(dv)
+                dl[j] = dv
+                uu[j] = uv
+            first = t == t0
+            for n in range(ns):
+                bn = B[bi, t, n0 + n]
+                for j in range(W):
+                    dv = dl[j]
+                    at = exp_(dv * At[n, j])
+                    bt = (dv * bn) * uu[j]
+                    if first:
+                        P[n, j] = at
+                        Q[n, j] = bt
+                    else:
+                        P[n, j] = at * P[n, j]
+                        Q[n, j] = at * Q[n, j] + bt
+        for n in range(ns):
+            for j in range(W):
+                PQ[n0 + n, j] = P[n, j]
+                PQ[nstate + n0 + n, j] = Q[n, j]
+
+
+@njit(cache=_config.CACHE, error_model="numpy")
+def _sel_rerun(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d, n, t0, t1, h):
+    """The state ``(channel d, state n)`` after tokens ``t0..t1-1`` from ``h``, one token at a time.
+
+    The carry's fallback (see :func:`selective_scan_kernel`): exactly the
+    operations of :func:`_sel_run` for one lane, so its result is the
+    sequential scan's, bit for bit.
+    """
+    a = A[d, n]
+    for t in range(t0, t1):
+        dv = delta[bi, t, d]
+        if has_bias:
+            dv = dv + delta_bias[d]
+        if delta_softplus:
+            dv = softplus_(dv)
+        h = exp_(dv * a) * h + (dv * B[bi, t, n]) * u[bi, t, d]
+    return h
 
 
 @njit(cache=_config.CACHE, parallel=True, error_model="numpy")
@@ -212,7 +256,9 @@ def selective_scan_kernel(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has
     and 2 are empty, phase 3 runs the time loop from ``h0``). Requires
     ``channels >= W`` (or ``channels == 0``); :mod:`nbssm.ops` pads.
     Parallel over (batch, channel block, chunk) in phases 1 and 3 and over
-    (batch, channel block) in phase 2.
+    (batch, channel block) in phase 2. The carry uses a chunk's summary where
+    :func:`~nbssm._kernels.chunking.carry_ok` allows it and re-runs the chunk
+    for that lane from the carried state elsewhere (:func:`_sel_rerun`).
 
     u, delta, z, y : (b, l, d); A : (d, n); B, C : (b, l, n); D, delta_bias : (d,);
     h0, hT : (b, d, n).
@@ -220,6 +266,8 @@ def selective_scan_kernel(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has
     batch, length, channels = u.shape
     nstate = A.shape[1]
     dt = u.dtype
+    tiny = np.finfo(dt).tiny
+    huge = np.finfo(dt).max
     nblk = (channels + W - 1) // W
     nchunks = (length + chunk_length - 1) // chunk_length
     nsum = max(nchunks - 1, 0)
@@ -250,8 +298,14 @@ def selective_scan_kernel(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has
         for k in range(nsum):
             for n in range(nstate):
                 for j in range(W):
-                    H[bi, k + 1, blk, n, j] = (PQ[bi, k, blk, n, j] * H[bi, k, blk, n, j]
-                                               + PQ[bi, k, blk, nstate + n, j])
+                    p = PQ[bi, k, blk, n, j]
+                    q = PQ[bi, k, blk, nstate + n, j]
+                    hk = H[bi, k, blk, n, j]
+                    c = p * hk + q
+                    if not carry_ok(p, q, hk, c, tiny, huge):
+                        c = _sel_rerun(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d0 + j, n,
+                                       k * chunk_length, (k + 1) * chunk_length, hk)
+                    H[bi, k + 1, blk, n, j] = c
         if nchunks == 0:
             for n in range(nstate):
                 for j in range(jw, W):
