@@ -1,10 +1,11 @@
-"""Kernel benchmarks (issue 6): a thin wrapper around ``nbssm bench``.
+"""Kernel benchmarks: a thin wrapper around ``nbssm bench``.
 
 Run from the repository root, on a quiet machine::
 
     flock /tmp/nbssm-bench.lock python benchmarks/bench_kernels.py --update-readme
 
-Writes ``benchmarks/results/kernels.json`` and ``kernels.md``; see
+Writes ``kernels.json`` and ``kernels.md`` to ``--out`` (pass ``--out benchmarks/results`` to
+refresh the committed results); see
 :mod:`nbssm.bench` for what is measured and how.
 """
 

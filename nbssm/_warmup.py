@@ -51,8 +51,16 @@ def _models() -> None:
 
 def _cde_and_signature() -> None:
     """Linear CDE kernels (dense and diagonal, every method) and signature kernels (both outputs)."""
-    import nbssm
+    from importlib import import_module
 
+    from . import _LAZY
+
+    def public(name):
+        # the function behind the lazy name (``nbssm.signature`` may be shadowed by its module)
+        return getattr(import_module(_LAZY[name]), name)
+
+    linear_cde_scan, diagonal_cde_scan, signature = (public(n) for n in
+                                                     ("linear_cde_scan", "diagonal_cde_scan", "signature"))
     rng = np.random.default_rng(0)
     A = rng.standard_normal((2, 2, 2)) * 0.1  # (dw, n, n)
     a = rng.standard_normal((2, 2)) * 0.1  # (dw, n)
@@ -61,12 +69,12 @@ def _cde_and_signature() -> None:
     dxi = rng.standard_normal((1, 3, 1))  # (b, T, dx)
     z0 = np.zeros((1, 2))  # (b, n)
     for method in ("taylor", "euler"):
-        nbssm.linear_cde_scan(A, B, domega, dxi, z0, method=method, backend="numba", return_states=True)
+        linear_cde_scan(A, B, domega, dxi, z0, method=method, backend="numba", return_states=True)
     for method in ("exact", "euler"):
-        nbssm.diagonal_cde_scan(a, B, domega, dxi, z0, method=method, return_states=True)
+        diagonal_cde_scan(a, B, domega, dxi, z0, method=method, return_states=True)
     path = rng.standard_normal((3, 2))  # (length, dim)
     for stream in (False, True):
-        nbssm.signature(path, 2, stream=stream)
+        signature(path, 2, stream=stream)
 
 
 def warmup(verbose: bool = False, models: bool = True) -> dict:

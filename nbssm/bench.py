@@ -18,10 +18,11 @@ Measures, on this machine, with the machine, thread counts and versions recorded
   process imports nbssm and finishes its first S1 call.
 
 Every timing is the median of ``--repeats`` runs (at least 5) after a warm-up
-run. Results go to ``benchmarks/results/kernels.json`` and ``kernels.md``
-(``--out``); ``--update-readme`` copies the Markdown table into the README's
-benchmarks section. Run timing jobs under ``flock /tmp/nbssm-bench.lock``
-on shared machines::
+run. Results go to ``kernels.json`` and ``kernels.md`` in ``--out`` (default
+``nbssm-bench`` in the temporary directory, never the source tree);
+``--update-readme`` copies the Markdown table into the README's benchmarks
+section. Run timing jobs under ``flock /tmp/nbssm-bench.lock`` on shared
+machines::
 
     flock /tmp/nbssm-bench.lock nbssm bench --update-readme
 """
@@ -387,7 +388,8 @@ def update_readme(markdown, readme=Path(__file__).resolve().parent.parent / "REA
 
 def add_arguments(parser):
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per case (median; at least 5)")
-    parser.add_argument("--out", default="benchmarks/results", help="directory for kernels.json and kernels.md")
+    parser.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "nbssm-bench"),
+                        help="directory for kernels.json and kernels.md (default: nbssm-bench in the temp directory)")
     parser.add_argument("--quick", action="store_true", help="S3 only, no numpy reference, no subprocess parts")
     parser.add_argument("--skip", nargs="*", default=[],
                         choices=["selective", "scaling", "linear", "memory", "startup", "numpy"],
