@@ -49,7 +49,13 @@ Guarantees (all tested in ``tests/test_ops_*.py``):
   ``b``, ``x``) at ``(batch i, time t, channel d)`` propagates to channel ``d``
   of batch ``i`` from time ``t`` on (for the convolution: to times
   ``t..t+w-1``), and every other output is bitwise unchanged. An Inf behaves
-  the same wherever the arithmetic turns it into NaN.
+  the same wherever the arithmetic turns it into NaN. The chunked strategy
+  has NaN only where the sequential one has NaN and equals it up to rounding
+  wherever it is finite: a chunk whose summary overflows, underflows or is not
+  finite (``inf * 0``) is carried by re-running it step by step
+  (``nbssm.spec.algorithms.ieee_carry_ok``); where the sequential scan
+  overflows to +-inf inside a chunk, the chunked one may give the finite value
+  of the reassociated product instead.
 * **Memory.** Nothing of size ``b * l * d * n`` is allocated; beyond the
   outputs the kernels use O(b * d * n * l / chunk_length) for the chunked
   strategy and O(d * n) per thread otherwise (on the stack up to a few tens of
