@@ -9,7 +9,7 @@ Public API
 Kernels (``nbssm.ops``): ``linear_scan``, ``selective_scan``, ``causal_conv1d``, ``warmup``.
 Runtime models (``nbssm.models``): ``DiagonalS4``, ``CompactMamba``, ``SelectiveMamba``.
 Language models (``nbssm.lm``): ``MambaLM``.
-Paper objects: ``signature`` (``nbssm.signature``), linear CDE scans (``nbssm.cde``).
+Paper objects: ``signature`` (module ``nbssm.signatures``), linear CDE scans (``nbssm.cde``).
 Memory: ``output_cache_info``, ``clear_output_cache``, ``set_output_cache_limit``
 (large kernel outputs are recycled; see ``nbssm._memory``).
 Specification mirror: ``nbssm.spec``.
@@ -39,7 +39,7 @@ _LAZY = {
     "SelectiveMamba": "nbssm.models",
     "ModelState": "nbssm.models",
     "MambaLM": "nbssm.lm",
-    "signature": "nbssm.signature",
+    "signature": "nbssm.signatures",
     "linear_cde_scan": "nbssm.cde",
     "diagonal_cde_scan": "nbssm.cde",
     "clear_output_cache": "nbssm._memory",
@@ -48,6 +48,33 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
+
+
+def _deprecated_module(old: str, new: str) -> None:
+    """Register ``old`` in ``sys.modules`` as a deprecated lazy alias of module ``new``.
+
+    ``nbssm.signature`` is the function; its module is ``nbssm.signatures``. A module
+    registered under the old dotted name keeps ``from nbssm.signature import word_index``
+    working for one release without a file ``nbssm/signature.py``, whose import would rebind
+    the package attribute ``nbssm.signature`` to the module.
+    """
+    import sys
+    import types
+    import warnings
+
+    alias = types.ModuleType(old, f"Deprecated alias of :mod:`{new}`.")
+
+    def forward(attr):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        warnings.warn(f"module {old} is deprecated, import from {new}", DeprecationWarning, stacklevel=2)
+        return getattr(import_module(new), attr)
+
+    alias.__getattr__ = forward
+    sys.modules.setdefault(old, alias)
+
+
+_deprecated_module("nbssm.signature", "nbssm.signatures")
 
 
 def __getattr__(name):

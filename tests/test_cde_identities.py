@@ -15,7 +15,7 @@ import pytest
 from signature_naive import signature_dict
 
 from nbssm.cde import diagonal_cde_scan, linear_cde_scan
-from nbssm.signature import signature, word_index
+from nbssm.signatures import signature, word_index
 from nbssm.spec.cde import LinearCDESpec
 from nbssm.spec.context import SYMPY
 

@@ -1,4 +1,4 @@
-"""nbssm.signature against a pure-Python Chen-product reference and a public library."""
+"""nbssm.signatures.signature against a pure-Python Chen-product reference and a public library."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from signature_naive import signature_dict, signature_flat, words
 from tolerances import max_rel_err, tol
 
-from nbssm.signature import signature, signature_length, word_index
+from nbssm.signatures import signature, signature_length, word_index
 
 PAPER_PATH = [[1, 1], [3, 4], [5, 2], [8, 6]]
 
@@ -197,3 +197,43 @@ def test_reference_is_generic_over_sympy():
     x = sp.symbols("x0:2")
     sig = signature_dict([[0, 0], [x[0], x[1]]], 2)
     assert sp.simplify(sig[(0, 1)] - x[0] * x[1] / 2) == 0
+
+
+_IMPORT_ORDERS = [
+    "import nbssm",
+    "from nbssm import signature",
+    "import nbssm.signatures",
+    "from nbssm.signatures import signature, word_index",
+    "import nbssm.signature",
+    "import nbssm.signatures; from nbssm import signature",
+    "from nbssm.signatures import word_index; import nbssm.cde; import nbssm.experiments.signature_tasks",
+    "import nbssm.signature as s; import nbssm.signatures as m; assert s is m.signature",
+]
+
+
+@pytest.mark.parametrize("imports", _IMPORT_ORDERS)
+def test_nbssm_signature_is_the_function_in_every_import_order(imports):
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings; warnings.simplefilter('ignore', DeprecationWarning)\n"
+        f"{imports}\n"
+        "import types, nbssm, nbssm.signatures as m\n"
+        "assert not isinstance(nbssm.signature, types.ModuleType), nbssm.signature\n"
+        "assert nbssm.signature is m.signature\n"
+        "from nbssm import signature as f\n"
+        "assert f is m.signature\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+
+
+def test_old_module_path_is_a_deprecated_alias():
+    import nbssm
+    import nbssm.signatures as m
+
+    with pytest.warns(DeprecationWarning, match="nbssm.signatures"):
+        from nbssm.signature import word_index as old_word_index
+    assert old_word_index is m.word_index
+    assert nbssm.signature is m.signature

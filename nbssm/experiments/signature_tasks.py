@@ -83,7 +83,7 @@ def make_data(dim: int, n_paths: int, seed: int, length: int = LENGTH):
     labels : (n_paths,) float64
         Globally normalised (max ``|value|`` = 1).
     """
-    from nbssm.signature import signature, word_index
+    from nbssm.signatures import signature, word_index
 
     rng = np.random.default_rng([seed, dim, 0])
     x = np.rint(rng.standard_normal((n_paths, length, dim)))
