@@ -29,7 +29,7 @@ def test_word_index_and_length():
     assert word_index((0, 1, 2), 3) == 3 + 9 + 5
     ws = words(3, 3)
     assert [word_index(w, 3) for w in ws] == list(range(len(ws)))
-    with pytest.raises(ValueError, match="letters"):
+    with pytest.raises(ValueError, match=r"word: expected an int in \[0, 2\], got 3"):
         word_index((0, 3), 3)
     with pytest.raises(ValueError, match="non-empty"):
         word_index((), 3)
@@ -139,13 +139,13 @@ def test_dtypes_and_layouts():
         (np.zeros((1, 2, 3, 4)), 2, ValueError, "shape"),
         (np.zeros((0, 2)), 2, ValueError, "length"),
         (np.zeros((3, 0)), 2, ValueError, "dim"),
-        (np.array([[0.0, 1.0], [np.nan, 1.0]]), 2, ValueError, "NaN"),
-        (np.array([[0.0, 1.0], [np.inf, 1.0]]), 2, ValueError, "NaN or Inf"),
+        (np.array([[0.0, 1.0], [np.nan, 1.0]]), 2, ValueError, r"path: expected finite values, got nan at index \(1, 0\)"),
+        (np.array([[0.0, 1.0], [np.inf, 1.0]]), 2, ValueError, "path: expected finite values, got inf"),
         (np.zeros((3, 2)), 0, ValueError, "depth"),
         (np.zeros((3, 2)), True, TypeError, "depth"),
         (np.zeros((3, 2)), 2.0, TypeError, "depth"),
-        (np.zeros((3, 2), dtype=complex), 2, TypeError, "real"),
-        (np.array([["a", "b"]]), 2, TypeError, "real"),
+        (np.zeros((3, 2), dtype=complex), 2, TypeError, "path: expected a float32, float64 or integer array"),
+        (np.array([["a", "b"]]), 2, TypeError, "path: expected a float32, float64 or integer array"),
     ],
 )
 def test_bad_input(path, depth, exc, match):
@@ -237,3 +237,12 @@ def test_old_module_path_is_a_deprecated_alias():
         from nbssm.signature import word_index as old_word_index
     assert old_word_index is m.word_index
     assert nbssm.signature is m.signature
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_batch_rows_equal_single_paths_bitwise(stream):
+    rng = np.random.default_rng(8)
+    paths = rng.standard_normal((37, 11, 3))  # more paths than one parallel task holds
+    batch = signature(paths, 4, stream=stream)
+    for p in (0, 15, 16, 36):
+        np.testing.assert_array_equal(batch[p], signature(paths[p], 4, stream=stream))
