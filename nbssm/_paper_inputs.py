@@ -14,12 +14,12 @@ import numpy as np
 MAX_ELEMENTS = 2**62
 
 
-def real_array(x, name: str, finite: bool = True) -> np.ndarray:
-    """``x`` as an ndarray of float32, float64 or an integer dtype (integers -> float64).
+def real_array(x, name: str) -> np.ndarray:
+    """``x`` as an ndarray of float32 or float64 (integer dtypes are converted to float64).
 
     Never copies a float32/float64 array and never writes it. Raises ``TypeError`` for bool,
-    complex, object, float16 or any other dtype (or input numpy cannot make an array of), and
-    ``ValueError`` naming the first NaN or Inf when ``finite``.
+    complex, object, float16 or any other dtype, or input numpy cannot make an array of.
+    Integer arrays too large to convert in memory raise ``ValueError`` first.
     """
     try:
         arr = np.asarray(x)
@@ -27,13 +27,18 @@ def real_array(x, name: str, finite: bool = True) -> np.ndarray:
         raise TypeError(f"{name}: expected a real array, got {type(x).__name__} ({exc})") from None
     dt = arr.dtype
     if dt.kind in "iu":
+        check_output_size(name, arr.shape)  # the float64 copy
         arr = arr.astype(np.float64)
     elif dt not in (np.float32, np.float64):
         raise TypeError(f"{name}: expected a float32, float64 or integer array, got dtype {dt}")
-    if finite and arr.size and not np.isfinite(arr).all():
+    return arr
+
+
+def check_finite(arr: np.ndarray, name: str) -> None:
+    """``ValueError`` naming the first NaN or Inf of ``arr`` (and its index)."""
+    if arr.size and not np.isfinite(arr).all():
         bad = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
         raise ValueError(f"{name}: expected finite values, got {arr[bad]} at index {bad}")
-    return arr
 
 
 def check_int(value, name: str, minimum: int, maximum: int | None = None) -> int:
@@ -53,7 +58,15 @@ def check_bool(value, name: str) -> bool:
     return bool(value)
 
 
-def _physical_memory() -> int:
+def _available_memory() -> int:
+    """Bytes of memory available now (``MemAvailable``), else the physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
@@ -61,13 +74,19 @@ def _physical_memory() -> int:
 
 
 def check_output_size(name: str, shape: tuple, itemsize: int = 8) -> None:
-    """Refuse an output of ``shape`` before allocating it if it cannot fit in physical memory."""
+    """Refuse an array of ``shape`` before allocating it if it cannot fit in available memory.
+
+    Used for outputs and for the contiguous float64 copies of inputs (a broadcast view with
+    zero strides can declare a size that only exists once materialised).
+    """
     count = 1
     for s in shape:
         count *= int(s)
     nbytes = count * itemsize
-    limit = _physical_memory()
-    if count > MAX_ELEMENTS or nbytes > limit:
+    if count > MAX_ELEMENTS:
+        raise ValueError(f"{name}: expected at most 2**62 elements, got shape {tuple(int(s) for s in shape)}")
+    limit = _available_memory()
+    if nbytes > limit:
         raise ValueError(
             f"{name}: expected an output that fits in memory (<= {limit} bytes), "
             f"got shape {tuple(int(s) for s in shape)} ({nbytes} bytes)"

@@ -38,7 +38,7 @@ import warnings
 
 import numpy as np
 
-from nbssm._paper_inputs import check_bool, check_int, check_output_size, real_array
+from nbssm._paper_inputs import check_bool, check_finite, check_int, check_output_size, real_array
 
 __all__ = ["linear_cde_scan", "diagonal_cde_scan", "increments", "taylor_error_bound"]
 
@@ -61,7 +61,7 @@ def increments(path) -> np.ndarray:
     ndarray, shape (length - 1, channels) or (batch, length - 1, channels)
         ``path``'s float dtype; an empty first axis for ``length <= 1``.
     """
-    p = real_array(path, "path", finite=False)
+    p = real_array(path, "path")
     if p.ndim not in (2, 3):
         raise ValueError(f"path: expected shape (length, channels) or (batch, length, channels), got {p.shape}")
     return np.diff(p, axis=-2)
@@ -119,6 +119,9 @@ def _prepare(A, B, domega, dxi, initial_state, diagonal):
         initial_state = real_array(initial_state, "initial_state")
         if initial_state.shape != state_shape:
             raise ValueError(f"initial_state: expected shape {state_shape}, got {initial_state.shape}")
+    for name, arr in ((a_name, A), ("B", B), ("domega", domega), ("dxi", dxi), ("initial_state", initial_state)):
+        check_output_size(name, arr.shape)  # its float64 contiguous copy (or a zero-stride view)
+        check_finite(arr, name)
     if unbatched:
         domega, dxi, initial_state = domega[None], dxi[None], initial_state[None]
     out_dtype = np.float32 if domega.dtype == np.float32 else np.float64

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from nbssm._paper_inputs import MAX_ELEMENTS, check_bool, check_int, check_output_size, real_array
+from nbssm._paper_inputs import MAX_ELEMENTS, check_bool, check_finite, check_int, check_output_size, real_array
 
 __all__ = ["signature", "signature_length", "word_index"]
 
@@ -145,9 +145,11 @@ def signature(path, depth: int, stream: bool = False) -> np.ndarray:
     if dim < 1:
         raise ValueError(f"path: expected dim >= 1, got shape {np.shape(path)}")
     out_dtype = np.float32 if arr.dtype == np.float32 else np.float64
-    x = np.ascontiguousarray(arr, dtype=np.float64)  # a copy whenever arr is not already so
     siglen = signature_length(dim, depth)
     check_output_size("signature", (b, length, siglen) if stream else (b, siglen))
+    check_output_size("path", arr.shape)  # its float64 contiguous copy (or a zero-stride view)
+    check_finite(arr[0] if unbatched else arr, "path")
+    x = np.ascontiguousarray(arr, dtype=np.float64)  # a copy whenever arr is not already so
     offsets = _offsets(dim, depth)
     if stream:
         out = np.empty((b, length, siglen))

@@ -165,7 +165,7 @@ def test_invariance_check_can_fail():
     sp = pytest.importorskip("sympy")
     from nbssm.spec import cde_checks
 
-    n, dw, T = 1, 1, 2
+    n, dw = 1, 1
     a = sp.Symbol("a")
     spec = LinearCDESpec(n, dw, 1, [[a]], [[sp.Integer(0)]], diagonal=True, step="euler")
     w = [[sp.Symbol("w0")], [sp.Symbol("w1")]]

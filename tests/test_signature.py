@@ -113,7 +113,6 @@ def test_chen_identity_concatenation():
 def test_dtypes_and_layouts():
     rng = np.random.default_rng(7)
     p64 = rng.standard_normal((3, 10, 2))
-    ref = signature(p64, 3)
     s32 = signature(p64.astype(np.float32), 3)
     assert s32.dtype == np.float32
     ref32 = signature(p64.astype(np.float32).astype(np.float64), 3)
