@@ -170,7 +170,7 @@ def _blas_scan(A, B, domega, dxi, z0, order, euler, return_states, block_size, d
     dw, n, _ = A.shape
     b, T, _ = domega.shape
     # stacked transposes: [w_0 R, w_1 R, ...] @ AS = sum_i w_i R A_i^T = (M R^T)^T
-    AS = np.ascontiguousarray(np.concatenate([A[i].T for i in range(dw)], axis=0), dtype=dtype)  # (dw*n, n)
+    AS = np.ascontiguousarray(A.transpose(0, 2, 1).reshape(dw * n, n), dtype=dtype)  # (dw*n, n)
     BT = np.ascontiguousarray(B.T, dtype=dtype)  # (dx, n)
     invfact = [1.0 / math.factorial(j) for j in range(order + 2)]
     final = np.empty((b, n), dtype=dtype)
