@@ -101,12 +101,12 @@ class TestSizes:
                 fn(dict(kw, domega=big_w, dxi=big_x))
 
     def test_states_too_large_refused(self):
-        # small inputs (a few MB) whose states (T+1, n) would need ~137 GB
-        n, T = 2**10, 2**24
+        # small inputs whose states (T+1, n) would need ~1.1 TB
+        n, T = 2**10, 2**27
         w = np.broadcast_to(np.zeros(1), (T, 1))
         with pytest.raises(ValueError, match="^states: expected an output that fits in memory"):
             linear_cde_scan(np.zeros((1, n, n)), np.zeros((n, 1)), w, w, backend="numba", return_states=True)
-        n, T = 2**17, 2**17
+        n, T = 2**17, 2**20
         w = np.zeros((T, 1))
         with pytest.raises(ValueError, match="^states: expected an output that fits in memory"):
             diagonal_cde_scan(np.zeros((1, n)), np.zeros((n, 1)), w, w, return_states=True)
