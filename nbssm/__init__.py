@@ -50,7 +50,7 @@ _LAZY = {
 __all__ = sorted(_LAZY) + ["__version__"]
 
 
-def _deprecated_module(old: str, new: str) -> None:
+def _deprecated_module(old: str, new: str, names: tuple) -> None:
     """Register ``old`` in ``sys.modules`` as a deprecated lazy alias of module ``new``.
 
     ``nbssm.signature`` is the function; its module is ``nbssm.signatures``. A module
@@ -65,16 +65,17 @@ def _deprecated_module(old: str, new: str) -> None:
     alias = types.ModuleType(old, f"Deprecated alias of :mod:`{new}`.")
 
     def forward(attr):
-        if attr.startswith("__"):
-            raise AttributeError(attr)
+        if attr not in names:  # tools probing modules get a plain AttributeError, no warning
+            raise AttributeError(f"module {old!r} has no attribute {attr!r}")
         warnings.warn(f"module {old} is deprecated, import from {new}", DeprecationWarning, stacklevel=2)
         return getattr(import_module(new), attr)
 
     alias.__getattr__ = forward
+    alias.__all__ = list(names)
     sys.modules.setdefault(old, alias)
 
 
-_deprecated_module("nbssm.signature", "nbssm.signatures")
+_deprecated_module("nbssm.signature", "nbssm.signatures", ("signature", "signature_length", "word_index"))
 
 
 def __getattr__(name):
