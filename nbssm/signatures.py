@@ -10,6 +10,10 @@ Conventions (those of iisignature): levels ``1..depth`` (level 0, the constant 1
 returned), words in lexicographic order within each level, levels concatenated. For
 ``d = 2``: ``[S^1, S^2, S^11, S^12, S^21, S^22, S^111, ...]``. The path
 ``[[1,1],[3,4],[5,2],[8,6]]`` has level 1 ``(7, 5)`` and level 2 ``(24.5, 19, 16, 12.5)``.
+
+:func:`signature` is also the top-level ``nbssm.signature``. This module is named
+``signatures`` so that importing it never rebinds that name (the old module path
+``nbssm.signature`` remains one release as a deprecated alias).
 """
 
 from __future__ import annotations
