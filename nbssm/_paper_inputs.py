@@ -27,7 +27,7 @@ def real_array(x, name: str) -> np.ndarray:
         raise TypeError(f"{name}: expected a real array, got {type(x).__name__} ({exc})") from None
     dt = arr.dtype
     if dt.kind in "iu":
-        check_output_size(name, arr.shape)  # the float64 copy
+        check_output_size(name, arr.shape, what="a float64 copy")
         arr = arr.astype(np.float64)
     elif dt not in (np.float32, np.float64):
         raise TypeError(f"{name}: expected a float32, float64 or integer array, got dtype {dt}")
@@ -73,7 +73,7 @@ def _available_memory() -> int:
         return MAX_ELEMENTS
 
 
-def check_output_size(name: str, shape: tuple, itemsize: int = 8) -> None:
+def check_output_size(name: str, shape: tuple, itemsize: int = 8, what: str = "an output") -> None:
     """Refuse an array of ``shape`` before allocating it if it cannot fit in available memory.
 
     Used for outputs and for the contiguous float64 copies of inputs (a broadcast view with
@@ -88,6 +88,6 @@ def check_output_size(name: str, shape: tuple, itemsize: int = 8) -> None:
     limit = _available_memory()
     if nbytes > limit:
         raise ValueError(
-            f"{name}: expected an output that fits in memory (<= {limit} bytes), "
+            f"{name}: expected {what} that fits in memory (<= {limit} bytes), "
             f"got shape {tuple(int(s) for s in shape)} ({nbytes} bytes)"
         )

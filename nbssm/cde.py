@@ -120,7 +120,7 @@ def _prepare(A, B, domega, dxi, initial_state, diagonal):
         if initial_state.shape != state_shape:
             raise ValueError(f"initial_state: expected shape {state_shape}, got {initial_state.shape}")
     for name, arr in ((a_name, A), ("B", B), ("domega", domega), ("dxi", dxi), ("initial_state", initial_state)):
-        check_output_size(name, arr.shape)  # its float64 contiguous copy (or a zero-stride view)
+        check_output_size(name, arr.shape, what="a float64 copy")  # also catches zero-stride views
         check_finite(arr, name)
     if unbatched:
         domega, dxi, initial_state = domega[None], dxi[None], initial_state[None]

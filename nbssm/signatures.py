@@ -151,7 +151,7 @@ def signature(path, depth: int, stream: bool = False) -> np.ndarray:
     out_dtype = np.float32 if arr.dtype == np.float32 else np.float64
     siglen = signature_length(dim, depth)
     check_output_size("signature", (b, length, siglen) if stream else (b, siglen))
-    check_output_size("path", arr.shape)  # its float64 contiguous copy (or a zero-stride view)
+    check_output_size("path", arr.shape, what="a float64 copy")  # also catches zero-stride views
     check_finite(arr[0] if unbatched else arr, "path")
     x = np.ascontiguousarray(arr, dtype=np.float64)  # a copy whenever arr is not already so
     offsets = _offsets(dim, depth)

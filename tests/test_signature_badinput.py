@@ -64,8 +64,10 @@ class TestSizes:
         with pytest.raises(ValueError, match="^signature: expected an output that fits in memory"):
             signature(np.zeros((2**20, 3)), 10, stream=True)  # 2**20 prefixes x 88572 words: 743 GB
         virtual = np.broadcast_to(np.zeros(2), (2**20, 2**20, 2))  # 16 TB once materialised
-        with pytest.raises(ValueError, match="^path: expected an output that fits in memory"):
+        with pytest.raises(ValueError, match="^path: expected a float64 copy that fits in memory"):
             signature(virtual, 1)
+        with pytest.raises(ValueError, match="^path: expected a float64 copy that fits in memory"):
+            signature(np.broadcast_to(np.int8(0), (2**21, 2**20, 2)), 1)  # integer: refused before converting
 
     def test_signature_length_and_word_index_limits(self):
         assert signature_length(1, 2**62) == 2**62
