@@ -56,7 +56,7 @@ def main(argv=None):
 
     import numba
 
-    from nbssm.signature import signature
+    from nbssm.signatures import signature
 
     name, version, ref = _reference()
     cases = [(1000, 100, 3, 4), (1000, 100, 2, 6), (100, 1000, 3, 4), (1000, 100, 5, 3)]

@@ -10,7 +10,7 @@ Kernels (``nbssm.ops``): ``linear_scan``, ``selective_scan``, ``causal_conv1d``;
 ``warmup`` compiles every kernel ahead of time.
 Runtime models (``nbssm.models``): ``DiagonalS4``, ``CompactMamba``, ``SelectiveMamba``.
 Language models (``nbssm.lm``): ``MambaLM``.
-Paper objects: ``signature`` (``nbssm.signature``), linear CDE scans (``nbssm.cde``).
+Paper objects: ``signature`` (module ``nbssm.signatures``), linear CDE scans (``nbssm.cde``).
 Numpy references of the kernels: ``nbssm.reference``; the tolerance table: ``nbssm.tolerances``.
 Specification mirror: ``nbssm.spec``.
 """
@@ -39,7 +39,7 @@ _LAZY = {
     "SelectiveMamba": "nbssm.models",
     "ModelState": "nbssm.models",
     "MambaLM": "nbssm.lm",
-    "signature": "nbssm.signature",
+    "signature": "nbssm.signatures",
     "linear_cde_scan": "nbssm.cde",
     "diagonal_cde_scan": "nbssm.cde",
 }
@@ -52,6 +52,34 @@ _DEPRECATED = {
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
+
+
+def _deprecated_module(old: str, new: str, names: tuple) -> None:
+    """Register ``old`` in ``sys.modules`` as a deprecated lazy alias of module ``new``.
+
+    ``nbssm.signature`` is the function; its module is ``nbssm.signatures``. A module
+    registered under the old dotted name keeps ``from nbssm.signature import word_index``
+    working for one release without a file ``nbssm/signature.py``, whose import would rebind
+    the package attribute ``nbssm.signature`` to the module.
+    """
+    import sys
+    import types
+    import warnings
+
+    alias = types.ModuleType(old, f"Deprecated alias of :mod:`{new}`.")
+
+    def forward(attr):
+        if attr not in names:  # tools probing modules get a plain AttributeError, no warning
+            raise AttributeError(f"module {old!r} has no attribute {attr!r}")
+        warnings.warn(f"module {old} is deprecated, import from {new}", DeprecationWarning, stacklevel=2)
+        return getattr(import_module(new), attr)
+
+    alias.__getattr__ = forward
+    alias.__all__ = list(names)
+    sys.modules.setdefault(old, alias)
+
+
+_deprecated_module("nbssm.signature", "nbssm.signatures", ("signature", "signature_length", "word_index"))
 
 
 def __getattr__(name):

@@ -13,10 +13,16 @@ piecewise-linear gates with increments ``domega[k]``, ``dxi[k]`` on step ``k`` t
 - :func:`linear_cde_scan`: dense ``A_i``. The step is the order-``p`` Taylor truncation of the
   exact step, evaluated with matrix-vector products only (Horner's rule, ``p`` products per
   step); or an Euler step. Two backends: ``"blas"`` (all paths of a block at once, one GEMM
-  ``(block, n) @ (n, dw*n)`` per Horner stage) and ``"numba"`` (parallel over paths).
+  ``(block, dw*n) @ (dw*n, n)`` per Horner stage) and ``"numba"`` (parallel over paths).
 - :func:`diagonal_cde_scan`: diagonal ``A_i = diag(a_i)``, exact elementwise step.
 
 Glossary: ``b`` batch, ``T`` steps, ``n`` state size, ``dw``/``dx`` gate channels.
+
+Conventions (those of :mod:`nbssm.ops`): ``initial_state=`` is ``Z_0`` (zeros when omitted);
+2-D gates ``(T, channels)`` are one path and give unbatched states ``(n,)``, 3-D gates are
+``(b, T, channels)``. The scans return the final state ``Z_T`` (the paper's readout point)
+and, with ``return_states=True``, every state as well. NaN and Inf are refused in every
+array argument (``ValueError`` naming it); inputs are never modified.
 
 Taylor truncation error (per step, exact arithmetic): with ``mu = ||M_k||`` and
 ``nu = ||B dxi[k]||`` the step error is at most
@@ -28,10 +34,17 @@ measured errors.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
+from nbssm._paper_inputs import check_bool, check_finite, check_int, check_output_size, real_array
+
 __all__ = ["linear_cde_scan", "diagonal_cde_scan", "increments", "taylor_error_bound"]
+
+
+#: largest Taylor order (``1/(order+1)!`` stays a normal float64)
+MAX_ORDER = 150
 
 
 def increments(path) -> np.ndarray:
@@ -40,68 +53,92 @@ def increments(path) -> np.ndarray:
     Parameters
     ----------
     path : array_like, shape (length, channels) or (batch, length, channels)
+        float32, float64 or integer (integers are converted to float64 first, so unsigned
+        paths give negative increments). NaN and Inf propagate into the increments.
 
     Returns
     -------
     ndarray, shape (length - 1, channels) or (batch, length - 1, channels)
+        ``path``'s float dtype; an empty first axis for ``length <= 1``.
     """
-    p = np.asarray(path)
+    p = real_array(path, "path")
     if p.ndim not in (2, 3):
-        raise ValueError(f"path must have shape (length, channels) or (batch, length, channels), got {p.shape}")
+        raise ValueError(f"path: expected shape (length, channels) or (batch, length, channels), got {p.shape}")
     return np.diff(p, axis=-2)
 
 
 def taylor_error_bound(mu: float, nu: float, z_norm: float, order: int) -> float:
     """Bound on one Taylor step's error: ``(mu^(p+1)/(p+1)! |Z| + mu^p/(p+1)! nu) e^mu``.
 
-    ``mu = ||M||``, ``nu = ||B dxi||``, ``z_norm = ||Z||`` in any submultiplicative norm.
+    ``mu = ||M||``, ``nu = ||B dxi||``, ``z_norm = ||Z||`` in any submultiplicative norm: finite
+    and ``>= 0`` (``ValueError`` otherwise). Returns ``inf`` when the bound overflows.
     """
-    p = int(order)
-    return (mu ** (p + 1) / math.factorial(p + 1) * z_norm + mu**p / math.factorial(p + 1) * nu) * math.exp(mu)
+    p = check_int(order, "order", 1, MAX_ORDER)
+    vals = []
+    for name, x in (("mu", mu), ("nu", nu), ("z_norm", z_norm)):
+        try:
+            x = float(x)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name}: expected a real number, got {type(x).__name__}") from None
+        if not (math.isfinite(x) and x >= 0.0):
+            raise ValueError(f"{name}: expected a finite number >= 0, got {x}")
+        vals.append(x)
+    mu, nu, z_norm = vals
+    try:
+        return (mu ** (p + 1) / math.factorial(p + 1) * z_norm + mu**p / math.factorial(p + 1) * nu) * math.exp(mu)
+    except OverflowError:
+        return math.inf
 
 
-def _float_array(name, x, shapes_doc):
-    arr = np.asarray(x)
-    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise TypeError(f"{name} must be a real array of shape {shapes_doc}, got dtype {arr.dtype}")
-    if arr.size and not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or Inf")
-    return arr
-
-
-def _prepare(A, B, domega, dxi, z0, diagonal):
+def _prepare(A, B, domega, dxi, initial_state, diagonal):
+    """Validate the five arrays; return them batched (3-D gates, 2-D states) and the layout."""
+    a_name = "a" if diagonal else "A"
     a_doc = "(dw, n)" if diagonal else "(dw, n, n)"
-    A = _float_array("A", A, a_doc)
-    B = _float_array("B", B, "(n, dx)")
-    domega = _float_array("domega", domega, "(b, T, dw) or (T, dw)")
-    dxi = _float_array("dxi", dxi, "(b, T, dx) or (T, dx)")
-    z0 = _float_array("z0", z0, "(b, n) or (n,)")
+    A = real_array(A, a_name)
+    B = real_array(B, "B")
+    domega = real_array(domega, "domega")
+    dxi = real_array(dxi, "dxi")
     if A.ndim != (2 if diagonal else 3) or (not diagonal and A.shape[1] != A.shape[2]):
-        raise ValueError(f"A must have shape {a_doc}, got {A.shape}")
+        raise ValueError(f"{a_name}: expected shape {a_doc}, got {A.shape}")
     dw, n = A.shape[0], A.shape[1]
     if B.ndim != 2 or B.shape[0] != n:
-        raise ValueError(f"B must have shape (n, dx) = ({n}, dx), got {B.shape}")
+        raise ValueError(f"B: expected shape (n, dx) with n = {n}, got {B.shape}")
     dx = B.shape[1]
     if domega.ndim not in (2, 3):
-        raise ValueError(f"domega must have shape (b, T, dw) or (T, dw), got {domega.shape}")
+        raise ValueError(f"domega: expected shape (b, T, dw) or (T, dw), got {domega.shape}")
     unbatched = domega.ndim == 2
+    lead = domega.shape[:-1]  # (T,) or (b, T)
+    if domega.shape[-1] != dw:
+        raise ValueError(f"domega: expected shape {lead + (dw,)} (dw = {a_name}.shape[0]), got {domega.shape}")
+    if dxi.shape != lead + (dx,):
+        raise ValueError(f"dxi: expected shape {lead + (dx,)} (like domega, dx = B.shape[1]), got {dxi.shape}")
+    state_shape = (n,) if unbatched else (lead[0], n)
+    if initial_state is None:
+        initial_state = np.zeros(state_shape)
+    else:
+        initial_state = real_array(initial_state, "initial_state")
+        if initial_state.shape != state_shape:
+            raise ValueError(f"initial_state: expected shape {state_shape}, got {initial_state.shape}")
+    for name, arr in ((a_name, A), ("B", B), ("domega", domega), ("dxi", dxi), ("initial_state", initial_state)):
+        check_output_size(name, arr.shape, what="a float64 copy")  # also catches zero-stride views
+        check_finite(arr, name)
     if unbatched:
-        domega = domega[None]
-        if dxi.ndim != 2:
-            raise ValueError(f"dxi must have shape (T, dx) like domega, got {dxi.shape}")
-        dxi = dxi[None]
-        if z0.ndim != 1:
-            raise ValueError(f"z0 must have shape (n,) = ({n},) for unbatched gates, got {z0.shape}")
-        z0 = z0[None]
-    b, T = domega.shape[0], domega.shape[1]
-    if domega.shape[2] != dw:
-        raise ValueError(f"domega must have shape (b, T, dw) with dw = {dw} (A.shape[0]), got {domega.shape}")
-    if dxi.ndim != 3 or dxi.shape != (b, T, dx):
-        raise ValueError(f"dxi must have shape (b, T, dx) = {(b, T, dx)}, got {dxi.shape}")
-    if z0.ndim != 2 or z0.shape != (b, n):
-        raise ValueError(f"z0 must have shape (b, n) = {(b, n)}, got {z0.shape}")
+        domega, dxi, initial_state = domega[None], dxi[None], initial_state[None]
     out_dtype = np.float32 if domega.dtype == np.float32 else np.float64
-    return A, B, domega, dxi, z0, unbatched, out_dtype
+    return A, B, domega, dxi, initial_state, unbatched, out_dtype
+
+
+_MISSING = object()
+
+
+def _renamed(initial_state, z0, return_states):
+    """Resolve the deprecated keyword ``z0`` (now ``initial_state``); check ``return_states``."""
+    if z0 is not _MISSING:
+        warnings.warn("z0= is deprecated, use initial_state=", DeprecationWarning, stacklevel=3)
+        if initial_state is not None:
+            raise TypeError("initial_state: expected either initial_state= or its deprecated name z0=, got both")
+        initial_state = z0
+    return initial_state, check_bool(return_states, "return_states")
 
 
 def _finish(final, states, unbatched, out_dtype, return_states):
@@ -133,7 +170,7 @@ def _blas_scan(A, B, domega, dxi, z0, order, euler, return_states, block_size, d
     dw, n, _ = A.shape
     b, T, _ = domega.shape
     # stacked transposes: [w_0 R, w_1 R, ...] @ AS = sum_i w_i R A_i^T = (M R^T)^T
-    AS = np.ascontiguousarray(np.concatenate([A[i].T for i in range(dw)], axis=0), dtype=dtype)  # (dw*n, n)
+    AS = np.ascontiguousarray(A.transpose(0, 2, 1).reshape(dw * n, n), dtype=dtype)  # (dw*n, n)
     BT = np.ascontiguousarray(B.T, dtype=dtype)  # (dx, n)
     invfact = [1.0 / math.factorial(j) for j in range(order + 2)]
     final = np.empty((b, n), dtype=dtype)
@@ -176,7 +213,7 @@ def linear_cde_scan(
     B,
     domega,
     dxi,
-    z0,
+    initial_state=None,
     *,
     method: str = "taylor",
     order: int = 3,
@@ -184,6 +221,7 @@ def linear_cde_scan(
     return_states: bool = False,
     block_size: int = 4096,
     compute_dtype=np.float64,
+    z0=_MISSING,
 ):
     """Dense linear CDE ``dZ = sum_i A_i Z domega^i + B dxi`` with piecewise-linear gates.
 
@@ -194,16 +232,17 @@ def linear_cde_scan(
     B : array_like, shape (n, dx)
         Input matrix.
     domega : array_like, shape (b, T, dw) or (T, dw)
-        Per-step increments of the gate ``omega``.
+        Per-step increments of the gate ``omega``; 2-D is one path.
     dxi : array_like, shape (b, T, dx) or (T, dx)
-        Per-step increments of the gate ``xi``.
-    z0 : array_like, shape (b, n) or (n,)
-        Initial states.
+        Per-step increments of the gate ``xi`` (same leading shape as ``domega``).
+    initial_state : array_like, shape (b, n) or (n,), optional
+        ``Z_0``; zeros when omitted. ``(n,)`` with 2-D gates, ``(b, n)`` with 3-D ones.
+        (Deprecated name: ``z0=``.)
     method : {"taylor", "euler"}
         ``"taylor"``: ``Z <- sum_{j<=p} M^j (Z/j! + B dxi/(j+1)!)``, the order-``p`` truncation of
         the exact step ``exp(M) Z + phi1(M) B dxi``; ``"euler"``: ``Z <- Z + M Z + B dxi``.
     order : int, default 3
-        Taylor order ``p >= 1`` (``p`` matrix-vector products per step).
+        Taylor order ``1 <= p <= 150`` (``p`` matrix-vector products per step).
     backend : {"auto", "blas", "numba"}
         ``"blas"``: blocks of paths through GEMMs (numpy's BLAS threads); ``"numba"``: one
         path per thread with explicit matrix-vector loops. ``"auto"`` picks ``"blas"`` when
@@ -218,38 +257,61 @@ def linear_cde_scan(
     Returns
     -------
     final : ndarray, shape (b, n) or (n,)
-        The state after the last step (``z0`` when ``T = 0``).
+        The state after the last step (``initial_state`` when ``T = 0``).
     states : ndarray, shape (b, T+1, n) or (T+1, n)
-        Only with ``return_states``; ``states[..., 0, :] = z0``.
+        Only with ``return_states``; ``states[..., 0, :] = initial_state``.
         Outputs are float32 when ``domega`` is float32, else float64.
+
+    Raises
+    ------
+    TypeError
+        An array that is not float32, float64 or integer (bool, complex, object, float16),
+        or an option of the wrong type.
+    ValueError
+        A wrong shape, a NaN or Inf in any array argument, an option out of range, or
+        ``states`` too large for memory (checked before allocating).
 
     Notes
     -----
     Spec: ``LinearCDESpec`` (``nbssm.spec.cde``), dense kind, step ``"taylor"`` with the same
-    order or ``"euler"``: the kernel refines ``run_list``. Per-step truncation error and its
-    measured size are in ``proofs_notes/linear_cde.md``. Inputs are never modified.
+    order or ``"euler"``: the numba kernel refines ``run_list`` (bitwise in float64).
+    Per-step truncation error and its measured size are in ``proofs_notes/linear_cde.md``.
+
+    Inputs are never modified; any strides, Fortran order and read-only arrays are accepted;
+    integer arrays are converted to float64.
+
+    NaN/Inf: refused in every array argument. Finite inputs whose states leave the float
+    range (``||M_k||`` large, many steps) give ``inf`` or ``nan`` in the states from that step
+    on; this is not checked. Subnormal inputs are computed with as is.
+
+    Scan = iterated pieces: running ``T = T1 + T2`` steps equals running ``T1`` steps, then
+    ``T2`` steps from the first run's final state (bitwise on the numba backend).
     """
+    initial_state, return_states = _renamed(initial_state, z0, return_states)
     if method not in ("taylor", "euler"):
-        raise ValueError(f"method must be 'taylor' or 'euler', got {method!r}")
-    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
-        raise ValueError(f"order must be an int >= 1, got {order!r}")
+        raise ValueError(f"method: expected 'taylor' or 'euler', got {method!r}")
+    order = check_int(order, "order", 1, MAX_ORDER)
     if backend not in ("auto", "blas", "numba"):
-        raise ValueError(f"backend must be 'auto', 'blas' or 'numba', got {backend!r}")
-    if int(block_size) < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
-    compute_dtype = np.dtype(compute_dtype)
+        raise ValueError(f"backend: expected 'auto', 'blas' or 'numba', got {backend!r}")
+    block_size = check_int(block_size, "block_size", 1)
+    try:
+        compute_dtype = np.dtype(compute_dtype)
+    except TypeError:
+        raise TypeError(f"compute_dtype: expected float32 or float64, got {compute_dtype!r}") from None
     if compute_dtype not in (np.float32, np.float64):
-        raise ValueError(f"compute_dtype must be float32 or float64, got {compute_dtype}")
-    A, B, domega, dxi, z0, unbatched, out_dtype = _prepare(A, B, domega, dxi, z0, diagonal=False)
+        raise ValueError(f"compute_dtype: expected float32 or float64, got {compute_dtype}")
+    A, B, domega, dxi, z0, unbatched, out_dtype = _prepare(A, B, domega, dxi, initial_state, diagonal=False)
     b, T, _ = domega.shape
     n = A.shape[1]
+    if return_states:
+        check_output_size("states", (b, T + 1, n))
     euler = method == "euler"
     if backend == "auto":
         backend = "blas" if (b >= 64 and n >= 32) else "numba"
     if backend == "numba" and compute_dtype != np.float64:
-        raise ValueError("compute_dtype float32 is only available on the 'blas' backend")
+        raise ValueError("compute_dtype: expected float64 on the 'numba' backend (float32 needs 'blas'), got float32")
     if backend == "blas":
-        final, states = _blas_scan(A, B, domega, dxi, z0, int(order), euler, return_states, int(block_size), compute_dtype)
+        final, states = _blas_scan(A, B, domega, dxi, z0, order, euler, return_states, block_size, compute_dtype)
         return _finish(final, states, unbatched, out_dtype, return_states)
     from nbssm._kernels import cde as _k
 
@@ -257,11 +319,12 @@ def linear_cde_scan(
     final = np.empty((b, n))
     states = np.empty((b, T + 1, n)) if return_states else np.empty((1, 1, 1))
     if b:
-        _k.dense_cde_scan(f64(A), f64(B), f64(domega), f64(dxi), f64(z0), int(order), euler, final, states, return_states)
+        _k.dense_cde_scan(f64(A), f64(B), f64(domega), f64(dxi), f64(z0), order, euler, final, states, return_states)
     return _finish(final, states, unbatched, out_dtype, return_states)
 
 
-def diagonal_cde_scan(a, B, domega, dxi, z0, *, method: str = "exact", return_states: bool = False):
+def diagonal_cde_scan(a, B, domega, dxi, initial_state=None, *, method: str = "exact",
+                      return_states: bool = False, z0=_MISSING):
     """Diagonal linear CDE ``dZ = sum_i diag(a_i) Z domega^i + B dxi``, exact step.
 
     Parameters
@@ -270,8 +333,10 @@ def diagonal_cde_scan(a, B, domega, dxi, z0, *, method: str = "exact", return_st
         Diagonals ``a_i`` of the transitions.
     B : array_like, shape (n, dx)
     domega : array_like, shape (b, T, dw) or (T, dw)
+        2-D is one path.
     dxi : array_like, shape (b, T, dx) or (T, dx)
-    z0 : array_like, shape (b, n) or (n,)
+    initial_state : array_like, shape (b, n) or (n,), optional
+        ``Z_0``; zeros when omitted. (Deprecated name: ``z0=``.)
     method : {"exact", "euler"}
         ``"exact"``: ``Z <- exp(m) Z + phi1(m) B dxi`` elementwise with
         ``m = sum_i domega^i a_i`` and ``phi1(m) = expm1(m)/m`` (1 at ``m = 0``);
@@ -282,18 +347,34 @@ def diagonal_cde_scan(a, B, domega, dxi, z0, *, method: str = "exact", return_st
     -------
     final : ndarray, shape (b, n) or (n,)
     states : ndarray, shape (b, T+1, n) or (T+1, n), only with ``return_states``
+        float32 when ``domega`` is float32, else float64.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`linear_cde_scan`.
 
     Notes
     -----
     Spec: ``LinearCDESpec`` (``nbssm.spec.cde``), diagonal kind, step ``"exact"`` or
     ``"euler"``. The homogeneous solution from ``s`` to ``t`` is ``exp(sum_i a_i (omega^i_t -
     omega^i_s))``: it depends only on the increment (the paper's diagonal limitation).
+
+    Inputs are never modified (any layout accepted). NaN/Inf: refused in every array
+    argument; a finite ``m`` above about 709.78 overflows ``exp(m)`` to ``inf`` (and
+    ``phi1`` gives ``nan`` if ``m`` itself overflows), propagated, not checked.
+
+    Scan = iterated pieces, bitwise: ``T1`` steps then ``T2`` steps from the final state equal
+    ``T1 + T2`` steps.
     """
+    initial_state, return_states = _renamed(initial_state, z0, return_states)
     if method not in ("exact", "euler"):
-        raise ValueError(f"method must be 'exact' or 'euler', got {method!r}")
-    a, B, domega, dxi, z0, unbatched, out_dtype = _prepare(a, B, domega, dxi, z0, diagonal=True)
+        raise ValueError(f"method: expected 'exact' or 'euler', got {method!r}")
+    a, B, domega, dxi, z0, unbatched, out_dtype = _prepare(a, B, domega, dxi, initial_state, diagonal=True)
     b, T, _ = domega.shape
     n = a.shape[1]
+    if return_states:
+        check_output_size("states", (b, T + 1, n))
     from nbssm._kernels import cde as _k
 
     f64 = lambda x: np.ascontiguousarray(x, dtype=np.float64)  # noqa: E731

@@ -24,7 +24,7 @@ Conventions: 0-based indices; matrices are lists of rows in the paper's orientat
 ``v_k[r] = sum_j B[r][j] dxi_k[j]`` as a left fold. Diagonal transitions are given by their
 diagonals ``a_i`` (length ``state_dim``).
 
-The runner mirrors Lean's ``runList``: ``run_list(ctx, z0, steps)`` returns
+The runner mirrors Lean's ``runList``: ``run_list(ctx, z0, domegas, dxis)`` returns
 ``(z_T, [z_1, ..., z_T])``, the empty input gives ``(z0, [])``, and the output of step ``k`` is
 the updated state.
 """

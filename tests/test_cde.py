@@ -154,14 +154,14 @@ def test_inputs_never_modified_and_any_layout():
 @pytest.mark.parametrize(
     "change, match",
     [
-        (dict(A=np.zeros((3, 5, 4))), "A must have shape"),
-        (dict(B=np.zeros((4, 2))), "B must have shape"),
-        (dict(domega=np.zeros((3, 6, 2))), "domega must have shape"),
-        (dict(dxi=np.zeros((3, 5, 2))), "dxi must have shape"),
-        (dict(z0=np.zeros((3, 4))), "z0 must have shape"),
-        (dict(z0=np.full((3, 5), np.nan)), "z0 contains NaN"),
-        (dict(domega=np.full((3, 6, 3), np.inf)), "domega contains NaN or Inf"),
-        (dict(B=np.zeros((5, 2), dtype=complex)), "B must be a real array"),
+        (dict(A=np.zeros((3, 5, 4))), "A: expected shape"),
+        (dict(B=np.zeros((4, 2))), "B: expected shape"),
+        (dict(domega=np.zeros((3, 6, 2))), "domega: expected shape"),
+        (dict(dxi=np.zeros((3, 5, 2))), "dxi: expected shape"),
+        (dict(z0=np.zeros((3, 4))), "initial_state: expected shape"),
+        (dict(z0=np.full((3, 5), np.nan)), "initial_state: expected finite values"),
+        (dict(domega=np.full((3, 6, 3), np.inf)), "domega: expected finite values, got inf"),
+        (dict(B=np.zeros((5, 2), dtype=complex)), "B: expected a float32, float64 or integer array, got dtype complex128"),
     ],
 )
 def test_bad_input(change, match):
@@ -182,7 +182,7 @@ def test_bad_options():
         linear_cde_scan(A, B, domega, dxi, z0, backend="gpu")
     with pytest.raises(ValueError, match="compute_dtype"):
         linear_cde_scan(A, B, domega, dxi, z0, backend="numba", compute_dtype=np.float32)
-    with pytest.raises(ValueError, match="A must have shape"):
+    with pytest.raises(ValueError, match="a: expected shape"):
         diagonal_cde_scan(A, B, domega, dxi, z0)
     with pytest.raises(ValueError, match="method"):
         diagonal_cde_scan(A[:, 0], B, domega, dxi, z0, method="taylor")
@@ -201,3 +201,53 @@ def test_spec_rejects_bad_fields():
         LinearCDESpec(2, 1, 1, [[1.0, 1.0]], [[1.0], [1.0]], diagonal=True, step="taylor", order=2)
     spec = LinearCDESpec(2, 1, 1, [[1.0, 1.0]], [[1.0], [1.0]], diagonal=True)
     assert spec.run_list(DOUBLE, [1.0, 2.0], [], []) == ([1.0, 2.0], [])
+
+
+@pytest.mark.parametrize("split", [0, 1, 3, 6])
+@pytest.mark.parametrize(
+    "kind, backend, method",
+    [("dense", "numba", "taylor"), ("dense", "numba", "euler"), ("dense", "blas", "taylor"),
+     ("diagonal", None, "exact"), ("diagonal", None, "euler")],
+)
+def test_scan_is_iterated_pieces(kind, backend, method, split):
+    """T steps == T1 steps, then T - T1 steps from the first piece's final state."""
+    A, B, domega, dxi, z0 = _dense_inputs(20 + split, b=3, T=6)
+    if kind == "dense":
+        def run(dw, dx, h):
+            return linear_cde_scan(A, B, dw, dx, h, method=method, order=3, backend=backend, return_states=True)
+    else:
+        def run(dw, dx, h):
+            return diagonal_cde_scan(A[:, 0], B, dw, dx, h, method=method, return_states=True)
+    whole_final, whole_states = run(domega, dxi, z0)
+    h1, s1 = run(domega[:, :split], dxi[:, :split], z0)
+    h2, s2 = run(domega[:, split:], dxi[:, split:], h1)
+    pieces = np.concatenate([s1, s2[:, 1:]], axis=1)
+    if backend == "blas":  # GEMM blocking may differ with the number of steps
+        assert max_rel_err(h2, whole_final) <= tol("cde_kernel_vs_spec")
+        assert max_rel_err(pieces, whole_states) <= tol("cde_kernel_vs_spec")
+    else:
+        np.testing.assert_array_equal(h2, whole_final)
+        np.testing.assert_array_equal(pieces, whole_states)
+    # unbatched path 1 equals row 1 of the batch, bitwise
+    one = run(domega[1], dxi[1], z0[1])
+    if backend != "blas":
+        np.testing.assert_array_equal(one[0], whole_final[1])
+        np.testing.assert_array_equal(one[1], whole_states[1])
+
+
+def test_initial_state_defaults_to_zeros_and_z0_is_deprecated():
+    A, B, domega, dxi, z0 = _dense_inputs(30, b=2, T=4)
+    zeros = np.zeros_like(z0)
+    np.testing.assert_array_equal(linear_cde_scan(A, B, domega, dxi, backend="numba"),
+                                  linear_cde_scan(A, B, domega, dxi, zeros, backend="numba"))
+    np.testing.assert_array_equal(diagonal_cde_scan(A[:, 0], B, domega[0], dxi[0]),
+                                  diagonal_cde_scan(A[:, 0], B, domega[0], dxi[0], zeros[0]))
+    want = linear_cde_scan(A, B, domega, dxi, initial_state=z0, backend="numba")
+    with pytest.warns(DeprecationWarning, match="initial_state"):
+        got = linear_cde_scan(A, B, domega, dxi, z0=z0, backend="numba")
+    np.testing.assert_array_equal(got, want)
+    with pytest.warns(DeprecationWarning, match="initial_state"):
+        got = diagonal_cde_scan(A[:, 0], B, domega, dxi, z0=z0)
+    np.testing.assert_array_equal(got, diagonal_cde_scan(A[:, 0], B, domega, dxi, initial_state=z0))
+    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="got both"):
+        linear_cde_scan(A, B, domega, dxi, z0, z0=z0)

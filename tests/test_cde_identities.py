@@ -15,7 +15,7 @@ import pytest
 from signature_naive import signature_dict
 
 from nbssm.cde import diagonal_cde_scan, linear_cde_scan
-from nbssm.signature import signature, word_index
+from nbssm.signatures import signature, word_index
 from nbssm.spec.cde import LinearCDESpec
 from nbssm.spec.context import SYMPY
 
@@ -165,7 +165,7 @@ def test_invariance_check_can_fail():
     sp = pytest.importorskip("sympy")
     from nbssm.spec import cde_checks
 
-    n, dw, T = 1, 1, 2
+    n, dw = 1, 1
     a = sp.Symbol("a")
     spec = LinearCDESpec(n, dw, 1, [[a]], [[sp.Integer(0)]], diagonal=True, step="euler")
     w = [[sp.Symbol("w0")], [sp.Symbol("w1")]]

@@ -78,7 +78,7 @@ def test_quick_run_agrees_with_theory(quick_results):
     assert t["dense"]["volume"]["mean"] < 0.5 * zero_v
 
 
-def test_cli_rejects_bad_arguments(capsys):
+def test_cli_rejects_bad_arguments():
     from nbssm.cli import main
 
     with pytest.raises(SystemExit):

@@ -1,4 +1,4 @@
-"""nbssm.signature against a pure-Python Chen-product reference and a public library."""
+"""nbssm.signatures.signature against a pure-Python Chen-product reference and a public library."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from signature_naive import signature_dict, signature_flat, words
 from tolerances import max_rel_err, tol
 
-from nbssm.signature import signature, signature_length, word_index
+from nbssm.signatures import signature, signature_length, word_index
 
 PAPER_PATH = [[1, 1], [3, 4], [5, 2], [8, 6]]
 
@@ -29,7 +29,7 @@ def test_word_index_and_length():
     assert word_index((0, 1, 2), 3) == 3 + 9 + 5
     ws = words(3, 3)
     assert [word_index(w, 3) for w in ws] == list(range(len(ws)))
-    with pytest.raises(ValueError, match="letters"):
+    with pytest.raises(ValueError, match=r"word: expected an int in \[0, 2\], got 3"):
         word_index((0, 3), 3)
     with pytest.raises(ValueError, match="non-empty"):
         word_index((), 3)
@@ -113,7 +113,6 @@ def test_chen_identity_concatenation():
 def test_dtypes_and_layouts():
     rng = np.random.default_rng(7)
     p64 = rng.standard_normal((3, 10, 2))
-    ref = signature(p64, 3)
     s32 = signature(p64.astype(np.float32), 3)
     assert s32.dtype == np.float32
     ref32 = signature(p64.astype(np.float32).astype(np.float64), 3)
@@ -139,13 +138,13 @@ def test_dtypes_and_layouts():
         (np.zeros((1, 2, 3, 4)), 2, ValueError, "shape"),
         (np.zeros((0, 2)), 2, ValueError, "length"),
         (np.zeros((3, 0)), 2, ValueError, "dim"),
-        (np.array([[0.0, 1.0], [np.nan, 1.0]]), 2, ValueError, "NaN"),
-        (np.array([[0.0, 1.0], [np.inf, 1.0]]), 2, ValueError, "NaN or Inf"),
+        (np.array([[0.0, 1.0], [np.nan, 1.0]]), 2, ValueError, r"path: expected finite values, got nan at index \(1, 0\)"),
+        (np.array([[0.0, 1.0], [np.inf, 1.0]]), 2, ValueError, "path: expected finite values, got inf"),
         (np.zeros((3, 2)), 0, ValueError, "depth"),
         (np.zeros((3, 2)), True, TypeError, "depth"),
         (np.zeros((3, 2)), 2.0, TypeError, "depth"),
-        (np.zeros((3, 2), dtype=complex), 2, TypeError, "real"),
-        (np.array([["a", "b"]]), 2, TypeError, "real"),
+        (np.zeros((3, 2), dtype=complex), 2, TypeError, "path: expected a float32, float64 or integer array"),
+        (np.array([["a", "b"]]), 2, TypeError, "path: expected a float32, float64 or integer array"),
     ],
 )
 def test_bad_input(path, depth, exc, match):
@@ -197,3 +196,52 @@ def test_reference_is_generic_over_sympy():
     x = sp.symbols("x0:2")
     sig = signature_dict([[0, 0], [x[0], x[1]]], 2)
     assert sp.simplify(sig[(0, 1)] - x[0] * x[1] / 2) == 0
+
+
+_IMPORT_ORDERS = [
+    "import nbssm",
+    "from nbssm import signature",
+    "import nbssm.signatures",
+    "from nbssm.signatures import signature, word_index",
+    "import nbssm.signature",
+    "import nbssm.signatures; from nbssm import signature",
+    "from nbssm.signatures import word_index; import nbssm.cde; import nbssm.experiments.signature_tasks",
+    "import nbssm.signature as s; import nbssm.signatures as m; assert s is m.signature",
+]
+
+
+@pytest.mark.parametrize("imports", _IMPORT_ORDERS)
+def test_nbssm_signature_is_the_function_in_every_import_order(imports):
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings; warnings.simplefilter('ignore', DeprecationWarning)\n"
+        f"{imports}\n"
+        "import types, nbssm, nbssm.signatures as m\n"
+        "assert not isinstance(nbssm.signature, types.ModuleType), nbssm.signature\n"
+        "assert nbssm.signature is m.signature\n"
+        "from nbssm import signature as f\n"
+        "assert f is m.signature\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+
+
+def test_old_module_path_is_a_deprecated_alias():
+    import nbssm
+    import nbssm.signatures as m
+
+    with pytest.warns(DeprecationWarning, match="nbssm.signatures"):
+        from nbssm.signature import word_index as old_word_index
+    assert old_word_index is m.word_index
+    assert nbssm.signature is m.signature
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_batch_rows_equal_single_paths_bitwise(stream):
+    rng = np.random.default_rng(8)
+    paths = rng.standard_normal((37, 11, 3))  # more paths than one parallel task holds
+    batch = signature(paths, 4, stream=stream)
+    for p in (0, 15, 16, 36):
+        np.testing.assert_array_equal(batch[p], signature(paths[p], 4, stream=stream))

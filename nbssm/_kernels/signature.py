@@ -7,7 +7,7 @@ word ``(i_1, ..., i_k)`` (0-based letters) sits at ``offset[k] + sum_j i_j d**(k
 Level 0 (the constant 1) is implicit and never stored.
 
 Kernels take float64 paths and write into a caller-provided ``out``; validation lives in
-:mod:`nbssm.signature`.
+:mod:`nbssm.signatures`.
 """
 
 from __future__ import annotations

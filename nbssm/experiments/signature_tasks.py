@@ -25,8 +25,8 @@ said otherwise; initial state ``Z_0 = W x_0 + b`` with ``W, b ~ N(0, 1)``.
 - ``two_layer``: a diagonal layer as ``diagonal``, then a second diagonal layer whose gates and
   inputs are ``(t, X, P Z^1)`` with ``P`` a random ``8 x N`` projection of the first layer's
   state, scaled per channel to max ``|value|`` = 0.1 (measured on the first training paths).
-  The issue asked for unit variance; with it the second layer's features reach ~1e40 and the
-  readout fails (``scale="unit", proj_scale=1`` keeps that variant for the record).
+  Unit variance would be the textbook choice; with it the second layer's features reach ~1e40
+  and the readout fails (``scale="unit", proj_scale=1`` keeps that variant for the record).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def make_data(dim: int, n_paths: int, seed: int, length: int = LENGTH):
     labels : (n_paths,) float64
         Globally normalised (max ``|value|`` = 1).
     """
-    from nbssm.signature import signature, word_index
+    from nbssm.signatures import signature, word_index
 
     rng = np.random.default_rng([seed, dim, 0])
     x = np.rint(rng.standard_normal((n_paths, length, dim)))
@@ -95,13 +95,11 @@ def make_data(dim: int, n_paths: int, seed: int, length: int = LENGTH):
     return x, labels
 
 
-def _gates(paths, with_x=True):
-    """Increments of (t, X) (or t alone): (b, T, 1 + d) or (b, T, 1)."""
+def _gates(paths):
+    """Increments of the gate ``(t, X)``: (b, T, 1 + d)."""
     b, length, d = paths.shape
     T = length - 1
     dt = np.full((b, T, 1), 1.0 / T)
-    if not with_x:
-        return dt
     return np.concatenate([dt, np.diff(paths, axis=1)], axis=2)
 
 
