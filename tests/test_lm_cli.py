@@ -47,17 +47,3 @@ def test_generate_errors(capsys, tmp_path):
     assert "--ids" in capsys.readouterr().err
     assert main(["generate", UNTIED, "--ids", "1000"]) == 2
     assert "[0, 96)" in capsys.readouterr().err
-
-
-def test_readme_lm_section_runs(tmp_path, monkeypatch, capsys):
-    """The python block of README's ``lm`` section runs as written (fixture path made absolute)."""
-    import re
-
-    readme = open(os.path.join(HERE, "..", "README.md"), encoding="utf-8").read()
-    section = readme.split("<!-- section:lm -->")[1].split("<!-- /section:lm -->")[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    assert blocks
-    monkeypatch.chdir(tmp_path)
-    for code in blocks:
-        exec(compile(code.replace('"tests/fixtures/mamba_tiny/tied"', repr(TIED)), "README-lm", "exec"), {})
-    assert (tmp_path / "state.npz").exists()
