@@ -2,10 +2,9 @@
 
 Run from the repository root, on a quiet machine::
 
-    flock /tmp/nbssm-bench.lock python benchmarks/bench_kernels.py --update-readme
+    flock /tmp/nbssm-bench.lock python benchmarks/bench_kernels.py --out /tmp/bench
 
-Writes ``kernels.json`` and ``kernels.md`` to ``--out`` (pass ``--out benchmarks/results`` to
-refresh the committed results); see
+Writes ``kernels.json`` and ``kernels.md`` to ``--out`` (never into the source tree by default); see
 :mod:`nbssm.bench` for what is measured and how.
 """
 

@@ -19,12 +19,11 @@ Measures, on this machine, with the machine, thread counts and versions recorded
 
 Every timing is the median of ``--repeats`` runs (at least 5) after a warm-up
 run. Results go to ``kernels.json`` and ``kernels.md`` in ``--out`` (default
-``nbssm-bench`` in the temporary directory, never the source tree);
-``--update-readme`` copies the Markdown table into the README's benchmarks
-section. Run timing jobs under ``flock /tmp/nbssm-bench.lock`` on shared
-machines::
+``nbssm-bench`` in the temporary directory, never the source tree); it
+never edits the README or any committed file. Run timing jobs under
+``flock /tmp/nbssm-bench.lock`` on shared machines::
 
-    flock /tmp/nbssm-bench.lock nbssm bench --update-readme
+    flock /tmp/nbssm-bench.lock nbssm bench --out /tmp/bench
 """
 
 from __future__ import annotations
@@ -42,8 +41,6 @@ import numpy as np
 
 SHAPES = {"S1": (1, 2048, 1536, 16), "S2": (8, 512, 768, 16), "S3": (1, 16384, 64, 16)}
 LINEAR_SHAPE = (1, 1 << 22, 1)
-README_BEGIN = "<!-- bench:kernels -->"
-README_END = "<!-- /bench:kernels -->"
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -376,16 +373,6 @@ def to_markdown(res):
     return "\n".join(lines).rstrip() + "\n"
 
 
-def update_readme(markdown, readme=Path(__file__).resolve().parent.parent / "README.md"):
-    """Replace the text between the README's bench markers with ``markdown``."""
-    text = readme.read_text()
-    if README_BEGIN not in text or README_END not in text:
-        raise RuntimeError(f"{readme}: markers {README_BEGIN} / {README_END} not found")
-    head, rest = text.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
-    readme.write_text(head + README_BEGIN + "\n" + markdown + README_END + tail)
-
-
 def add_arguments(parser):
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per case (median; at least 5)")
     parser.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "nbssm-bench"),
@@ -394,7 +381,6 @@ def add_arguments(parser):
     parser.add_argument("--skip", nargs="*", default=[],
                         choices=["selective", "scaling", "linear", "memory", "startup", "numpy"],
                         help="parts to leave out")
-    parser.add_argument("--update-readme", action="store_true", help="copy the Markdown into README.md")
 
 
 def run(args) -> int:
@@ -435,7 +421,4 @@ def run(args) -> int:
     (out / "kernels.md").write_text(md)
     print(f"wrote {out / 'kernels.json'} and {out / 'kernels.md'}")
     print(md)
-    if args.update_readme and md:
-        update_readme(md)
-        print("README.md benchmarks table updated")
     return 0

@@ -33,9 +33,23 @@ def test_markdown_reports_both_length_ratios():
 
 
 def test_quick_run_writes_json_and_markdown(tmp_path):
-    args = SimpleNamespace(repeats=5, out=str(tmp_path), quick=True, skip=[], update_readme=False)
+    args = SimpleNamespace(repeats=5, out=str(tmp_path), quick=True, skip=[])
     assert bench.run(args) == 0
     res = json.loads((tmp_path / "kernels.json").read_text())
     assert [r["shape"] for r in res["selective"]] == ["S3"]
     assert res["selective"][0]["rel_err_vs_float64"] <= 1e-5
     assert "| S3 (1, 16384, 64, 16) |" in (tmp_path / "kernels.md").read_text()
+
+
+def test_out_defaults_outside_the_source_tree():
+    import argparse
+    from pathlib import Path
+
+    from nbssm import bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = Path(parser.parse_args([]).out).resolve()
+    repo = Path(bench.__file__).resolve().parent.parent
+    assert repo not in out.parents and out != repo
+    assert "--update-readme" not in parser.format_help()

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-DOCS = [README, ROOT / "docs" / "guide.md", ROOT / "benchmarks" / "README.md"]
+DOCS = [README, ROOT / "nbssm" / "GUIDE.md", ROOT / "benchmarks" / "README.md"]
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
@@ -18,7 +18,7 @@ def run_doctests(path: pathlib.Path) -> doctest.TestResults:
     return doctest.testfile(str(path), module_relative=False, optionflags=FLAGS, encoding="utf-8", verbose=False)
 
 
-@pytest.mark.parametrize("name", ["README.md", "docs/guide.md"])
+@pytest.mark.parametrize("name", ["README.md", "nbssm/GUIDE.md"])
 def test_examples_run(name, tmp_path, monkeypatch):
     """Every ``>>>`` example gives the output written under it (run where a user would: the repo root
     for the README's relative fixture path; files written by the guide land in a scratch folder)."""
@@ -50,7 +50,7 @@ def test_readme_starts_with_the_two_quick_start_commands():
 
 def test_readme_is_a_front_door():
     text = README.read_text(encoding="utf-8")
-    assert len(text.encode()) <= 9000, "the README is a front door: move detail into docs/ or benchmarks/"
+    assert len(text.encode()) <= 9000, "the README is a front door: move detail into nbssm/GUIDE.md or benchmarks/"
     for heading in ("## Deployment", "## Errors and NaN policy", "## Changelog"):
         assert heading in text
     for target in ("proofs_notes/README.md", "benchmarks/README.md", "benchmarks/results/"):
