@@ -14,7 +14,7 @@ import numba
 import numpy as np
 import pytest
 
-from nbssm.models import CompactMamba, DiagonalS4, ModelState, SelectiveMamba
+from nbssm.models import CompactMamba, DiagonalS4, ModelState, SelectiveMamba, StateMismatchError
 from nbssm.spec.context import DOUBLE
 from nbssm.spec.models import vec_mat
 from spec_factories import random_compact, random_inputs, random_s4, random_selective
@@ -78,12 +78,12 @@ def test_float64_refines_spec_run_list(kind, dims):
         assert st.position == length
         for b, (h_ref, y_ref) in enumerate(refs):
             np.testing.assert_array_equal(y[b], y_ref)
-            np.testing.assert_array_equal(st.ssm[b], h_ref)
+            np.testing.assert_array_equal(st.layers[0].ssm[b], h_ref)
         # chunked (parallel in time, small chunks): within the float64 tolerance
         y, st = model.forward(x, strategy="chunked", chunk_length=2)
         for b, (h_ref, y_ref) in enumerate(refs):
             assert max_rel_err(y[b], y_ref) <= MODEL_F64_RTOL
-            assert max_rel_err(st.ssm[b], h_ref) <= MODEL_F64_RTOL
+            assert max_rel_err(st.layers[0].ssm[b], h_ref) <= MODEL_F64_RTOL
 
 
 @pytest.mark.parametrize("kind,dims", [
@@ -103,7 +103,7 @@ def test_float32_refines_spec_within_tolerance(kind, dims):
         for b in range(2):
             h_ref, y_ref = _spec_run(spec, x[b].astype(np.float64).tolist())
             assert max_rel_err(y[b], y_ref) <= MODEL_F32_RTOL
-            assert max_rel_err(st.ssm[b], h_ref) <= MODEL_F32_RTOL
+            assert max_rel_err(st.layers[0].ssm[b], h_ref) <= MODEL_F32_RTOL
 
 
 def test_selective_float32_large_delta_uses_threshold_softplus():
@@ -233,7 +233,7 @@ def test_whole_chunked_and_stepwise_agree_bitwise(kind, dims, dtype):
     for t in range(length):
         yt, s = model.step(x[0, t], s)
         np.testing.assert_array_equal(yt, y[0, t])
-    np.testing.assert_array_equal(s.ssm[0], st.ssm[0])
+    np.testing.assert_array_equal(s.ssm[0, 0], st.ssm[0, 0])
     assert s0.batch == 1
 
 
@@ -258,12 +258,12 @@ def test_selective_continuation_from_a_nonzero_history_matches_run_list_aux():
     y2, s2 = model.forward(x[:, 5:], s)
     # the stored history is the last conv_width - 1 = 2 projected tokens, oldest first
     want = [vec_mat(DOUBLE, x[0, t].tolist(), spec.x_proj, spec.inner_dim) for t in (3, 4)]
-    np.testing.assert_array_equal(s.conv[0], np.array(want))
-    H0 = s.ssm[0].tolist()
-    L0 = s.conv[0][::-1].tolist()  # newest first
+    np.testing.assert_array_equal(s.conv[0, 0], np.array(want))
+    H0 = s.ssm[0, 0].tolist()
+    L0 = s.conv[0, 0][::-1].tolist()  # newest first
     H, ys = spec.run_list_aux(DOUBLE, H0, L0, x[0, 5:].tolist())
     np.testing.assert_array_equal(y2[0], np.array(ys))
-    np.testing.assert_array_equal(s2.ssm[0], np.array(H))
+    np.testing.assert_array_equal(s2.ssm[0, 0], np.array(H))
 
 
 def test_warmup_runs():
@@ -298,7 +298,7 @@ def test_nan_in_one_sequence_stays_in_that_sequence_and_after_its_token(kind, di
     np.testing.assert_array_equal(yn[1], y[1])          # the other sequence: bitwise unchanged
     np.testing.assert_array_equal(yn[0, :3], y[0, :3])  # earlier tokens: bitwise unchanged (causal)
     assert np.isnan(yn[0, 3]).all()
-    assert np.isnan(sn.ssm[0]).any() and not np.isnan(sn.ssm[1]).any()
+    assert np.isnan(sn.ssm[0, 0]).any() and not np.isnan(sn.ssm[0, 1]).any()
 
 
 # ============================================================================ state objects
@@ -322,8 +322,11 @@ def test_state_rejects_other_models_dtypes_and_batches():
     sm = SelectiveMamba.random(3, 4, 2, 2, 3, seed=0)
     with pytest.raises(ValueError, match="belongs to DiagonalS4.*not to SelectiveMamba"):
         sm.forward(x, st)
-    # the same dims/dtype from another instance is accepted (states are per architecture)
-    DiagonalS4.random(3, 4, 2, seed=99).forward(x, st)
+    # the same dims and dtype with other weights: refused too (the fingerprint digests every weight)
+    with pytest.raises(StateMismatchError, match="other weights"):
+        DiagonalS4.random(3, 4, 2, seed=99).forward(x, st)
+    # ... and a copy with the same weights is accepted
+    DiagonalS4(**s4.parameters()).forward(x, st)
 
 
 def test_state_is_not_modified_and_copy_is_independent():
@@ -382,24 +385,24 @@ def test_load_checks_fingerprint_and_rejects_malformed_files(tmp_path):
 
     with pytest.raises(ValueError, match="missing field 'ssm'"):
         ModelState.load(write("a.npz", ssm=None))
-    with pytest.raises(ValueError, match="state conv: expected"):
+    with pytest.raises(ValueError, match="missing field 'conv'"):
         ModelState.load(write("b.npz", conv=None))
-    with pytest.raises(ValueError, match="state ssm: expected a float64 array of shape"):
+    with pytest.raises(ValueError, match="field 'ssm': expected a float64 array of shape"):
         ModelState.load(write("c.npz", ssm=np.zeros((1, 3, 5))))
-    with pytest.raises(ValueError, match="state ssm: expected a float64"):
+    with pytest.raises(ValueError, match="field 'ssm': expected a float64"):
         ModelState.load(write("d.npz", ssm=fields["ssm"].astype(np.float32)))
     with pytest.raises(ValueError, match="format"):
         ModelState.load(write("e.npz", format=np.array("something else")))
     with pytest.raises(ValueError, match="kind"):
         ModelState.load(write("f.npz", kind=np.array("Transformer")))
-    with pytest.raises(ValueError, match="not a readable .npz"):
+    with pytest.raises(ValueError, match="object arrays are never unpickled"):
         ModelState.load(write("g.npz", ssm=np.array([{"a": 1}], dtype=object)))
     garbage = tmp_path / "h.npz"
     garbage.write_bytes(b"not a zip file")
     with pytest.raises(ValueError, match="not a readable .npz"):
         ModelState.load(garbage)
     with pytest.raises(ValueError, match="position"):
-        ModelState.load(write("i.npz", position=np.array(-1)))
+        ModelState.load(write("i.npz", positions=np.array([-1])))
 
 
 # ============================================================================ bad input
