@@ -532,10 +532,10 @@ class SelectiveMamba(_Model):
         p_t = x_t @ x_proj ;  z_t = x_t @ z_proj                       (inner_dim,)
         c_t[d] = conv_bias[d] + sum_k p_{t-k}[d] * conv_kernel[k, d]    (k = 0: current token)
         u_t = silu(c_t)
-        delta_t = softplus(u_t @ dt_proj + dt_bias)                     (inner_dim,)
+        delta_t = softplus(u_t @ dt_proj + delta_bias)                  (inner_dim,)
         B_t = u_t @ b_proj ;  C_t = u_t @ c_proj                        (state_dim,)
         H_t[d, n] = exp(-delta_t[d] A[d, n]) H_{t-1}[d, n] + delta_t[d] B_t[n] u_t[d]
-        y_t[d] = d_skip[d] u_t[d] + sum_n H_t[d, n] C_t[n]
+        y_t[d] = D[d] u_t[d] + sum_n H_t[d, n] C_t[n]
         o_t = (y_t * silu(z_t)) @ out_proj                              (output_dim,)
 
     Parameters
@@ -546,10 +546,14 @@ class SelectiveMamba(_Model):
         orientation; a checkpoint's ``conv1d.weight[d, 0, k]`` is
         ``conv_kernel[conv_width - 1 - k, d]``. ``conv_width`` may be 0
         (``c_t = conv_bias``).
-    conv_bias, dt_bias, d_skip : array_like, shape (inner_dim,)
+    conv_bias, delta_bias, D : array_like, shape (inner_dim,)
+        ``delta_bias`` and ``D`` are the spec's ``dt_bias`` and ``d_skip`` (mamba_ssm's
+        names; the former keywords ``dt_bias=``/``d_skip=`` and attributes are deprecated).
     dt_proj : array_like, shape (inner_dim, inner_dim)
     A, b_proj, c_proj : array_like, shape (inner_dim, state_dim)
-        ``A`` holds positive decay rates (the kernel is given ``-A``, which is exact).
+        Sign of ``A``: this block (like the spec) holds **positive** decay rates,
+        ``exp(A_log)`` of a checkpoint; the kernel is given ``-A`` (exact).
+        :class:`MambaMixer` holds mamba_ssm's negative ``A = -exp(A_log)``.
     out_proj : array_like, shape (inner_dim, output_dim)
     dtype, strategy
         As in :class:`DiagonalS4`; ``strategy`` applies to :func:`nbssm.selective_scan`.
@@ -570,14 +574,29 @@ class SelectiveMamba(_Model):
     """
 
     kind = "SelectiveMamba"
-    _PARAMS = ("x_proj", "z_proj", "conv_kernel", "conv_bias", "dt_proj", "dt_bias", "A",
-               "b_proj", "c_proj", "d_skip", "out_proj")
+    _PARAMS = ("x_proj", "z_proj", "conv_kernel", "conv_bias", "dt_proj", "delta_bias", "A",
+               "b_proj", "c_proj", "D", "out_proj")
+    #: parameter name -> spec field name (``SelectiveMambaBlockSpec``), where they differ
+    SPEC_NAMES = {"delta_bias": "dt_bias", "D": "d_skip"}
 
-    def __init__(self, x_proj, z_proj, conv_kernel, conv_bias, dt_proj, dt_bias, A, b_proj, c_proj,
-                 d_skip, out_proj, *, dtype=None, strategy: str = "auto") -> None:
+    def __init__(self, x_proj, z_proj, conv_kernel, conv_bias, dt_proj, delta_bias=None, A=None, b_proj=None,
+                 c_proj=None, D=None, out_proj=None, *, dtype=None, strategy: str = "auto",
+                 dt_bias=None, d_skip=None) -> None:
+        for old, new, value in (("dt_bias", "delta_bias", dt_bias), ("d_skip", "D", d_skip)):
+            if value is not None:
+                warnings.warn(f"SelectiveMamba({old}=...) is deprecated; use {new}=", DeprecationWarning,
+                              stacklevel=2)
+        if dt_bias is not None:
+            if delta_bias is not None:
+                raise TypeError("delta_bias: given twice (as delta_bias and as the deprecated dt_bias)")
+            delta_bias = dt_bias
+        if d_skip is not None:
+            if D is not None:
+                raise TypeError("D: given twice (as D and as the deprecated d_skip)")
+            D = d_skip
         params = dict(x_proj=x_proj, z_proj=z_proj, conv_kernel=conv_kernel, conv_bias=conv_bias,
-                      dt_proj=dt_proj, dt_bias=dt_bias, A=A, b_proj=b_proj, c_proj=c_proj,
-                      d_skip=d_skip, out_proj=out_proj)
+                      dt_proj=dt_proj, delta_bias=delta_bias, A=A, b_proj=b_proj, c_proj=c_proj,
+                      D=D, out_proj=out_proj)
         for name, v in params.items():
             if v is None:
                 raise TypeError(f"{name}: expected an array, got None")
@@ -594,8 +613,8 @@ class SelectiveMamba(_Model):
         i, e = xp.shape
         w, n, o = ck.shape[0], a.shape[1], op.shape[1]
         shapes = {"x_proj": (i, e), "z_proj": (i, e), "conv_kernel": (w, e), "conv_bias": (e,),
-                  "dt_proj": (e, e), "dt_bias": (e,), "A": (e, n), "b_proj": (e, n), "c_proj": (e, n),
-                  "d_skip": (e,), "out_proj": (e, o)}
+                  "dt_proj": (e, e), "delta_bias": (e,), "A": (e, n), "b_proj": (e, n), "c_proj": (e, n),
+                  "D": (e,), "out_proj": (e, o)}
         for name, v in params.items():
             setattr(self, name, _param(v, name, dt, shapes[name]))
         super().__init__({"input_dim": i, "inner_dim": e, "state_dim": n, "output_dim": o, "conv_width": w},
@@ -628,8 +647,8 @@ class SelectiveMamba(_Model):
             if e == 0:
                 y, hT = np.zeros((b, l, 0), dtype=self.dtype), ssm0.copy()
             else:
-                y, hT = selective_scan(u, dt_pre, self._neg_A, Bt, Ct, D=self.d_skip, z=z,
-                                       delta_bias=self.dt_bias, delta_softplus=True,
+                y, hT = selective_scan(u, dt_pre, self._neg_A, Bt, Ct, D=self.D, z=z,
+                                       delta_bias=self.delta_bias, delta_softplus=True,
                                        initial_state=ssm0, return_final_state=True,
                                        strategy=strategy, chunk_length=chunk_length)  # (b, l, e), (b, e, n)
         out = _project(y, self.out_proj)                             # (b, l, o)
@@ -641,13 +660,27 @@ class SelectiveMamba(_Model):
 
         d = self._dims
         return SelectiveMambaBlockSpec(d["input_dim"], d["inner_dim"], d["state_dim"], d["output_dim"],
-                                       d["conv_width"], **{k: _to_list(v) for k, v in self.parameters().items()})
+                                       d["conv_width"], **{self.SPEC_NAMES.get(k, k): _to_list(v)
+                                                           for k, v in self.parameters().items()})
+
+    @property
+    def dt_bias(self) -> np.ndarray:
+        """Deprecated name of :attr:`delta_bias`."""
+        warnings.warn("SelectiveMamba.dt_bias is deprecated; use delta_bias", DeprecationWarning, stacklevel=2)
+        return self.delta_bias
+
+    @property
+    def d_skip(self) -> np.ndarray:
+        """Deprecated name of :attr:`D`."""
+        warnings.warn("SelectiveMamba.d_skip is deprecated; use D", DeprecationWarning, stacklevel=2)
+        return self.D
 
     @classmethod
     def from_spec(cls, spec, *, dtype=np.float64, strategy: str = "auto") -> "SelectiveMamba":
         """Build from a ``SelectiveMambaBlockSpec`` (exact in float64; rounded once in float32)."""
         shapes = spec.field_shapes()
-        return cls(**{k: _spec_array(getattr(spec, k), shapes[k]) for k in cls._PARAMS},
+        names = {k: cls.SPEC_NAMES.get(k, k) for k in cls._PARAMS}
+        return cls(**{k: _spec_array(getattr(spec, f), shapes[f]) for k, f in names.items()},
                    dtype=dtype, strategy=strategy)
 
     @classmethod
@@ -657,8 +690,8 @@ class SelectiveMamba(_Model):
 
         Projections ``N(0, 1/fan_in)``; convolution taps and bias
         ``U(-1/sqrt(w), 1/sqrt(w))``; ``dt_proj ~ N(0, 0.1^2/inner_dim)``;
-        ``dt_bias`` the inverse softplus of a step log-uniform in
-        ``[1e-3, 1e-1]``; ``A[d, n] = n + 1`` (S4D-real); ``d_skip = 1``.
+        ``delta_bias`` the inverse softplus of a step log-uniform in
+        ``[1e-3, 1e-1]``; ``A[d, n] = n + 1`` (S4D-real); ``D = 1``.
         ``seed``: an int, ``None`` or a ``numpy.random.Generator``.
         """
         i = check_int(input_dim, "input_dim", 0)
@@ -675,11 +708,11 @@ class SelectiveMamba(_Model):
             conv_kernel=rng.uniform(-bound, bound, (w, e)),
             conv_bias=rng.uniform(-bound, bound, e),
             dt_proj=rng.standard_normal((e, e)) * (0.1 / np.sqrt(max(e, 1))),
-            dt_bias=dt0 + np.log(-np.expm1(-dt0)),
+            delta_bias=dt0 + np.log(-np.expm1(-dt0)),
             A=np.tile(np.arange(1, n + 1, dtype=np.float64), (e, 1)),
             b_proj=rng.standard_normal((e, n)) / np.sqrt(max(e, 1)),
             c_proj=rng.standard_normal((e, n)) / np.sqrt(max(e, 1)),
-            d_skip=np.ones(e),
+            D=np.ones(e),
             out_proj=rng.standard_normal((e, o)) / np.sqrt(max(e, 1)),
             dtype=dtype, strategy=strategy,
         )
@@ -962,7 +995,9 @@ class MambaMixer(_Model):
         Exact over the reals; ``dt_proj`` (the low rank multiplied out) and ``A = exp(A_log)``
         round once (then once more to float32 for a float32 block).
         """
-        return SelectiveMamba(**self._selective_fields(), dtype=self.dtype if dtype is None else dtype,
+        inverse = {v: k for k, v in SelectiveMamba.SPEC_NAMES.items()}
+        fields = {inverse.get(k, k): v for k, v in self._selective_fields().items()}
+        return SelectiveMamba(**fields, dtype=self.dtype if dtype is None else dtype,
                               strategy=self.strategy if strategy is None else strategy)
 
     @classmethod
@@ -984,7 +1019,7 @@ class MambaMixer(_Model):
         return cls(in_proj=np.concatenate([p["x_proj"].T, p["z_proj"].T]),
                    conv_weight=p["conv_kernel"][::-1].T, conv_bias=p["conv_bias"],
                    x_proj=np.concatenate([p["dt_proj"].T, p["b_proj"].T, p["c_proj"].T]),
-                   dt_proj_weight=np.eye(e), dt_proj_bias=p["dt_bias"], A_log=np.log(p["A"]), D=p["d_skip"],
+                   dt_proj_weight=np.eye(e), dt_proj_bias=p["delta_bias"], A_log=np.log(p["A"]), D=p["D"],
                    out_proj=p["out_proj"].T, dtype=model.dtype if dtype is None else dtype,
                    strategy=model.strategy if strategy is None else strategy)
 

@@ -135,10 +135,12 @@ def test_to_spec_round_trips_bit_for_bit(kind, dims):
         if name in ("A", "B", "C", "D") and kind != "selective":
             assert getattr(again.ssm, name) == getattr(spec2.to_spec().ssm, name)
         else:
-            assert getattr(again, name) == getattr(spec2.to_spec(), name)
+            field = getattr(cls, "SPEC_NAMES", {}).get(name, name)  # parameter name -> spec field
+            assert getattr(again, field) == getattr(spec2.to_spec(), field)
     # float32 converts exactly to doubles
     m32 = model.astype(np.float32)
     for name, arr in m32.to_spec().__dict__.items():
+        name = {v: k for k, v in getattr(cls, "SPEC_NAMES", {}).items()}.get(name, name)  # spec -> parameter
         if name in model.parameters():
             np.testing.assert_array_equal(np.array(arr, dtype=np.float64).reshape(m32.parameters()[name].shape),
                                           m32.parameters()[name].astype(np.float64))
@@ -463,3 +465,25 @@ def test_bad_parameters_get_clear_errors():
     p32 = {k: v.astype(np.float32) for k, v in params.items()}
     assert SelectiveMamba(**p32).dtype == np.float32
     assert SelectiveMamba(**dict(p32, A=params["A"])).dtype == np.float64
+
+
+# ============================================================================ deprecated names
+def test_deprecated_names_still_work_and_warn():
+    sm = SelectiveMamba.random(2, 3, 2, 2, 3, seed=0)
+    p = sm.parameters()
+    old = dict(p)
+    old["dt_bias"], old["d_skip"] = old.pop("delta_bias"), old.pop("D")
+    with pytest.warns(DeprecationWarning, match="dt_bias"):
+        again = SelectiveMamba(**old)
+    assert again.fingerprint == sm.fingerprint
+    with pytest.warns(DeprecationWarning, match="delta_bias"):
+        np.testing.assert_array_equal(sm.dt_bias, sm.delta_bias)
+    with pytest.warns(DeprecationWarning, match="use D"):
+        np.testing.assert_array_equal(sm.d_skip, sm.D)
+    with pytest.raises(TypeError, match="given twice"):
+        SelectiveMamba(**p, dt_bias=p["delta_bias"])
+    x = np.random.default_rng(0).standard_normal((1, 4, 2))
+    y, s = sm.forward(x)
+    with pytest.warns(DeprecationWarning, match="initial_state"):
+        y2, _ = sm.forward(x, state=s)
+    np.testing.assert_array_equal(y2, sm.forward(x, initial_state=s)[0])
