@@ -1,16 +1,29 @@
-"""Runtime models: diagonal S4, compact Mamba and selective Mamba, driven like RNNs.
+"""Runtime models: diagonal S4, compact Mamba, selective Mamba and the checkpoint-layout Mamba block.
 
 Each model runs a batch of sequences ``x (batch, length, input_dim)`` (a 2-D
-``(length, input_dim)`` array is one sequence) and returns
-``(y, state)``: the outputs ``(batch, length, output_dim)`` and a
-:class:`~nbssm.state.ModelState` holding everything needed to continue (SSM
-state, convolution history, position). Pass that state back to process the
-next chunk, or call :meth:`step` token by token::
+``(length, input_dim)`` array is one sequence, with 2-D outputs and a batch-1
+state) and returns ``(y, final_state)``: the outputs ``(batch, length,
+output_dim)`` and a :class:`~nbssm.state.ModelState` (the one state type: a
+stack of per-layer SSM states and convolution histories, and per-sequence
+positions). Pass that state back as ``initial_state`` to process the next
+chunk, or call :meth:`step` token by token::
 
     y, state = model.forward(x)                 # whole sequences
     y1, s = model.forward(x[:, :5])             # or in chunks ...
     y2, s = model.forward(x[:, 5:], s)          # ... y1, y2 == y (bitwise, see below)
     yt, s = model.step(x[:, 0], s)              # or one token per sequence: (batch, input_dim)
+    s0 = model.initial_state(batch=2)           # the zero state
+
+Models: :class:`DiagonalS4`, :class:`CompactMamba`, :class:`SelectiveMamba`
+(spec layout, ``[in, out]`` weights, bitwise refinement of the spec) and
+:class:`MambaMixer` (the Mamba-1 block in the checkpoint layout of
+transformers/mamba_ssm, the block :class:`nbssm.lm.MambaLM` is built from;
+``to_spec()``, ``to_selective()``, ``from_selective()``).
+
+Sign of ``A``: :class:`DiagonalS4` and :class:`CompactMamba` hold the per-step
+multiplier ``A`` (``h = A h + B s``); :class:`SelectiveMamba` holds positive
+rates (``exp(-delta A)``, as the spec); :class:`MambaMixer` holds mamba_ssm's
+negative ``A = -exp(A_log)`` (``exp(delta A)``).
 
 Glossary: ``b`` batch, ``l`` length, ``i`` input_dim, ``n`` state_dim,
 ``e`` inner_dim, ``o`` output_dim, ``w`` conv_width. Weights are laid out
@@ -37,8 +50,11 @@ Guarantees
   ``strategy="auto"`` depends only on batch size and channel count (see
   :mod:`nbssm.ops`).
 * **State safety.** A state from another model kind, other dimensions,
-  another dtype or another batch size is rejected with a ``ValueError``
-  naming both sides. Inputs and states passed in are never modified.
+  another dtype, other weights (the fingerprint digests every parameter) or
+  another batch size is rejected with a :class:`~nbssm.state.StateMismatchError`
+  (a ``ValueError``) naming both sides. Inputs and states passed in are never
+  modified. (These bullets are about the spec-layout models; :class:`MambaMixer`
+  projects through BLAS, see its notes.)
 
 Dtypes: a model is float32 or float64 (its parameters' dtype). Inputs of the
 other float dtype raise a ``TypeError`` (convert the input, or the model with

@@ -480,7 +480,7 @@ def test_deprecated_names_still_work_and_warn():
         np.testing.assert_array_equal(sm.dt_bias, sm.delta_bias)
     with pytest.warns(DeprecationWarning, match="use D"):
         np.testing.assert_array_equal(sm.d_skip, sm.D)
-    with pytest.raises(TypeError, match="given twice"):
+    with pytest.raises(TypeError, match="given twice"), pytest.warns(DeprecationWarning):
         SelectiveMamba(**p, dt_bias=p["delta_bias"])
     x = np.random.default_rng(0).standard_normal((1, 4, 2))
     y, s = sm.forward(x)
