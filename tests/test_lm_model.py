@@ -244,3 +244,33 @@ def test_text_prompt_without_tokenizer():
     m = MambaLM.from_pretrained(os.path.join(HERE, "fixtures", "mamba_tiny", "untied"))
     with pytest.raises(ValueError, match="tokenizer"):
         m.generate("hello", 2)
+
+
+def test_deprecated_lm_names_warn_and_still_work(model, tmp_path):
+    import nbssm.lm
+
+    with pytest.warns(DeprecationWarning, match="MambaLMState"):
+        alias = nbssm.lm.MambaLMState
+    assert alias is ModelState
+    with pytest.warns(DeprecationWarning, match="initial_state"):
+        s = model.init_state(2)
+    assert s.fingerprint == model.initial_state(2).fingerprint and s.batch == 2
+    ids = np.array([[1, 2, 3]])
+    _, s1 = model.forward(ids)
+    with pytest.warns(DeprecationWarning, match="initial_state"):
+        a, _ = model.forward(ids, state=s1)
+    np.testing.assert_array_equal(a, model.forward(ids, initial_state=s1)[0])
+    path = tmp_path / "s.npz"
+    s1.save(path)
+    np.testing.assert_array_equal(alias.load(path, model).ssm, s1.ssm)
+
+
+def test_one_dimensional_ids_are_one_sequence(model):
+    ids = np.array([4, 8, 15, 16])
+    logits, s = model.forward(ids)
+    batched, sb = model.forward(ids[None])
+    assert logits.shape == (4, 96) and s.batch == 1
+    np.testing.assert_array_equal(logits, batched[0])
+    np.testing.assert_array_equal(s.ssm, sb.ssm)
+    step, _ = model.step(23, s)
+    assert step.shape == (96,)
