@@ -70,7 +70,8 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -206,7 +207,7 @@ class _Model:
         """The parameters by name (read-only arrays, the model's own)."""
         return {name: getattr(self, name) for name in self._PARAMS}
 
-    def astype(self, dtype) -> "_Model":
+    def astype(self, dtype) -> _Model:
         """The same model with parameters converted to ``dtype`` (float32 or float64)."""
         return type(self)(**self.parameters(), dtype=dtype, strategy=self.strategy)
 
@@ -447,7 +448,7 @@ class DiagonalS4(_DiagonalCore):
                               _to_list(self.in_proj), _to_list(self.out_proj), self._ssm_spec())
 
     @classmethod
-    def from_spec(cls, spec, *, dtype=np.float64, strategy: str = "auto") -> "DiagonalS4":
+    def from_spec(cls, spec, *, dtype=np.float64, strategy: str = "auto") -> DiagonalS4:
         """Build from a ``DiagonalS4Spec`` (exact in float64; rounded once in float32)."""
         i, n, o = spec.input_dim, spec.state_dim, spec.output_dim
         ssm = spec.ssm
@@ -457,7 +458,7 @@ class DiagonalS4(_DiagonalCore):
 
     @classmethod
     def random(cls, input_dim: int, state_dim: int, output_dim: int, *, seed=None, dtype=np.float64,
-               strategy: str = "auto") -> "DiagonalS4":
+               strategy: str = "auto") -> DiagonalS4:
         """A random model: projections ``N(0, 1/fan_in)``, ``A ~ U(0.5, 0.99)``, ``B, C, D ~ N(0, 1)``.
 
         ``seed``: an int, ``None`` or a ``numpy.random.Generator``; values are
@@ -518,7 +519,7 @@ class CompactMamba(_DiagonalCore):
                               _to_list(self.gate_proj), _to_list(self.out_proj), self._ssm_spec())
 
     @classmethod
-    def from_spec(cls, spec, *, dtype=np.float64, strategy: str = "auto") -> "CompactMamba":
+    def from_spec(cls, spec, *, dtype=np.float64, strategy: str = "auto") -> CompactMamba:
         """Build from a ``MambaBlockSpec`` (exact in float64; rounded once in float32)."""
         i, n, o = spec.input_dim, spec.state_dim, spec.output_dim
         ssm = spec.ssm
@@ -528,7 +529,7 @@ class CompactMamba(_DiagonalCore):
 
     @classmethod
     def random(cls, input_dim: int, state_dim: int, output_dim: int, *, seed=None, dtype=np.float64,
-               strategy: str = "auto") -> "CompactMamba":
+               strategy: str = "auto") -> CompactMamba:
         """A random model, as :meth:`DiagonalS4.random` plus ``gate_proj ~ N(0, 1/input_dim)``."""
         i = check_int(input_dim, "input_dim", 0)
         n = check_int(state_dim, "state_dim", 0)
@@ -593,7 +594,7 @@ class SelectiveMamba(_Model):
     _PARAMS = ("x_proj", "z_proj", "conv_kernel", "conv_bias", "dt_proj", "delta_bias", "A",
                "b_proj", "c_proj", "D", "out_proj")
     #: parameter name -> spec field name (``SelectiveMambaBlockSpec``), where they differ
-    SPEC_NAMES = {"delta_bias": "dt_bias", "D": "d_skip"}
+    SPEC_NAMES: ClassVar[dict] = {"delta_bias": "dt_bias", "D": "d_skip"}
 
     def __init__(self, x_proj, z_proj, conv_kernel, conv_bias, dt_proj, delta_bias=None, A=None, b_proj=None,
                  c_proj=None, D=None, out_proj=None, *, dtype=None, strategy: str = "auto",
@@ -692,7 +693,7 @@ class SelectiveMamba(_Model):
         return self.D
 
     @classmethod
-    def from_spec(cls, spec, *, dtype=np.float64, strategy: str = "auto") -> "SelectiveMamba":
+    def from_spec(cls, spec, *, dtype=np.float64, strategy: str = "auto") -> SelectiveMamba:
         """Build from a ``SelectiveMambaBlockSpec`` (exact in float64; rounded once in float32)."""
         shapes = spec.field_shapes()
         names = {k: cls.SPEC_NAMES.get(k, k) for k in cls._PARAMS}
@@ -701,7 +702,7 @@ class SelectiveMamba(_Model):
 
     @classmethod
     def random(cls, input_dim: int, inner_dim: int, state_dim: int, output_dim: int, conv_width: int = 4, *,
-               seed=None, dtype=np.float64, strategy: str = "auto") -> "SelectiveMamba":
+               seed=None, dtype=np.float64, strategy: str = "auto") -> SelectiveMamba:
         """A random model with Mamba-like initialisation.
 
         Projections ``N(0, 1/fan_in)``; convolution taps and bias
@@ -886,7 +887,7 @@ class MambaMixer(_Model):
     @classmethod
     def random(cls, d_model: int, d_inner: int | None = None, d_state: int = 16, d_conv: int = 4,
                dt_rank: int | None = None, seed=0, dtype=np.float32, scale: float = 0.3,
-               strategy: str = "auto") -> "MambaMixer":
+               strategy: str = "auto") -> MambaMixer:
         """Random parameters (seeded) in the regime where every part of the block matters.
 
         Projections ``N(0, scale^2)``, ``A_log ~ U(0, 3)``, delta around 0.1..1, ``D`` around 1;
@@ -965,7 +966,7 @@ class MambaMixer(_Model):
         """
         from .ops import causal_conv1d, selective_scan
 
-        b, l, _ = x.shape
+        b, l = x.shape[:2]
         d = self._dims
         E, N, R = d["d_inner"], d["d_state"], d["dt_rank"]
         if l == 0:
@@ -1005,7 +1006,7 @@ class MambaMixer(_Model):
         p = {k: v.astype(np.float64) for k, v in self.parameters().items()}
         return spec_fields(p, self._dims["d_state"], self._dims["dt_rank"], exp=np.exp)
 
-    def to_selective(self, *, dtype=None, strategy: str | None = None) -> "SelectiveMamba":
+    def to_selective(self, *, dtype=None, strategy: str | None = None) -> SelectiveMamba:
         """The same block as a :class:`SelectiveMamba` (spec layout), fields computed in float64.
 
         Exact over the reals; ``dt_proj`` (the low rank multiplied out) and ``A = exp(A_log)``
@@ -1017,7 +1018,7 @@ class MambaMixer(_Model):
                               strategy=self.strategy if strategy is None else strategy)
 
     @classmethod
-    def from_selective(cls, model: "SelectiveMamba", *, dtype=None, strategy: str | None = None) -> "MambaMixer":
+    def from_selective(cls, model: SelectiveMamba, *, dtype=None, strategy: str | None = None) -> MambaMixer:
         """A :class:`SelectiveMamba` in the checkpoint layout (needs ``input_dim == output_dim``).
 
         ``dt_rank = inner_dim`` with ``dt_proj_weight`` the identity (exact), taps reversed
@@ -1078,5 +1079,14 @@ def warmup() -> None:
         _project(np.zeros((big, big), dtype=dt), np.zeros((big, big), dtype=dt))
 
 
-__all__ = ["DiagonalS4", "CompactMamba", "SelectiveMamba", "MambaMixer", "ModelState", "StateMismatchError",
-           "DIM_NAMES", "spec_fields", "warmup"]
+__all__ = [
+    "DIM_NAMES",
+    "CompactMamba",
+    "DiagonalS4",
+    "MambaMixer",
+    "ModelState",
+    "SelectiveMamba",
+    "StateMismatchError",
+    "spec_fields",
+    "warmup",
+]

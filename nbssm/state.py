@@ -53,7 +53,8 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
-from typing import Any, Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -140,7 +141,7 @@ def check_fingerprint(ours: tuple, theirs: tuple, name: str = "state") -> None:
 
 def _positions(value: Any, batch: int) -> np.ndarray:
     if isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"state positions: expected non-negative integers, got {value!r}")
+        raise TypeError(f"state positions: expected non-negative integers, got {value!r}")
     if isinstance(value, (int, np.integer)):
         value = np.full(batch, int(value), dtype=np.int64)
     arr = np.asarray(value)
@@ -184,7 +185,7 @@ class ModelState:
         Per-layer views ``(ssm (batch, ...), conv (batch, ...) or None)``.
     """
 
-    __slots__ = ("kind", "dims", "dtype", "weights", "ssm", "conv", "positions")
+    __slots__ = ("conv", "dims", "dtype", "kind", "positions", "ssm", "weights")
 
     def __init__(self, kind: str, dims: dict, dtype: Any, ssm: np.ndarray, conv: np.ndarray | None,
                  positions: Any, weights: str = "") -> None:
@@ -201,7 +202,7 @@ class ModelState:
         if self.dtype not in (_F32, _F64):
             raise ValueError(f"state dtype: expected float32 or float64, got {self.dtype}")
         if not isinstance(weights, str):
-            raise ValueError(f"state weights: expected a digest string, got {type(weights).__name__}")
+            raise TypeError(f"state weights: expected a digest string, got {type(weights).__name__}")
         self.weights = weights
         n_layers, ssm_shape, conv_shape = state_layout(kind, self.dims)
         ssm = np.asarray(ssm)
@@ -266,22 +267,22 @@ class ModelState:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def zeros(cls, kind: str, dims: dict, dtype: Any, batch: int, weights: str = "") -> "ModelState":
+    def zeros(cls, kind: str, dims: dict, dtype: Any, batch: int, weights: str = "") -> ModelState:
         """The initial state: zero SSM states, zero histories (left padding), positions 0."""
         n_layers, ssm_shape, conv_shape = state_layout(kind, dims)
         conv = None if conv_shape is None else np.zeros((n_layers, batch) + conv_shape, dtype=dtype)
         return cls(kind, dims, dtype, np.zeros((n_layers, batch) + ssm_shape, dtype=dtype), conv,
                    np.zeros(batch, np.int64), weights)
 
-    def _like(self, ssm, conv, positions) -> "ModelState":
+    def _like(self, ssm, conv, positions) -> ModelState:
         return ModelState(self.kind, self.dims, self.dtype, ssm, conv, positions, self.weights)
 
-    def copy(self) -> "ModelState":
+    def copy(self) -> ModelState:
         """An independent deep copy."""
         conv = None if self.conv is None else self.conv.copy()
         return self._like(self.ssm.copy(), conv, self.positions.copy())
 
-    def select(self, rows) -> "ModelState":
+    def select(self, rows) -> ModelState:
         """The state of some sequences of the batch (a copy), e.g. ``state.select([0, 2])``."""
         rows = np.atleast_1d(np.asarray(rows))
         if rows.dtype.kind not in "iu" or rows.ndim != 1:
@@ -292,7 +293,7 @@ class ModelState:
         return self._like(self.ssm[:, rows].copy(), conv, self.positions[rows].copy())
 
     @staticmethod
-    def concatenate(states: list) -> "ModelState":
+    def concatenate(states: list) -> ModelState:
         """Stack the batches of several states of the same model."""
         states = list(states)
         if not states:
@@ -333,7 +334,7 @@ class ModelState:
         np.savez(path, **arrays)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model: Any = None) -> "ModelState":
+    def load(cls, path: str | os.PathLike, model: Any = None) -> ModelState:
         """Read a state written by :meth:`save`, checking every member before reading its data.
 
         Parameters
@@ -358,7 +359,7 @@ class ModelState:
             zf = zipfile.ZipFile(path)
         except FileNotFoundError:
             raise
-        except Exception as exc:  # BadZipFile, OSError, ...: the file is not a zip
+        except Exception as exc:  # noqa: BLE001 - BadZipFile, OSError, ...: the file is not a zip
             raise StateFileError(f"{where}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
         with zf:
             reader = _Reader(zf, where)
@@ -366,7 +367,7 @@ class ModelState:
                 return reader.state(model)
             except (StateFileError, StateMismatchError):
                 raise
-            except Exception as exc:  # anything the zip or npy layer raises on a damaged member
+            except Exception as exc:  # noqa: BLE001 - whatever the zip or npy layer raises on damage
                 raise StateFileError(f"{where}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
 
 
@@ -450,7 +451,7 @@ class _Reader:
         fp = (kind, tuple(dims.items()), dtype.name, weights)
         if model is not None:
             check_fingerprint(fp, model.fingerprint, self.where)
-        pshape, pdtype = self.header("positions")
+        pshape, _ = self.header("positions")
         if len(pshape) != 1:
             raise self.fail(f"field 'positions': expected shape (batch,), got {pshape}")
         batch = pshape[0]
@@ -472,5 +473,16 @@ class _Reader:
         return state
 
 
-__all__ = ["ModelState", "LayerState", "StateMismatchError", "StateFileError", "FORMAT", "DIM_NAMES",
-           "state_layout", "state_shapes", "check_fingerprint", "weights_digest", "describe_fingerprint"]
+__all__ = [
+    "DIM_NAMES",
+    "FORMAT",
+    "LayerState",
+    "ModelState",
+    "StateFileError",
+    "StateMismatchError",
+    "check_fingerprint",
+    "describe_fingerprint",
+    "state_layout",
+    "state_shapes",
+    "weights_digest",
+]

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 pytest.importorskip("safetensors")
-from safetensors.numpy import load_file  # noqa: E402
+from safetensors.numpy import load_file
+from tolerances import tol
 
-from nbssm.lm import MambaLM, load_checkpoint  # noqa: E402
-from tolerances import tol  # noqa: E402
+from nbssm.lm import MambaLM, load_checkpoint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURE = os.path.join(HERE, "fixtures", "mamba_tiny")

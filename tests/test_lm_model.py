@@ -14,9 +14,10 @@ import pytest
 
 pytest.importorskip("safetensors")
 
-from lm_naive import naive_lm  # noqa: E402
-from nbssm.lm import MambaLM, MambaLMConfig, ModelState, StateMismatchError, sample_next  # noqa: E402
-from tolerances import tol  # noqa: E402
+from lm_naive import naive_lm
+from tolerances import tol
+
+from nbssm.lm import MambaLM, MambaLMConfig, ModelState, StateMismatchError, sample_next
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TIED = os.path.join(HERE, "fixtures", "mamba_tiny", "tied")

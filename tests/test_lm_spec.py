@@ -14,11 +14,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import sympy
-
-from nbssm.models import MambaMixer, spec_fields
 from nbssm.spec.context import DOUBLE, SYMPY
 from nbssm.spec.models import SelectiveMambaBlockSpec
 from tolerances import max_rel_err, tol
+
+from nbssm.models import MambaMixer, spec_fields
 
 
 def _sym_array(name, shape):
@@ -30,7 +30,7 @@ def _sym_array(name, shape):
 
 def _mixer_formula(p, xs, W, R, N):
     """The checkpoint mixer over the reals, token by token (zero left padding, zero state)."""
-    sig = lambda v: 1 / (1 + sympy.exp(-v))  # noqa: E731
+    sig = lambda v: 1 / (1 + sympy.exp(-v))
     E = p["A_log"].shape[0]
     window = [[sympy.Integer(0)] * E for _ in range(W)]  # oldest first
     h = [[sympy.Integer(0)] * N for _ in range(E)]

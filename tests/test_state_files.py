@@ -8,6 +8,7 @@ hand (``zipfile`` and ``numpy.lib.format``), independently of the writer under t
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import tracemalloc
@@ -192,11 +193,19 @@ def _bad_files(tmp_path):
         "lying header: more data than stored": lambda p: _write(p, dict(m, **{"ssm.npy": _lying_npy(state.ssm)})),
     }
     for key in ("format", "kind", "dim_names", "dim_values", "dtype", "weights", "positions", "ssm", "conv"):
-        cases[f"missing {key}"] = (lambda k: lambda p: _write(p, {a: b for a, b in m.items() if a != f"{k}.npy"}))(key)
+        cases[f"missing {key}"] = functools.partial(_without, members=m, key=key)
     raw = path.read_bytes()
     for frac in (0.1, 0.5, 0.9, 0.99):
-        cases[f"truncated at {frac}"] = (lambda c: lambda p: _raw(p, raw[:c]))(int(len(raw) * frac))
+        cases[f"truncated at {frac}"] = functools.partial(_truncated, raw=raw, cut=int(len(raw) * frac))
     return cases
+
+
+def _without(path, members: dict, key: str):
+    return _write(path, {a: b for a, b in members.items() if a != f"{key}.npy"})
+
+
+def _truncated(path, raw: bytes, cut: int):
+    return _raw(path, raw[:cut])
 
 
 def _raw(path, data: bytes):
@@ -258,7 +267,7 @@ def test_object_arrays_are_never_unpickled(tmp_path, monkeypatch):
     """A pickled member is refused from its header; unpickling is never attempted."""
     import pickle
 
-    _, state, path = _good(tmp_path)
+    _, _state_, path = _good(tmp_path)
     m = _members(path)
     bad = _write(tmp_path / "p.npz", dict(m, **{"ssm.npy": _npy(np.array([object()], dtype=object)[:0])}))
 
@@ -283,8 +292,8 @@ def _peak_mib(fn) -> float:
 
 def _add_deflated_zeros(path, name, nbytes, header=True):
     """Append a member of ``nbytes`` zeros, deflated (a few hundred KiB on disk)."""
-    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as zf:
-        with zf.open(name, "w", force_zip64=True) as f:
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as zf, \
+            zf.open(name, "w", force_zip64=True) as f:
             if header:
                 buf = io.BytesIO()
                 np.lib.format.write_array_header_1_0(
@@ -308,7 +317,7 @@ def test_unknown_members_are_never_inflated(tmp_path):
 
 def test_huge_declared_shapes_are_refused_before_reading(tmp_path):
     """A header (or a fingerprint) declaring a huge array is refused without allocating it."""
-    _, state, path = _good(tmp_path)
+    _, _state_, path = _good(tmp_path)
     m = _members(path)
     hdr = io.BytesIO()
     np.lib.format.write_array_header_1_0(hdr, {"descr": "<f8", "fortran_order": False,
@@ -328,7 +337,7 @@ def test_huge_declared_shapes_are_refused_before_reading(tmp_path):
 
 
 def test_a_zip_that_declares_fewer_bytes_than_the_array_needs(tmp_path):
-    _, state, path = _good(tmp_path)
+    _, _state_, path = _good(tmp_path)
     m = _members(path)
     raw = bytearray(_write(tmp_path / "z.npz", m).read_bytes())
     # shrink the declared uncompressed size of ssm.npy in the central directory

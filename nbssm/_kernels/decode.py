@@ -32,9 +32,8 @@ from __future__ import annotations
 import math
 from collections import namedtuple
 
-from ._jit import njit, prange
-
 from .. import _config
+from ._jit import njit, prange
 from .fastmath import exp_, softplus_
 
 _FASTMATH = {"reassoc", "contract"}

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..models import MambaMixer, mixer_param_shapes as param_shapes, spec_fields
+from ..models import MambaMixer, spec_fields
+from ..models import mixer_param_shapes as param_shapes
 
 PARAM_NAMES = MambaMixer._PARAMS
 
-__all__ = ["MambaMixer", "PARAM_NAMES", "param_shapes", "silu", "spec_fields"]
+__all__ = ["PARAM_NAMES", "MambaMixer", "param_shapes", "silu", "spec_fields"]
 
 
 def silu(x: np.ndarray) -> np.ndarray:

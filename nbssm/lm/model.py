@@ -45,16 +45,16 @@ import os
 import threading
 import time
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from ..models import MambaMixer
-from ..state import ModelState, StateMismatchError, weights_digest
+from ..state import ModelState, weights_digest
 from .config import MambaLMConfig
 from .sampling import sample_next
 
-__all__ = ["MambaLM", "Generation", "rms_norm"]
+__all__ = ["Generation", "MambaLM", "rms_norm"]
 
 _STACKED = {
     # stacked name -> checkpoint suffix of each layer's tensor
@@ -91,7 +91,7 @@ class Generation:
     :attr:`tokens_per_second` the decode rate (prefill excluded).
     """
 
-    def __init__(self, model: "MambaLM", logits, state, steps, temperature, top_k, seed, eos_token_id, single):
+    def __init__(self, model: MambaLM, logits, state, steps, temperature, top_k, seed, eos_token_id, single):
         self.model = model
         self.logits = logits
         self.state = state
@@ -106,7 +106,7 @@ class Generation:
         self.decode_seconds = 0.0
         self._it = self._run()
 
-    def __iter__(self) -> "Generation":
+    def __iter__(self) -> Generation:
         return self
 
     def __next__(self):
@@ -216,7 +216,7 @@ class MambaLM:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype=np.float32, tokenizer: bool = True) -> "MambaLM":
+    def from_pretrained(cls, path: str | os.PathLike, dtype=np.float32, tokenizer: bool = True) -> MambaLM:
         """Load a local checkpoint directory (``config.json`` + safetensors, either naming).
 
         Parameters
@@ -244,7 +244,7 @@ class MambaLM:
         return model
 
     @classmethod
-    def random(cls, config: MambaLMConfig | None = None, seed: int = 0, dtype=np.float32, **dims) -> "MambaLM":
+    def random(cls, config: MambaLMConfig | None = None, seed: int = 0, dtype=np.float32, **dims) -> MambaLM:
         """A model with random weights (seeded), e.g. for benchmarks.
 
         ``dims`` (``d_model``, ``n_layer``, ``vocab_size``, ...) build a :class:`MambaLMConfig`

@@ -13,7 +13,7 @@ from ..state import FORMAT, ModelState, StateFileError, StateMismatchError
 
 STATE_FORMAT = FORMAT
 
-__all__ = ["ModelState", "StateFileError", "StateMismatchError", "STATE_FORMAT"]
+__all__ = ["STATE_FORMAT", "ModelState", "StateFileError", "StateMismatchError"]
 
 
 def __getattr__(name: str):
