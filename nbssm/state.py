@@ -339,7 +339,7 @@ class ModelState:
 
         Parameters
         ----------
-        path : str or path-like
+        path : str, path-like or binary file object
             The ``.npz`` file.
         model : model, optional
             Any model with a ``fingerprint`` (``DiagonalS4``, ..., ``MambaLM``); when given,
@@ -354,7 +354,8 @@ class ModelState:
         FileNotFoundError
             No such file.
         """
-        where = f"state file {os.fspath(path)!r}"
+        named = isinstance(path, (str, bytes, os.PathLike))
+        where = f"state file {os.fspath(path)!r}" if named else f"state file {getattr(path, 'name', path)!r}"
         try:
             zf = zipfile.ZipFile(path)
         except FileNotFoundError:

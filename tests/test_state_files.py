@@ -148,6 +148,14 @@ def test_state_of_another_model_names_the_file(tmp_path):
         ModelState.load(path, _model("MambaLM"))
 
 
+def test_file_objects_load_too(tmp_path):
+    model, state, path = _good(tmp_path)
+    with open(path, "rb") as f:
+        np.testing.assert_array_equal(ModelState.load(f, model).ssm, state.ssm)
+    with pytest.raises(StateFileError, match="not a readable"):
+        ModelState.load(io.BytesIO(b"junk"))
+
+
 def test_missing_file_is_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError):
         ModelState.load(tmp_path / "nope.npz")
