@@ -125,8 +125,7 @@ def nbssm_main(args) -> dict:
     t = time.perf_counter()
     model = MambaLM.random(MambaLMConfig(**SHAPE), seed=0)
     res["build_s"] = time.perf_counter() - t
-    res["weights_MB"] = round(sum(a.nbytes for a in model.p.values() if a is not model.p["A_log"]) / 1e6
-                              + (model.embed.nbytes + model.norm_f.nbytes) / 1e6, 1)
+    res["weights_MB"] = round(sum(a.nbytes for a in model.parameters().values()) / 1e6, 1)
     ids = np.random.default_rng(1).integers(0, SHAPE["vocab_size"], (1, args.length))
     model.forward(ids[:, :64], last_only=True)
     ts = []
@@ -136,7 +135,7 @@ def nbssm_main(args) -> dict:
         ts.append(time.perf_counter() - t)
     res["prefill_s"] = _stats(ts)
     for batch in (1, 8):
-        state = model.init_state(batch)
+        state = model.initial_state(batch)
         tok = np.zeros(batch, np.int64)
         for _ in range(8):  # warm-up (compilation, caches)
             logits, state = model.step(tok, state, inplace=True)

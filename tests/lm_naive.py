@@ -1,9 +1,13 @@
 """A slow, independent reference for the Mamba language model (tests only).
 
 Plain numpy, token by token, written from transformers' ``MambaForCausalLM.slow_forward``
-semantics and the checkpoint tensor names, sharing no code with ``nbssm.lm``. Every
-intermediate has its shape in a comment. Used by ``tests/test_lm_*.py`` as the oracle for
-models the committed fixture does not cover (random models, mutations, float64).
+semantics, sharing no code with ``nbssm``. It takes the one parameter layout of
+``nbssm.models.MambaMixer`` (checkpoint orientation): per layer ``in_proj`` (2E, Dm),
+``conv_weight`` (E, W), ``conv_bias`` (E,), ``x_proj`` (R+2N, E), ``dt_proj_weight`` (E, R),
+``dt_proj_bias`` (E,), ``A_log`` (E, N), ``D`` (E,), ``out_proj`` (Dm, E).
+:func:`checkpoint_params` reads that layout from checkpoint tensors. Every intermediate has its
+shape in a comment. Used by ``tests/test_lm_*.py`` as the oracle for models the committed
+fixture does not cover (random models, mutations, float64).
 """
 
 from __future__ import annotations
@@ -20,22 +24,22 @@ def _silu(x):
     return x / (1 + np.exp(-x))
 
 
-def naive_mixer(t: dict, prefix: str, x: np.ndarray, conv_hist=None, ssm=None):
+def naive_mixer(p: dict, x: np.ndarray, conv_hist=None, ssm=None):
     """One mixer over a sequence, token by token.
 
-    t : checkpoint tensors (float64); x : (l, Dm); conv_hist : (W-1, E) oldest first; ssm : (E, N).
-    Returns out (l, Dm), conv_hist, ssm.
+    p : the block's parameters (float64, layout above); x : (l, Dm);
+    conv_hist : (W-1, E) oldest first; ssm : (E, N). Returns out (l, Dm), conv_hist, ssm.
     """
-    w_in = t[prefix + "in_proj.weight"]                 # (2E, Dm)
-    conv_w = t[prefix + "conv1d.weight"][:, 0, :]       # (E, W)
+    w_in = p["in_proj"]                                 # (2E, Dm)
+    conv_w = p["conv_weight"]                           # (E, W)
     E, W = conv_w.shape
-    conv_b = t.get(prefix + "conv1d.bias", np.zeros(E))  # (E,)
-    w_x = t[prefix + "x_proj.weight"]                   # (R+2N, E)
-    w_dt = t[prefix + "dt_proj.weight"]                 # (E, R)
-    b_dt = t[prefix + "dt_proj.bias"]                   # (E,)
-    A = -np.exp(t[prefix + "A_log"])                    # (E, N)
-    Dsk = t[prefix + "D"]                               # (E,)
-    w_out = t[prefix + "out_proj.weight"]               # (Dm, E)
+    conv_b = p["conv_bias"]                             # (E,)
+    w_x = p["x_proj"]                                   # (R+2N, E)
+    w_dt = p["dt_proj_weight"]                          # (E, R)
+    b_dt = p["dt_proj_bias"]                            # (E,)
+    A = -np.exp(p["A_log"])                             # (E, N)
+    Dsk = p["D"]                                        # (E,)
+    w_out = p["out_proj"]                               # (Dm, E)
     N = A.shape[1]
     R = w_dt.shape[1]
     window = np.zeros((W, E)) if conv_hist is None else np.concatenate([conv_hist, np.zeros((1, E))])  # (W, E)
@@ -56,23 +60,41 @@ def naive_mixer(t: dict, prefix: str, x: np.ndarray, conv_hist=None, ssm=None):
     return np.array(outs), window[1:], h
 
 
-def naive_lm(t: dict, n_layer: int, ids: np.ndarray, eps: float, tied: bool, state=None):
-    """Logits (l, V) of one sequence and the final state [(conv_hist, ssm) per layer]."""
-    emb = t["backbone.embeddings.weight"]                # (V, Dm)
-    head = emb if tied else t["lm_head.weight"]          # (V, Dm)
-    hidden = emb[np.asarray(ids)]                        # (l, Dm)
+def naive_lm(lm: dict, ids: np.ndarray, eps: float, state=None):
+    """Logits (l, V) of one sequence and the final state [(conv_hist, ssm) per layer].
+
+    lm : ``embed`` (V, Dm), ``head`` (V, Dm), ``norm_f`` (Dm,), ``layers``: a list of
+    ``(norm_weight (Dm,), mixer parameters)``.
+    """
+    hidden = lm["embed"][np.asarray(ids)]                # (l, Dm)
     new_state = []
-    for i in range(n_layer):
-        p = f"backbone.layers.{i}."
+    for i, (norm_w, p) in enumerate(lm["layers"]):
         var = np.mean(hidden ** 2, axis=-1, keepdims=True)
-        hn = t[p + "norm.weight"] * (hidden / np.sqrt(var + eps))
+        hn = norm_w * (hidden / np.sqrt(var + eps))      # (l, Dm)
         ch, s = (None, None) if state is None else state[i]
-        out, ch, s = naive_mixer(t, p + "mixer.", hn, ch, s)
+        out, ch, s = naive_mixer(p, hn, ch, s)
         hidden = hidden + out
         new_state.append((ch, s))
     var = np.mean(hidden ** 2, axis=-1, keepdims=True)
-    hn = t["backbone.norm_f.weight"] * (hidden / np.sqrt(var + eps))
-    return hn @ head.T, new_state
+    hn = lm["norm_f"] * (hidden / np.sqrt(var + eps))
+    return hn @ lm["head"].T, new_state
+
+
+def checkpoint_params(t: dict, n_layer: int, tied: bool) -> dict:
+    """The :func:`naive_lm` parameters from checkpoint tensors (Hugging Face naming), as float64."""
+    f = {k: np.asarray(v, dtype=np.float64) for k, v in t.items()}
+    layers = []
+    for i in range(n_layer):
+        q = f"backbone.layers.{i}.mixer."
+        E = f[q + "A_log"].shape[0]
+        layers.append((f[f"backbone.layers.{i}.norm.weight"], {
+            "in_proj": f[q + "in_proj.weight"], "conv_weight": f[q + "conv1d.weight"][:, 0, :],
+            "conv_bias": f.get(q + "conv1d.bias", np.zeros(E)), "x_proj": f[q + "x_proj.weight"],
+            "dt_proj_weight": f[q + "dt_proj.weight"], "dt_proj_bias": f[q + "dt_proj.bias"],
+            "A_log": f[q + "A_log"], "D": f[q + "D"], "out_proj": f[q + "out_proj.weight"]}))
+    emb = f["backbone.embeddings.weight"]
+    return {"embed": emb, "head": emb if tied else f["lm_head.weight"], "norm_f": f["backbone.norm_f.weight"],
+            "layers": layers}
 
 
 def load_fixture_tensors(directory: str) -> dict:

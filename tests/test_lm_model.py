@@ -14,9 +14,10 @@ import pytest
 
 pytest.importorskip("safetensors")
 
-from lm_naive import naive_lm  # noqa: E402
-from nbssm.lm import MambaLM, MambaLMConfig, MambaLMState, StateMismatchError, sample_next  # noqa: E402
-from tolerances import tol  # noqa: E402
+from lm_naive import naive_lm
+from tolerances import tol
+
+from nbssm.lm import MambaLM, MambaLMConfig, ModelState, StateMismatchError, sample_next
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TIED = os.path.join(HERE, "fixtures", "mamba_tiny", "tied")
@@ -35,24 +36,12 @@ def _random_model(dtype=np.float32, tie=True, conv_bias=True, d_conv=4, seed=1):
 
 
 def _naive(m: MambaLM, ids):
-    c = m.config
-    t = {"backbone.embeddings.weight": m.embed.astype(np.float64), "backbone.norm_f.weight": m.norm_f.astype(np.float64)}
-    if not c.tie_embeddings:
-        t["lm_head.weight"] = m.head.astype(np.float64)
-    for i in range(c.n_layer):
-        p = f"backbone.layers.{i}."
-        t[p + "norm.weight"] = m.p["norm_w"][i].astype(np.float64)
-        mx = m.layers[i]
-        t[p + "mixer.in_proj.weight"] = mx.in_proj.astype(np.float64)
-        t[p + "mixer.conv1d.weight"] = mx.conv_weight[:, None, :].astype(np.float64)
-        t[p + "mixer.conv1d.bias"] = mx.conv_bias.astype(np.float64)
-        t[p + "mixer.x_proj.weight"] = mx.x_proj.astype(np.float64)
-        t[p + "mixer.dt_proj.weight"] = mx.dt_proj_weight.astype(np.float64)
-        t[p + "mixer.dt_proj.bias"] = mx.dt_proj_bias.astype(np.float64)
-        t[p + "mixer.A_log"] = mx.A_log.astype(np.float64)
-        t[p + "mixer.D"] = mx.D.astype(np.float64)
-        t[p + "mixer.out_proj.weight"] = mx.out_proj.astype(np.float64)
-    return naive_lm(t, c.n_layer, ids, c.norm_eps, c.tie_embeddings)[0]
+    """The oracle on the model's weights (read in the one block layout, as float64)."""
+    f64 = np.float64
+    lm = {"embed": m.embed.astype(f64), "head": m.head.astype(f64), "norm_f": m.norm_f.astype(f64),
+          "layers": [(m.norms[i].astype(f64), {k: v.astype(f64) for k, v in blk.parameters().items()})
+                     for i, blk in enumerate(m.blocks)]}
+    return naive_lm(lm, ids, m.config.norm_eps)[0]
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(tie=False), dict(conv_bias=False), dict(d_conv=2), dict(d_conv=1)])
@@ -64,7 +53,7 @@ def test_random_models_against_naive_reference(kw):
         m = _random_model(dtype, **kw)
         logits, _ = m.forward(ids)
         assert np.max(np.abs(logits - want)) < bound
-        state = m.init_state(1)
+        state = m.initial_state(1)
         for t, tok in enumerate(ids):
             step_logits, state = m.step(tok, state)
             assert step_logits.shape == (50,)
@@ -80,15 +69,15 @@ def test_chunked_prefill_equals_whole(model):
         got = np.concatenate([a, b], axis=1)
         assert np.max(np.abs(got - whole)) < TOL_DP
         assert np.max(np.abs(s.ssm - s_whole.ssm)) < TOL_DP
-        np.testing.assert_array_equal(s.position, s_whole.position)
+        np.testing.assert_array_equal(s.positions, s_whole.positions)
 
 
 def test_decode_is_batch_invariant_bitwise(model):
     """A sequence gets the same bits from the fused decode kernel alone or inside any batch."""
     rng = np.random.default_rng(1)
     ids = rng.integers(0, 96, (5, 6))
-    state = model.init_state(5)
-    alone = [model.init_state(1) for _ in range(5)]
+    state = model.initial_state(5)
+    alone = [model.initial_state(1) for _ in range(5)]
     for t in range(6):
         batched, state = model.step(ids[:, t], state)
         for i in range(5):
@@ -124,7 +113,7 @@ def test_state_is_not_modified_and_copy_is_independent(model):
     np.testing.assert_array_equal(s.ssm, before.ssm)
     np.testing.assert_array_equal(s.conv, before.conv)
     _, s2 = model.step(np.array([3]), s, inplace=True)
-    assert s2 is s and not np.array_equal(s.ssm, before.ssm) and s.position[0] == before.position[0] + 1
+    assert s2 is s and not np.array_equal(s.ssm, before.ssm) and s.positions[0] == before.positions[0] + 1
 
 
 def test_state_save_load_continues_exactly(model, tmp_path):
@@ -133,7 +122,7 @@ def test_state_save_load_continues_exactly(model, tmp_path):
     _, s = model.forward(ids[:, :5])
     path = tmp_path / "state.npz"
     s.save(path)
-    loaded = MambaLMState.load(path, model)
+    loaded = ModelState.load(path, model)
     a, _ = model.forward(ids[:, 5:], s)
     b, _ = model.forward(ids[:, 5:], loaded)
     np.testing.assert_array_equal(a, b)
@@ -141,27 +130,28 @@ def test_state_save_load_continues_exactly(model, tmp_path):
     d, _ = model.step(ids[:, 5], s)
     np.testing.assert_array_equal(c, d)
     with np.load(path, allow_pickle=False) as f:  # a plain npz, nothing pickled
-        assert set(f.files) == {"conv", "ssm", "position", "meta"}
+        assert set(f.files) == {"format", "kind", "dim_names", "dim_values", "dtype", "weights", "positions",
+                                "conv", "ssm"}
 
 
 def test_state_from_another_model_dtype_or_batch_is_rejected(model, tmp_path):
     other = _random_model()
     with pytest.raises(StateMismatchError, match="another model"):
-        model.forward(np.arange(3)[None], other.init_state(1))
+        model.forward(np.arange(3)[None], other.initial_state(1))
     m64 = MambaLM.from_pretrained(TIED, dtype=np.float64)
     with pytest.raises(StateMismatchError, match="dtype"):
-        model.step(np.array([1]), m64.init_state(1))
-    with pytest.raises(StateMismatchError, match="holds 2 sequences, the input has 1"):
-        model.step(np.array([1]), model.init_state(2))
+        model.step(np.array([1]), m64.initial_state(1))
+    with pytest.raises(StateMismatchError, match="holds a batch of 2 sequences, the input has 1"):
+        model.step(np.array([1]), model.initial_state(2))
     # same dimensions, different weights
     untied = MambaLM.from_pretrained(os.path.join(HERE, "fixtures", "mamba_tiny", "untied"))
     path = tmp_path / "s.npz"
-    untied.init_state(1).save(path)
+    untied.initial_state(1).save(path)
     with pytest.raises(StateMismatchError, match="weights"):
-        MambaLMState.load(path, model)
+        ModelState.load(path, model)
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(StateMismatchError, match="not an nbssm MambaLM state"):
-        MambaLMState.load(tmp_path / "junk.npz", model)
+    with pytest.raises(StateMismatchError, match="not a readable .npz"):
+        ModelState.load(tmp_path / "junk.npz", model)
 
 
 def test_bad_inputs(model):
@@ -179,7 +169,7 @@ def test_bad_inputs(model):
     ids.setflags(write=False)
     logits, _ = model.forward(ids)  # read-only input is fine
     empty, s = model.forward(np.zeros((2, 0), np.int64))
-    assert empty.shape == (2, 0, 96) and s.position.tolist() == [0, 0]
+    assert empty.shape == (2, 0, 96) and s.positions.tolist() == [0, 0]
 
 
 def test_sampling_greedy_topk_and_seed():
@@ -220,7 +210,7 @@ def test_generate_streams_and_matches_manual_greedy_loop(model):
         logits, _ = model.forward(np.array(ids))
         ids.append(int(np.argmax(logits[-1])))
     assert got == ids[4:]
-    assert gen.state.position.tolist() == [10]
+    assert gen.state.positions.tolist() == [10] and gen.state.position == 10
     assert gen.tokens_per_second > 0
 
 
@@ -255,3 +245,33 @@ def test_text_prompt_without_tokenizer():
     m = MambaLM.from_pretrained(os.path.join(HERE, "fixtures", "mamba_tiny", "untied"))
     with pytest.raises(ValueError, match="tokenizer"):
         m.generate("hello", 2)
+
+
+def test_deprecated_lm_names_warn_and_still_work(model, tmp_path):
+    import nbssm.lm
+
+    with pytest.warns(DeprecationWarning, match="MambaLMState"):
+        alias = nbssm.lm.MambaLMState
+    assert alias is ModelState
+    with pytest.warns(DeprecationWarning, match="initial_state"):
+        s = model.init_state(2)
+    assert s.fingerprint == model.initial_state(2).fingerprint and s.batch == 2
+    ids = np.array([[1, 2, 3]])
+    _, s1 = model.forward(ids)
+    with pytest.warns(DeprecationWarning, match="initial_state"):
+        a, _ = model.forward(ids, state=s1)
+    np.testing.assert_array_equal(a, model.forward(ids, initial_state=s1)[0])
+    path = tmp_path / "s.npz"
+    s1.save(path)
+    np.testing.assert_array_equal(alias.load(path, model).ssm, s1.ssm)
+
+
+def test_one_dimensional_ids_are_one_sequence(model):
+    ids = np.array([4, 8, 15, 16])
+    logits, s = model.forward(ids)
+    batched, sb = model.forward(ids[None])
+    assert logits.shape == (4, 96) and s.batch == 1
+    np.testing.assert_array_equal(logits, batched[0])
+    np.testing.assert_array_equal(s.ssm, sb.ssm)
+    step, _ = model.step(23, s)
+    assert step.shape == (96,)

@@ -5,7 +5,7 @@
    real-arithmetic formula written below from the checkpoint semantics (transformers'
    ``slow_forward``: x then z rows of in_proj, taps oldest first, low-rank Δ, ``A = -exp(A_log)``,
    ``D·u`` after the C-sum, gate ``silu(z)``).
-2. In floats: ``MambaMixer.forward`` (nbssm.ops kernels, BLAS projections) against the spec's
+2. In floats: ``nbssm.models.MambaMixer.forward`` (nbssm.ops kernels, BLAS projections) against the spec's
    double runner on the converted block, fresh and continued from a carried state.
 """
 
@@ -14,12 +14,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import sympy
-
-from nbssm.lm import MambaMixer
-from nbssm.lm.mixer import spec_fields
 from nbssm.spec.context import DOUBLE, SYMPY
 from nbssm.spec.models import SelectiveMambaBlockSpec
 from tolerances import max_rel_err, tol
+
+from nbssm.models import MambaMixer, spec_fields
 
 
 def _sym_array(name, shape):
@@ -31,7 +30,7 @@ def _sym_array(name, shape):
 
 def _mixer_formula(p, xs, W, R, N):
     """The checkpoint mixer over the reals, token by token (zero left padding, zero state)."""
-    sig = lambda v: 1 / (1 + sympy.exp(-v))  # noqa: E731
+    sig = lambda v: 1 / (1 + sympy.exp(-v))
     E = p["A_log"].shape[0]
     window = [[sympy.Integer(0)] * E for _ in range(W)]  # oldest first
     h = [[sympy.Integer(0)] * N for _ in range(E)]
@@ -110,7 +109,8 @@ def test_mixer_refines_spec_runner(dims, dtype):
     spec = MambaMixer.random(Dm, E, N, W, R, seed=7, dtype=np.float64).to_spec()
     x = rng.normal(0, 1, (2, 9, Dm))
     rtol = tol("lm_mixer_spec_float64" if dtype == np.float64 else "lm_mixer_spec_float32")
-    out, (hist, h) = mixer.forward(x.astype(dtype))
+    out, state = mixer.forward(x.astype(dtype))
+    h = state.ssm[0]
     assert out.dtype == dtype and out.shape == (2, 9, Dm)
     for b in range(2):
         H_spec, ys = _spec_outputs(spec, x[b])
@@ -118,8 +118,9 @@ def test_mixer_refines_spec_runner(dims, dtype):
         assert max_rel_err(h[b], H_spec) < rtol
     # continue from the carried state: the spec's runListAux with the history newest first
     split = 4
-    _, (hist1, h1) = mixer.forward(x[:, :split].astype(dtype))
-    out2, _ = mixer.forward(x[:, split:].astype(dtype), hist1, h1)
+    _, s1 = mixer.forward(x[:, :split].astype(dtype))
+    h1, hist1 = s1.layers[0]
+    out2, _ = mixer.forward(x[:, split:].astype(dtype), s1)
     for b in range(2):
         L0 = [list(map(float, row)) for row in hist1[b][::-1]]
         _, ys = _spec_outputs(spec, x[b, split:], h1[b].astype(np.float64), L0)
@@ -128,10 +129,10 @@ def test_mixer_refines_spec_runner(dims, dtype):
 
 def test_mixer_validates_parameters():
     m = MambaMixer.random(4, 8, 2, 3, 1, seed=0)
-    p = m.params()
-    with pytest.raises(ValueError, match=r"x_proj must have shape \(5, 8\)"):
+    p = m.parameters()
+    with pytest.raises(ValueError, match=r"x_proj: expected shape \(5, 8\)"):
         MambaMixer(**dict(p, x_proj=p["x_proj"][:-1]))
-    with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+    with pytest.raises(TypeError, match="dtype: expected float32 or float64"):
         MambaMixer(**p, dtype=np.int32)
-    with pytest.raises(ValueError, match=r"x must have shape \(batch, length, 4\)"):
+    with pytest.raises(ValueError, match=r"x: expected shape \(batch, length, 4\)"):
         m.forward(np.zeros((1, 3, 5), np.float32))

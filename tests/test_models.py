@@ -13,12 +13,18 @@ import zlib
 import numba
 import numpy as np
 import pytest
-
-from nbssm.models import CompactMamba, DiagonalS4, ModelState, SelectiveMamba
 from nbssm.spec.context import DOUBLE
 from nbssm.spec.models import vec_mat
 from spec_factories import random_compact, random_inputs, random_s4, random_selective
 from tolerances import MODEL_F32_RTOL, MODEL_F64_RTOL, max_rel_err
+
+from nbssm.models import (
+    CompactMamba,
+    DiagonalS4,
+    ModelState,
+    SelectiveMamba,
+    StateMismatchError,
+)
 
 CLASSES = {"s4": DiagonalS4, "compact": CompactMamba, "selective": SelectiveMamba}
 
@@ -78,12 +84,12 @@ def test_float64_refines_spec_run_list(kind, dims):
         assert st.position == length
         for b, (h_ref, y_ref) in enumerate(refs):
             np.testing.assert_array_equal(y[b], y_ref)
-            np.testing.assert_array_equal(st.ssm[b], h_ref)
+            np.testing.assert_array_equal(st.layers[0].ssm[b], h_ref)
         # chunked (parallel in time, small chunks): within the float64 tolerance
         y, st = model.forward(x, strategy="chunked", chunk_length=2)
         for b, (h_ref, y_ref) in enumerate(refs):
             assert max_rel_err(y[b], y_ref) <= MODEL_F64_RTOL
-            assert max_rel_err(st.ssm[b], h_ref) <= MODEL_F64_RTOL
+            assert max_rel_err(st.layers[0].ssm[b], h_ref) <= MODEL_F64_RTOL
 
 
 @pytest.mark.parametrize("kind,dims", [
@@ -103,7 +109,7 @@ def test_float32_refines_spec_within_tolerance(kind, dims):
         for b in range(2):
             h_ref, y_ref = _spec_run(spec, x[b].astype(np.float64).tolist())
             assert max_rel_err(y[b], y_ref) <= MODEL_F32_RTOL
-            assert max_rel_err(st.ssm[b], h_ref) <= MODEL_F32_RTOL
+            assert max_rel_err(st.layers[0].ssm[b], h_ref) <= MODEL_F32_RTOL
 
 
 def test_selective_float32_large_delta_uses_threshold_softplus():
@@ -135,10 +141,12 @@ def test_to_spec_round_trips_bit_for_bit(kind, dims):
         if name in ("A", "B", "C", "D") and kind != "selective":
             assert getattr(again.ssm, name) == getattr(spec2.to_spec().ssm, name)
         else:
-            assert getattr(again, name) == getattr(spec2.to_spec(), name)
+            field = getattr(cls, "SPEC_NAMES", {}).get(name, name)  # parameter name -> spec field
+            assert getattr(again, field) == getattr(spec2.to_spec(), field)
     # float32 converts exactly to doubles
     m32 = model.astype(np.float32)
     for name, arr in m32.to_spec().__dict__.items():
+        name = {v: k for k, v in getattr(cls, "SPEC_NAMES", {}).items()}.get(name, name)  # spec -> parameter
         if name in model.parameters():
             np.testing.assert_array_equal(np.array(arr, dtype=np.float64).reshape(m32.parameters()[name].shape),
                                           m32.parameters()[name].astype(np.float64))
@@ -233,7 +241,7 @@ def test_whole_chunked_and_stepwise_agree_bitwise(kind, dims, dtype):
     for t in range(length):
         yt, s = model.step(x[0, t], s)
         np.testing.assert_array_equal(yt, y[0, t])
-    np.testing.assert_array_equal(s.ssm[0], st.ssm[0])
+    np.testing.assert_array_equal(s.ssm[0, 0], st.ssm[0, 0])
     assert s0.batch == 1
 
 
@@ -258,12 +266,12 @@ def test_selective_continuation_from_a_nonzero_history_matches_run_list_aux():
     y2, s2 = model.forward(x[:, 5:], s)
     # the stored history is the last conv_width - 1 = 2 projected tokens, oldest first
     want = [vec_mat(DOUBLE, x[0, t].tolist(), spec.x_proj, spec.inner_dim) for t in (3, 4)]
-    np.testing.assert_array_equal(s.conv[0], np.array(want))
-    H0 = s.ssm[0].tolist()
-    L0 = s.conv[0][::-1].tolist()  # newest first
+    np.testing.assert_array_equal(s.conv[0, 0], np.array(want))
+    H0 = s.ssm[0, 0].tolist()
+    L0 = s.conv[0, 0][::-1].tolist()  # newest first
     H, ys = spec.run_list_aux(DOUBLE, H0, L0, x[0, 5:].tolist())
     np.testing.assert_array_equal(y2[0], np.array(ys))
-    np.testing.assert_array_equal(s2.ssm[0], np.array(H))
+    np.testing.assert_array_equal(s2.ssm[0, 0], np.array(H))
 
 
 def test_warmup_runs():
@@ -298,7 +306,7 @@ def test_nan_in_one_sequence_stays_in_that_sequence_and_after_its_token(kind, di
     np.testing.assert_array_equal(yn[1], y[1])          # the other sequence: bitwise unchanged
     np.testing.assert_array_equal(yn[0, :3], y[0, :3])  # earlier tokens: bitwise unchanged (causal)
     assert np.isnan(yn[0, 3]).all()
-    assert np.isnan(sn.ssm[0]).any() and not np.isnan(sn.ssm[1]).any()
+    assert np.isnan(sn.ssm[0, 0]).any() and not np.isnan(sn.ssm[0, 1]).any()
 
 
 # ============================================================================ state objects
@@ -322,8 +330,11 @@ def test_state_rejects_other_models_dtypes_and_batches():
     sm = SelectiveMamba.random(3, 4, 2, 2, 3, seed=0)
     with pytest.raises(ValueError, match="belongs to DiagonalS4.*not to SelectiveMamba"):
         sm.forward(x, st)
-    # the same dims/dtype from another instance is accepted (states are per architecture)
-    DiagonalS4.random(3, 4, 2, seed=99).forward(x, st)
+    # the same dims and dtype with other weights: refused too (the fingerprint digests every weight)
+    with pytest.raises(StateMismatchError, match="other weights"):
+        DiagonalS4.random(3, 4, 2, seed=99).forward(x, st)
+    # ... and a copy with the same weights is accepted
+    DiagonalS4(**s4.parameters()).forward(x, st)
 
 
 def test_state_is_not_modified_and_copy_is_independent():
@@ -382,24 +393,24 @@ def test_load_checks_fingerprint_and_rejects_malformed_files(tmp_path):
 
     with pytest.raises(ValueError, match="missing field 'ssm'"):
         ModelState.load(write("a.npz", ssm=None))
-    with pytest.raises(ValueError, match="state conv: expected"):
+    with pytest.raises(ValueError, match="missing field 'conv'"):
         ModelState.load(write("b.npz", conv=None))
-    with pytest.raises(ValueError, match="state ssm: expected a float64 array of shape"):
+    with pytest.raises(ValueError, match="field 'ssm': expected a float64 array of shape"):
         ModelState.load(write("c.npz", ssm=np.zeros((1, 3, 5))))
-    with pytest.raises(ValueError, match="state ssm: expected a float64"):
+    with pytest.raises(ValueError, match="field 'ssm': expected a float64"):
         ModelState.load(write("d.npz", ssm=fields["ssm"].astype(np.float32)))
     with pytest.raises(ValueError, match="format"):
         ModelState.load(write("e.npz", format=np.array("something else")))
     with pytest.raises(ValueError, match="kind"):
         ModelState.load(write("f.npz", kind=np.array("Transformer")))
-    with pytest.raises(ValueError, match="not a readable .npz"):
+    with pytest.raises(ValueError, match="object arrays are never unpickled"):
         ModelState.load(write("g.npz", ssm=np.array([{"a": 1}], dtype=object)))
     garbage = tmp_path / "h.npz"
     garbage.write_bytes(b"not a zip file")
     with pytest.raises(ValueError, match="not a readable .npz"):
         ModelState.load(garbage)
     with pytest.raises(ValueError, match="position"):
-        ModelState.load(write("i.npz", position=np.array(-1)))
+        ModelState.load(write("i.npz", positions=np.array([-1])))
 
 
 # ============================================================================ bad input
@@ -460,3 +471,25 @@ def test_bad_parameters_get_clear_errors():
     p32 = {k: v.astype(np.float32) for k, v in params.items()}
     assert SelectiveMamba(**p32).dtype == np.float32
     assert SelectiveMamba(**dict(p32, A=params["A"])).dtype == np.float64
+
+
+# ============================================================================ deprecated names
+def test_deprecated_names_still_work_and_warn():
+    sm = SelectiveMamba.random(2, 3, 2, 2, 3, seed=0)
+    p = sm.parameters()
+    old = dict(p)
+    old["dt_bias"], old["d_skip"] = old.pop("delta_bias"), old.pop("D")
+    with pytest.warns(DeprecationWarning, match="is deprecated"):
+        again = SelectiveMamba(**old)
+    assert again.fingerprint == sm.fingerprint
+    with pytest.warns(DeprecationWarning, match="delta_bias"):
+        np.testing.assert_array_equal(sm.dt_bias, sm.delta_bias)
+    with pytest.warns(DeprecationWarning, match="use D"):
+        np.testing.assert_array_equal(sm.d_skip, sm.D)
+    with pytest.raises(TypeError, match="given twice"), pytest.warns(DeprecationWarning):
+        SelectiveMamba(**p, dt_bias=p["delta_bias"])
+    x = np.random.default_rng(0).standard_normal((1, 4, 2))
+    y, s = sm.forward(x)
+    with pytest.warns(DeprecationWarning, match="initial_state"):
+        y2, _ = sm.forward(x, state=s)
+    np.testing.assert_array_equal(y2, sm.forward(x, initial_state=s)[0])

@@ -14,6 +14,11 @@ of the batch while the row sits in L1. The dot products may be reassociated by t
 vectorise; the order of a row's sum depends only on the compiled code, never on the thread
 count or the batch size, so a sequence gets the same bits alone or in any batch.
 
+Arguments come as three named tuples, :class:`DecodeWeights` (built once per model),
+:class:`DecodeState` and :class:`DecodeWork`, so the signature does not depend on the number of
+layers and compiles once per dtype. Why decode has its own kernel at all (and prefill does not
+use it) is explained in :mod:`nbssm.lm.model`.
+
 Glossary: ``b`` batch, ``Dm`` d_model, ``E`` d_inner, ``N`` d_state, ``W`` d_conv,
 ``R`` dt_rank, ``V`` vocabulary, ``L`` layers.
 
@@ -25,13 +30,24 @@ document), with the low-rank Δ projection kept and the reference's order of sum
 from __future__ import annotations
 
 import math
-
-from ._jit import njit, prange
+from collections import namedtuple
 
 from .. import _config
+from ._jit import njit, prange
 from .fastmath import exp_, softplus_
 
 _FASTMATH = {"reassoc", "contract"}
+
+#: The model's weights, stacked over layers (read-only arrays, one dtype) and the RMSNorm eps.
+#: embed, head (V, Dm); norm_w (L, Dm); in_proj (L, 2E, Dm); conv_w (L, E, W); conv_b (L, E);
+#: x_proj (L, R+2N, E); dt_w (L, E, R); dt_b (L, E); A (L, E, N) = -exp(A_log); D (L, E);
+#: out_proj (L, Dm, E); norm_f (Dm,); eps float.
+DecodeWeights = namedtuple("DecodeWeights", "embed norm_w in_proj conv_w conv_b x_proj dt_w dt_b A D out_proj "
+                                            "norm_f head eps")
+#: The recurrent state, updated in place: conv (L, b, W-1, E) oldest first; ssm (L, b, E, N).
+DecodeState = namedtuple("DecodeState", "conv ssm")
+#: Work buffers for a batch of b (see :func:`decode_work_shapes`); logits (b, V) is the output.
+DecodeWork = namedtuple("DecodeWork", "logits hidden hn xz u xdbl y part_x part_o")
 
 
 @njit(cache=_config.CACHE, fastmath=_FASTMATH, inline="always")
@@ -66,20 +82,6 @@ def _rmsnorm_rows(x, weight, eps, out):
         scale = x.dtype.type(1.0) / math.sqrt(ss / n + eps)
         for i in range(n):
             out[bb, i] = weight[i] * (x[bb, i] * scale)
-
-
-@njit(cache=_config.CACHE, parallel=True, fastmath=_FASTMATH)
-def matvec_rows(W, X, out, accumulate):
-    """``out[b, j] (+)= W[j, :] · X[b, :]``: rows of ``W`` in parallel. W (M, K), X (b, K), out (b, M)."""
-    m, k = W.shape
-    nb = X.shape[0]
-    for j in prange(m):
-        for bb in range(nb):
-            v = _dot(W[j], X[bb], k)
-            if accumulate:
-                out[bb, j] += v
-            else:
-                out[bb, j] = v
 
 
 #: channels per work chunk of the fused layer step. Chunk boundaries depend only on d_inner,
@@ -171,31 +173,40 @@ def _layer_step(hidden, norm_w, eps, in_proj, conv_w, conv_b, x_proj, dt_w, dt_b
             hidden[bb, j] += acc
 
 
+def decode_work_shapes(batch: int, d_model: int, d_inner: int, d_state: int, dt_rank: int, vocab_size: int) -> dict:
+    """Shapes of the :class:`DecodeWork` buffers for a batch of ``batch`` sequences."""
+    b, n_chunks = batch, -(-d_inner // CHUNK)
+    return {"logits": (b, vocab_size), "hidden": (b, d_model), "hn": (b, d_model), "xz": (b, 2 * d_inner),
+            "u": (b, d_inner), "xdbl": (b, dt_rank + 2 * d_state), "y": (b, d_inner),
+            "part_x": (n_chunks, b, dt_rank + 2 * d_state), "part_o": (n_chunks, b, d_model)}
+
+
 @njit(cache=_config.CACHE, parallel=True, fastmath=_FASTMATH)
-def decode_step(tokens, embed, norm_w, eps, in_proj, conv_w, conv_b, x_proj, dt_w, dt_b, A_neg, Dskip,
-                out_proj, norm_f, head, hist, ssm, logits, hidden, hn, xz, u, xdbl, y, part_x, part_o):
-    """One token for every sequence through the whole model; writes ``logits`` (b, V).
+def decode_step(tokens, weights, state, work):
+    """One token for every sequence through the whole model; writes ``work.logits`` (b, V).
 
     Parameters
     ----------
     tokens : (b,) int64, each in [0, V)
-    embed : (V, Dm); norm_w : (L, Dm); eps : float
-    in_proj : (L, 2E, Dm); conv_w : (L, E, W); conv_b : (L, E); x_proj : (L, R+2N, E)
-    dt_w : (L, E, R); dt_b : (L, E); A_neg : (L, E, N) = -exp(A_log); Dskip : (L, E)
-    out_proj : (L, Dm, E); norm_f : (Dm,); head : (V, Dm)
-    hist : (L, b, W-1, E), ssm : (L, b, E, N): the state, updated in place
-    logits : (b, V) output; hidden, hn : (b, Dm), xz : (b, 2E), u, y : (b, E),
-    xdbl : (b, R+2N), part_x : (ceil(E/CHUNK), b, R+2N), part_o : (ceil(E/CHUNK), b, Dm): work buffers
+    weights : DecodeWeights
+    state : DecodeState
+        Updated in place.
+    work : DecodeWork
+        Work buffers of the batch size (:func:`decode_work_shapes`); ``work.logits`` is the output.
     """
+    w, s, k = weights, state, work
     nb = tokens.shape[0]
-    n_layer = in_proj.shape[0]
+    n_layer = w.in_proj.shape[0]
     for bb in range(nb):
-        hidden[bb, :] = embed[tokens[bb]]
+        k.hidden[bb, :] = w.embed[tokens[bb]]
     for layer in range(n_layer):
-        _layer_step(hidden, norm_w[layer], eps, in_proj[layer], conv_w[layer], conv_b[layer], x_proj[layer],
-                    dt_w[layer], dt_b[layer], A_neg[layer], Dskip[layer], out_proj[layer],
-                    hist[layer], ssm[layer], hn, xz, u, xdbl, y, part_x, part_o)
-    _rmsnorm_rows(hidden, norm_f, eps, hn)
+        _layer_step(k.hidden, w.norm_w[layer], w.eps, w.in_proj[layer], w.conv_w[layer], w.conv_b[layer],
+                    w.x_proj[layer], w.dt_w[layer], w.dt_b[layer], w.A[layer], w.D[layer], w.out_proj[layer],
+                    s.conv[layer], s.ssm[layer], k.hn, k.xz, k.u, k.xdbl, k.y, k.part_x, k.part_o)
+    _rmsnorm_rows(k.hidden, w.norm_f, w.eps, k.hn)
+    head = w.head
+    hn = k.hn
+    logits = k.logits
     n_vocab = head.shape[0]
     dm = head.shape[1]
     for j in prange(n_vocab):

@@ -1,37 +1,63 @@
-"""``MambaLM``: a Mamba-1 language model for CPU inference from numpy.
+"""``MambaLM``: a Mamba-1 language model for CPU inference from numpy, built on the model layer.
 
-Embedding -> ``n_layer`` x (RMSNorm -> mixer -> residual add) -> RMSNorm -> LM head (tied to
-the embedding or not, as the config says), as in transformers' ``MambaForCausalLM`` and
-``mamba_ssm``'s ``MambaLMHeadModel``.
+Embedding -> ``n_layer`` x (RMSNorm -> :class:`~nbssm.models.MambaMixer` -> residual add) ->
+RMSNorm -> LM head (tied to the embedding or not, as the config says), as in transformers'
+``MambaForCausalLM`` and ``mamba_ssm``'s ``MambaLMHeadModel``. The blocks are model-layer
+:class:`~nbssm.models.MambaMixer` objects (checkpoint layout, ``to_spec()``), holding read-only
+views of the model's layer-stacked weights; the state is the one
+:class:`~nbssm.state.ModelState` (a stack of per-layer states, fingerprinted with a digest of
+every weight).
 
-Two paths run the same model:
+Why two paths run the same model (prefill and decode)
+-----------------------------------------------------
+This is the one place the split is explained; the code elsewhere points here.
 
-- :meth:`MambaLM.forward` (prefill, any length): numpy matrix products (BLAS) for the
-  projections and :mod:`nbssm.ops` (``causal_conv1d``, ``selective_scan``) for the sequence
-  kernels;
-- :meth:`MambaLM.step` (decode, one token per sequence): one fused Numba kernel for the whole
-  model (:mod:`nbssm._kernels.decode`).
+- :meth:`MambaLM.forward` (prefill, any length) calls each block's
+  :meth:`~nbssm.models.MambaMixer.mix`: the projections are numpy matrix products (BLAS) over
+  all ``batch x length`` rows at once, and the sequence kernels are :mod:`nbssm.ops`
+  (``causal_conv1d``, ``selective_scan``). A long prompt is compute bound and a blocked BLAS
+  GEMM is the fastest way to do its projections; the ops kernels are parallel over channels.
+- :meth:`MambaLM.step` (decode, one token per sequence) is one fused Numba kernel for the
+  whole model (:mod:`nbssm._kernels.decode`). A single token is memory-bandwidth bound (every
+  weight is read once per token) and dominated by per-call overhead: going through numpy and
+  the ops for each of the ~10 operations of 24 layers costs more than the arithmetic. The
+  kernel streams each weight row once in its checkpoint ``[out, in]`` layout, allocates
+  nothing per token and is bitwise batch-invariant (a sequence gets the same bits alone or in
+  any batch).
 
-They agree within rounding (the projections sum in different orders); see
-``tests/test_lm_model.py`` for the tolerances.
+They agree within rounding (the projections sum in different orders); the tolerances are in
+``tests/tolerances.py`` and the checks in ``tests/test_lm_model.py`` and
+``tests/test_lm_fixture.py``.
+
+Input shapes: token ids are ``(batch, length)``; a 1-D array of ids is one sequence (its
+logits come back as ``(length, vocab)`` and its state has batch 1). :meth:`MambaLM.step` takes
+``(batch,)`` ids, or one int for one sequence.
+
+Threads: one model may be used from several Python threads at once. Decode work buffers are
+kept per thread (and per batch size), the prefill scratch is per thread, weights are
+read-only, and every call returns new arrays; a state is not shared unless the caller shares
+it (``step(..., inplace=True)`` writes the state it is given).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
+import threading
 import time
-from typing import Sequence
+import warnings
+from collections.abc import Sequence
 
 import numpy as np
 
+from ..models import MambaMixer
+from ..state import ModelState, weights_digest
 from .config import MambaLMConfig
-from .mixer import MambaMixer
 from .sampling import sample_next
-from .state import MambaLMState, StateMismatchError
+
+__all__ = ["Generation", "MambaLM", "rms_norm"]
 
 _STACKED = {
-    # stacked name -> (checkpoint suffix, per-layer shape function)
+    # stacked name -> checkpoint suffix of each layer's tensor
     "norm_w": "norm.weight",
     "in_proj": "mixer.in_proj.weight",
     "conv_w": "mixer.conv1d.weight",
@@ -40,15 +66,20 @@ _STACKED = {
     "dt_w": "mixer.dt_proj.weight",
     "dt_b": "mixer.dt_proj.bias",
     "A_log": "mixer.A_log",
-    "Dskip": "mixer.D",
+    "D": "mixer.D",
     "out_proj": "mixer.out_proj.weight",
 }
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    """``weight * (x / sqrt(mean(x², -1) + eps))`` over the last axis (a new array)."""
+    """``weight * (x / sqrt(mean(x**2, -1) + eps))`` over the last axis (a new array)."""
     r = 1.0 / np.sqrt(np.mean(np.square(x), axis=-1, keepdims=True) + x.dtype.type(eps))
     return weight * (x * r.astype(x.dtype, copy=False))
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
 
 
 class Generation:
@@ -60,7 +91,7 @@ class Generation:
     :attr:`tokens_per_second` the decode rate (prefill excluded).
     """
 
-    def __init__(self, model: "MambaLM", logits, state, steps, temperature, top_k, seed, eos_token_id, single):
+    def __init__(self, model: MambaLM, logits, state, steps, temperature, top_k, seed, eos_token_id, single):
         self.model = model
         self.logits = logits
         self.state = state
@@ -75,7 +106,7 @@ class Generation:
         self.decode_seconds = 0.0
         self._it = self._run()
 
-    def __iter__(self) -> "Generation":
+    def __iter__(self) -> Generation:
         return self
 
     def __next__(self):
@@ -108,27 +139,35 @@ class MambaLM:
     ----------
     config : MambaLMConfig
     tensors : dict
-        Checkpoint tensors in the Hugging Face naming (see :mod:`nbssm.lm.loading`), already
-        checked; they are copied into stacked per-layer arrays of ``dtype``.
+        Checkpoint tensors in the Hugging Face naming (see :mod:`nbssm.lm.loading`), checked
+        against ``config``; they are copied into read-only layer-stacked arrays of ``dtype``.
     dtype : {numpy.float32, numpy.float64}
 
     Attributes
     ----------
     config : MambaLMConfig
     dtype : numpy.dtype
+    blocks : tuple of MambaMixer
+        The layers' mixers; their parameters are read-only views of the stacked weights.
     layers : list of MambaMixer
-        The mixers; their parameter arrays are views into the model's stacked arrays.
+        The same blocks, as a list.
+    norms : (L, Dm)
+        The layers' RMSNorm weights.
     embed : (V, Dm); head : (V, Dm) (the same array as ``embed`` when tied); norm_f : (Dm,)
+    fingerprint : tuple
+        ``("MambaLM", dims, dtype, weights digest)``: what a state must carry to be used here.
 
     Notes
     -----
-    Not thread-safe: decode work buffers are kept per batch size on the instance.
+    Prefill and decode paths, thread safety, input shapes: see :mod:`nbssm.lm.model`.
     """
+
+    kind = "MambaLM"
 
     def __init__(self, config: MambaLMConfig, tensors: dict, dtype=np.float32) -> None:
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float64):
-            raise TypeError(f"MambaLM: dtype must be float32 or float64, got {dtype}")
+            raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
         self.config = config
         self.dtype = dtype
         c = config
@@ -137,52 +176,47 @@ class MambaLM:
         tensors = check_tensors(tensors, config, "MambaLM")
 
         def arr(x):
-            return np.array(x, dtype=dtype, order="C")
+            return _readonly(np.array(x, dtype=dtype, order="C"))
 
         self.embed = arr(tensors["backbone.embeddings.weight"])               # (V, Dm)
         self.norm_f = arr(tensors["backbone.norm_f.weight"])                   # (Dm,)
         self.head = self.embed if c.tie_embeddings else arr(tensors["lm_head.weight"])  # (V, Dm)
         L = c.n_layer
-        self.p = {}
+        p = {}
         for key, suffix in _STACKED.items():
-            names = [f"backbone.layers.{i}.{suffix}" for i in range(L)]
             if key == "conv_b" and not c.conv_bias:
-                self.p[key] = np.zeros((L, c.d_inner), dtype)
+                p[key] = _readonly(np.zeros((L, c.d_inner), dtype))
                 continue
-            stacked = np.stack([np.asarray(tensors[n]) for n in names]).astype(dtype)
+            stacked = np.stack([np.asarray(tensors[f"backbone.layers.{i}.{suffix}"]) for i in range(L)])
             if key == "conv_w":
                 stacked = stacked[:, :, 0, :]                                  # (L, E, W)
-            self.p[key] = np.ascontiguousarray(stacked)
-        self.p["A_neg"] = np.ascontiguousarray(-np.exp(self.p["A_log"]))       # (L, E, N)
+            p[key] = _readonly(np.ascontiguousarray(stacked, dtype=dtype))
         self.eps = float(c.norm_eps)
-        self.layers = [self._mixer_view(i) for i in range(L)]
-        self._fingerprint = self._make_fingerprint()
-        self._work: dict[int, tuple] = {}
+        self._stacked = p
+        self.norms = p["norm_w"]
+        self.blocks = tuple(
+            MambaMixer(in_proj=p["in_proj"][i], conv_weight=p["conv_w"][i], conv_bias=p["conv_b"][i],
+                       x_proj=p["x_proj"][i], dt_proj_weight=p["dt_w"][i], dt_proj_bias=p["dt_b"][i],
+                       A_log=p["A_log"][i], D=p["D"][i], out_proj=p["out_proj"][i], dtype=dtype, copy=False)
+            for i in range(L))
+        A = _readonly(np.ascontiguousarray(np.stack([blk.A for blk in self.blocks])))  # (L, E, N)
+        from .._kernels.decode import DecodeWeights
+
+        self._decode_weights = DecodeWeights(self.embed, p["norm_w"], p["in_proj"], p["conv_w"], p["conv_b"],
+                                             p["x_proj"], p["dt_w"], p["dt_b"], A, p["D"], p["out_proj"],
+                                             self.norm_f, self.head, self.eps)
+        self._local = threading.local()
+        self._digest: str | None = None
         self.tokenizer = None
 
-    def _mixer_view(self, i: int) -> MambaMixer:
-        m = MambaMixer.__new__(MambaMixer)
-        c = self.config
-        m.d_model, m.d_inner, m.d_state, m.d_conv, m.dt_rank = c.d_model, c.d_inner, c.d_state, c.d_conv, c.dt_rank
-        m.dtype = self.dtype
-        p = self.p
-        m.in_proj, m.conv_weight, m.conv_bias = p["in_proj"][i], p["conv_w"][i], p["conv_b"][i]
-        m.x_proj, m.dt_proj_weight, m.dt_proj_bias = p["x_proj"][i], p["dt_w"][i], p["dt_b"][i]
-        m.A_log, m.D, m.out_proj, m.A_neg = p["A_log"][i], p["Dskip"][i], p["out_proj"][i], p["A_neg"][i]
-        return m
-
-    def _make_fingerprint(self) -> dict:
-        h = hashlib.sha256()
-        for a in (self.norm_f, self.p["norm_w"], self.p["A_log"], self.p["Dskip"], self.p["dt_b"], self.embed[:4], self.head[:4]):
-            h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
-        fp = self.config.dims()
-        fp["dtype"] = self.dtype.name
-        fp["weights"] = h.hexdigest()[:16]
-        return fp
+    @property
+    def layers(self) -> list:
+        """The blocks (:class:`~nbssm.models.MambaMixer`), as a list."""
+        return list(self.blocks)
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype=np.float32, tokenizer: bool = True) -> "MambaLM":
+    def from_pretrained(cls, path: str | os.PathLike, dtype=np.float32, tokenizer: bool = True) -> MambaLM:
         """Load a local checkpoint directory (``config.json`` + safetensors, either naming).
 
         Parameters
@@ -210,7 +244,7 @@ class MambaLM:
         return model
 
     @classmethod
-    def random(cls, config: MambaLMConfig | None = None, seed: int = 0, dtype=np.float32, **dims) -> "MambaLM":
+    def random(cls, config: MambaLMConfig | None = None, seed: int = 0, dtype=np.float32, **dims) -> MambaLM:
         """A model with random weights (seeded), e.g. for benchmarks.
 
         ``dims`` (``d_model``, ``n_layer``, ``vocab_size``, ...) build a :class:`MambaLMConfig`
@@ -249,29 +283,47 @@ class MambaLM:
         return cls(config, t, dtype)
 
     # ------------------------------------------------------------------ state
-    def init_state(self, batch: int = 1) -> MambaLMState:
-        """A fresh (all-zero) state for ``batch`` sequences."""
-        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 0:
-            raise ValueError(f"MambaLM.init_state: batch must be an integer >= 0, got {batch!r}")
-        c = self.config
-        return MambaLMState(np.zeros((c.n_layer, batch, c.d_conv - 1, c.d_inner), self.dtype),
-                            np.zeros((c.n_layer, batch, c.d_inner, c.d_state), self.dtype),
-                            np.zeros(batch, np.int64), self._fingerprint)
+    def parameters(self) -> dict:
+        """Every weight array by name (read-only, the model's own; ``lm_head`` only when untied).
+
+        Layer weights are stacked over layers, named by their checkpoint suffix
+        (``norm.weight`` (L, Dm), ``mixer.in_proj.weight`` (L, 2E, Dm), ``mixer.conv1d.weight``
+        (L, E, W), ...).
+        """
+        out = {"backbone.embeddings.weight": self.embed, "backbone.norm_f.weight": self.norm_f}
+        if not self.config.tie_embeddings:
+            out["lm_head.weight"] = self.head
+        out.update({suffix: self._stacked[key] for key, suffix in _STACKED.items()})
+        return out
 
     @property
-    def fingerprint(self) -> dict:
-        return dict(self._fingerprint)
+    def fingerprint(self) -> tuple:
+        """``("MambaLM", ((dim, size), ...), dtype name, digest of every weight)`` (computed once)."""
+        if self._digest is None:
+            self._digest = weights_digest(self.parameters().values())
+        return (self.kind, tuple(self.config.dims().items()), self.dtype.name, self._digest)
 
-    def check_state(self, state: MambaLMState, batch: int | None = None, argument: str = "state") -> None:
+    def initial_state(self, batch: int = 1) -> ModelState:
+        """A fresh (all-zero) state for ``batch`` sequences."""
+        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 0:
+            raise ValueError(f"batch: expected an integer >= 0, got {batch!r}")
+        return ModelState.zeros(self.kind, self.config.dims(), self.dtype, int(batch), self.fingerprint[3])
+
+    def init_state(self, batch: int = 1) -> ModelState:
+        """Deprecated name of :meth:`initial_state`."""
+        warnings.warn("MambaLM.init_state is deprecated; use initial_state", DeprecationWarning, stacklevel=2)
+        return self.initial_state(batch)
+
+    def load_state(self, path: str | os.PathLike) -> ModelState:
+        """:meth:`ModelState.load` with this model's fingerprint checked."""
+        return ModelState.load(path, model=self)
+
+    def check_state(self, state: ModelState, batch: int | None = None, argument: str = "state") -> None:
         """Raise :class:`StateMismatchError` unless ``state`` belongs to this model (and batch)."""
-        if not isinstance(state, MambaLMState):
-            raise TypeError(f"{argument} must be a MambaLMState, got {type(state).__name__}")
-        if state.fingerprint != self._fingerprint:
-            diff = {k: (state.fingerprint.get(k), v) for k, v in self._fingerprint.items() if state.fingerprint.get(k) != v}
-            raise StateMismatchError(f"{argument} belongs to another model or dtype: (state, model) differ in {diff}")
-        state._check_arrays(argument)
-        if batch is not None and state.batch != batch:
-            raise StateMismatchError(f"{argument} holds {state.batch} sequences, the input has {batch}")
+        if not isinstance(state, ModelState):
+            raise TypeError(f"{argument}: expected a ModelState (from MambaLM.initial_state or forward), "
+                            f"got {type(state).__name__}")
+        state.check(self.fingerprint, batch, argument)
 
     # ------------------------------------------------------------------ inputs
     def _ids(self, input_ids, argument: str = "input_ids") -> np.ndarray:
@@ -287,25 +339,31 @@ class MambaLM:
         return ids.astype(np.int64, copy=False)
 
     # ------------------------------------------------------------------ running
-    def forward(self, input_ids, state: MambaLMState | None = None, last_only: bool = False):
-        """Run sequences (prefill), continuing from ``state`` (a fresh state when None).
+    def forward(self, input_ids, initial_state: ModelState | None = None, last_only: bool = False, *,
+                state: ModelState | None = None):
+        """Run sequences (prefill), continuing from ``initial_state`` (a fresh state when None).
 
         Parameters
         ----------
         input_ids : (b, l) or (l,) integer array
             Token ids in [0, V). A 1-D input is one sequence.
-        state : MambaLMState, optional
+        initial_state : ModelState, optional
             Not modified. Its batch must equal ``b``.
         last_only : bool
             Compute the logits of the last position only (what generation needs; the LM head
             dominates the cost of a long prefill otherwise).
+        state : ModelState, optional
+            Deprecated name of ``initial_state``.
 
         Returns
         -------
         logits : (b, l, V), (b, 1, V) with ``last_only`` ((l, V) / (1, V) for a 1-D input)
-        state : MambaLMState
+        final_state : ModelState
             A new state after the input.
         """
+        if state is not None:
+            warnings.warn("forward(state=...) is deprecated; use initial_state=", DeprecationWarning, stacklevel=2)
+            initial_state = state
         ids = self._ids(input_ids)
         single = ids.ndim == 1
         if single:
@@ -313,61 +371,62 @@ class MambaLM:
         if ids.ndim != 2:
             raise ValueError(f"input_ids must have shape (batch, length) or (length,), got {ids.shape}")
         b, l = ids.shape
-        if state is None:
-            state = self.init_state(b)
+        if initial_state is None:
+            st = self.initial_state(b)
         else:
-            self.check_state(state, b)
-        new = state.copy()
+            self.check_state(initial_state, b, "initial_state")
+            st = initial_state
         V = self.config.vocab_size
         if l == 0:
             logits = np.zeros((b, 0, V), self.dtype)
-            return (logits[0] if single else logits), new
+            return (logits[0] if single else logits), st.copy()
+        conv = np.empty_like(st.conv)
+        ssm = np.empty_like(st.ssm)
         hidden = self.embed[ids]                                               # (b, l, Dm)
-        for i, mixer in enumerate(self.layers):
-            hn = rms_norm(hidden, self.p["norm_w"][i], self.eps)               # (b, l, Dm)
-            out, (hist, h) = mixer.forward(hn, state.conv[i], state.ssm[i])     # (b, l, Dm)
+        for i, block in enumerate(self.blocks):
+            hn = rms_norm(hidden, self.norms[i], self.eps)                     # (b, l, Dm)
+            out, conv[i], ssm[i] = block.mix(hn, st.conv[i], st.ssm[i])         # (b, l, Dm)
             hidden += out
-            new.conv[i] = hist
-            new.ssm[i] = h
         if last_only:
             hidden = hidden[:, -1:]
         hn = rms_norm(hidden, self.norm_f, self.eps)
         logits = hn @ self.head.T                                              # (b, l, V)
-        new.position += l
+        new = ModelState(self.kind, st.dims, self.dtype, ssm, conv, st.positions + l, st.weights)
         return (logits[0] if single else logits), new
 
     __call__ = forward
 
-    def _buffers(self, b: int) -> tuple:
-        work = self._work.get(b)
+    def _work(self, b: int):
+        """This thread's decode work buffers for batch ``b`` (kept, one set per batch size)."""
+        cache = getattr(self._local, "work", None)
+        if cache is None:
+            cache = self._local.work = {}
+        work = cache.get(b)
         if work is None:
-            c, dt = self.config, self.dtype
-            from nbssm._kernels.decode import CHUNK
+            from .._kernels.decode import DecodeWork, decode_work_shapes
 
-            n_chunks = -(-c.d_inner // CHUNK)
-            work = (np.empty((b, c.vocab_size), dt), np.empty((b, c.d_model), dt), np.empty((b, c.d_model), dt),
-                    np.empty((b, 2 * c.d_inner), dt), np.empty((b, c.d_inner), dt),
-                    np.empty((b, c.dt_rank + 2 * c.d_state), dt), np.empty((b, c.d_inner), dt),
-                    np.empty((n_chunks, b, c.dt_rank + 2 * c.d_state), dt), np.empty((n_chunks, b, c.d_model), dt))
-            self._work[b] = work
+            c = self.config
+            shapes = decode_work_shapes(b, c.d_model, c.d_inner, c.d_state, c.dt_rank, c.vocab_size)
+            work = DecodeWork(**{k: np.empty(v, self.dtype) for k, v in shapes.items()})
+            cache[b] = work
         return work
 
-    def step(self, token_ids, state: MambaLMState | None = None, inplace: bool = False):
+    def step(self, token_ids, state: ModelState | None = None, inplace: bool = False):
         """Advance every sequence by one token (decode) with the fused kernel.
 
         Parameters
         ----------
         token_ids : (b,) integer array (or an int: one sequence)
-        state : MambaLMState, optional
+        state : ModelState, optional
             Batch ``b``. Not modified unless ``inplace`` (then it is updated and returned).
         inplace : bool
 
         Returns
         -------
         logits : (b, V) new array ((V,) for an int token)
-        state : MambaLMState
+        state : ModelState
         """
-        from nbssm._kernels.decode import decode_step
+        from .._kernels.decode import DecodeState, decode_step
 
         ids = self._ids(token_ids, "token_ids")
         single = ids.ndim == 0
@@ -376,27 +435,24 @@ class MambaLM:
             raise ValueError(f"token_ids must have shape (batch,), got {ids.shape}")
         b = ids.shape[0]
         if state is None:
-            state = self.init_state(b)
+            state = self.initial_state(b)
         else:
             self.check_state(state, b)
             if not inplace:
                 state = state.copy()
         if b == 0:
             return np.zeros((0, self.config.vocab_size), self.dtype), state
-        if not (state.conv.flags.c_contiguous and state.ssm.flags.c_contiguous and state.conv.flags.writeable
-                and state.ssm.flags.writeable):
-            state.conv = np.ascontiguousarray(state.conv).copy() if not state.conv.flags.writeable else np.ascontiguousarray(state.conv)
-            state.ssm = np.ascontiguousarray(state.ssm).copy() if not state.ssm.flags.writeable else np.ascontiguousarray(state.ssm)
-        p = self.p
-        logits, hidden, hn, xz, u, xdbl, y, part_x, part_o = self._buffers(b)
-        decode_step(np.ascontiguousarray(ids), self.embed, p["norm_w"], self.eps, p["in_proj"], p["conv_w"],
-                    p["conv_b"], p["x_proj"], p["dt_w"], p["dt_b"], p["A_neg"], p["Dskip"], p["out_proj"],
-                    self.norm_f, self.head, state.conv, state.ssm, logits, hidden, hn, xz, u, xdbl, y, part_x, part_o)
-        state.position += 1
-        out = logits.copy()
+        for name in ("conv", "ssm"):
+            a = getattr(state, name)
+            if not (a.flags.c_contiguous and a.flags.writeable):
+                setattr(state, name, np.array(a, order="C"))
+        work = self._work(b)
+        decode_step(np.ascontiguousarray(ids), self._decode_weights, DecodeState(state.conv, state.ssm), work)
+        state.positions += 1
+        out = work.logits.copy()
         return (out[0] if single else out), state
 
-    def prefill(self, prompts: Sequence, state: MambaLMState | None = None):
+    def prefill(self, prompts: Sequence, state: ModelState | None = None):
         """Run prompts of possibly different lengths, then stack their states for batched decode.
 
         Prompts of different lengths are each run alone (so each row is bitwise what running it
@@ -407,12 +463,12 @@ class MambaLM:
         Parameters
         ----------
         prompts : sequence of 1-D integer arrays (or a (b, l) array), each non-empty
-        state : MambaLMState, optional (batch ``len(prompts)``)
+        state : ModelState, optional (batch ``len(prompts)``)
 
         Returns
         -------
         last_logits : (b, V) the logits after each prompt's last token
-        state : MambaLMState (batch b)
+        state : ModelState (batch b)
         """
         if isinstance(prompts, np.ndarray) and prompts.ndim == 2:
             prompts = list(prompts)
@@ -435,11 +491,11 @@ class MambaLM:
             logits, s = self.forward(p[None], s, last_only=True)
             outs.append(logits[0, -1])
             states.append(s)
-        return np.stack(outs), MambaLMState.concatenate(states)
+        return np.stack(outs), ModelState.concatenate(states)
 
     def generate(self, prompt, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int | None = None,
                  seed: int | None = None, eos_token_id: int | None = None,
-                 state: MambaLMState | None = None) -> Generation:
+                 state: ModelState | None = None) -> Generation:
         """Generate tokens after a prompt (or a batch of prompts of any lengths), streaming.
 
         Parameters
@@ -452,7 +508,7 @@ class MambaLM:
         eos_token_id : int, optional
             A sequence that emits it is finished (it keeps reporting it); generation stops when
             every sequence is finished.
-        state : MambaLMState, optional
+        state : ModelState, optional
             Continue from this state (not modified).
 
         Returns
