@@ -656,8 +656,8 @@ class SelectiveMamba(_Model):
             y = np.zeros((b, 0, e), dtype=self.dtype)
             hist, hT = conv0.copy(), ssm0.copy()
         else:
-            u, hist = causal_conv1d(p, self._conv_weight, self.conv_bias, history=conv0,
-                                    return_history=True, activation="silu")  # (b, l, e), (b, w-1, e)
+            u, hist = causal_conv1d(p, self._conv_weight, self.conv_bias, initial_state=conv0,
+                                    return_final_state=True, activation="silu")  # (b, l, e), (b, w-1, e)
             udbc = _project(u, self._u_proj)                         # (b, l, e + 2n)
             dt_pre = udbc[..., :e]                                   # (b, l, e)
             Bt, Ct = udbc[..., e:e + n], udbc[..., e + n:]           # (b, l, n) each
@@ -974,8 +974,8 @@ class MambaMixer(_Model):
         x_in, z, dt = _workspace(b, l, E, self.dtype)                          # reused buffers
         np.matmul(x, self.in_proj[:E].T, out=x_in)                            # (b, l, E)
         np.matmul(x, self.in_proj[E:].T, out=z)                               # (b, l, E)
-        u, hist = causal_conv1d(x_in, self.conv_weight, self.conv_bias, history=conv_history,
-                                return_history=True, activation="silu")     # (b, l, E), (b, W-1, E)
+        u, hist = causal_conv1d(x_in, self.conv_weight, self.conv_bias, initial_state=conv_history,
+                                return_final_state=True, activation="silu")     # (b, l, E), (b, W-1, E)
         xdbl = u @ self.x_proj.T                                              # (b, l, R+2N)
         np.matmul(xdbl[..., :R], self.dt_proj_weight.T, out=dt)               # (b, l, E)
         B = np.ascontiguousarray(xdbl[..., R:R + N])                          # (b, l, N)
