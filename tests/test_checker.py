@@ -7,6 +7,7 @@ unknown, and the DAG utilities agree with sympy's own (slow) operations.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from pathlib import Path
@@ -343,3 +344,97 @@ def test_ledger_lists_every_check_and_only_real_tests():
         path = tests_dir / file
         assert path.exists(), f"ledger cites a missing test file {file}"
         assert f"def {name}(" in path.read_text(), f"ledger cites a missing test {file}::{name}"
+
+
+# ----------------------------------------------------------------------------- fold order, steps, branches
+def _check(name):
+    return next(c for c in C.registry() if c.name == name)
+
+
+def test_fold_order_sees_a_real_right_fold(monkeypatch):
+    # a right-folded vec_mat in the spec (same value over the reals) must be refuted on terms
+    def right_fold_vec_mat(ctx, v, W, n_out):
+        out = []
+        for j in range(n_out):
+            acc = ctx.zero
+            for i in reversed(range(len(v))):
+                acc = ctx.add(ctx.mul(v[i], W[i][j]), acc)
+            out.append(acc)
+        return out
+
+    assert C.run_check(_check("vecMat_is_a_left_fold_seeded_with_zero"), MINIMAL, 30).verdict == PROVED
+    monkeypatch.setattr(M, "vec_mat", right_fold_vec_mat)
+    r = C.run_check(_check("vecMat_is_a_left_fold_seeded_with_zero"), MINIMAL, 30)
+    assert r.verdict == REFUTED and "differ" in r.detail
+
+
+def test_fold_order_sees_a_skipped_tap(monkeypatch):
+    real = M.causal_conv_step
+
+    def skipping(ctx, kernel, bias, history):
+        out = []
+        for d in range(len(bias)):
+            acc = bias[d]
+            for k in range(min(len(kernel), len(history))):  # mutation: missing taps skipped
+                acc = ctx.add(acc, ctx.mul(history[k][d], kernel[k][d]))
+            out.append(acc)
+        return out
+
+    monkeypatch.setattr(M, "causal_conv_step", skipping)
+    r = C.run_check(_check("causal_conv_seeded_with_bias_missing_taps_times_zero"), MINIMAL, 30)
+    assert r.verdict == REFUTED
+    monkeypatch.setattr(M, "causal_conv_step", real)
+    assert C.run_check(_check("causal_conv_seeded_with_bias_missing_taps_times_zero"), MINIMAL, 30).verdict == PROVED
+
+
+def test_term_context_keeps_order_and_association():
+    from nbssm.spec.checks.fold_order import TERM
+
+    a, b, c = sympy.symbols("a b c")
+    assert TERM.add(a, b) != TERM.add(b, a)
+    assert TERM.add(TERM.add(a, b), c) != TERM.add(a, TERM.add(b, c))
+    assert TERM.mul(a, b) != TERM.mul(b, a)
+
+
+def test_model_step_rows_see_a_wrong_sign_in_the_spec(monkeypatch):
+    # exp(+delta*A) instead of exp(-delta*A) in the spec's recurrence: causality and List = Array
+    # still hold; the functional row must refute it
+    real = M.selective_recurrence_step
+
+    def wrong_sign(ctx, H, u, delta, A, Bt, Ct, d_skip):
+        return real(ctx, H, u, delta, [[ctx.neg(a) for a in row] for row in A], Bt, Ct, d_skip)
+
+    monkeypatch.setattr(M, "selective_recurrence_step", wrong_sign)
+    r = C.run_check(_check("selectiveMamba_stepList_matches_definition"), MINIMAL, 30)
+    assert r.verdict == REFUTED
+    assert C.run_check(_check("selectiveMamba_runList_eq_runArray"), MINIMAL, 30).verdict == PROVED
+
+
+def test_branch_check_sees_a_moved_threshold_and_swapped_branches():
+    from nbssm.spec.checks import activation_branches as AB
+    from nbssm.spec.context import BRANCHED, DoubleContext, SympyContext
+
+    evidence = AB.check_branches(SympyContext(BRANCHED, BRANCHED), DoubleContext(BRANCHED, BRANCHED), Budget(30))
+    assert evidence.startswith("sigmoid: condition x > 0") and "softplus: condition x > 0" in evidence
+    with pytest.raises(Refuted, match="condition"):
+        AB.check_branches(AB.ThresholdMovedSympy(BRANCHED, BRANCHED), AB.ThresholdMovedDouble(BRANCHED, BRANCHED),
+                          Budget(30))
+    with pytest.raises(Refuted, match="branch"):
+        AB.check_branches(AB.SoftplusSwappedSympy(BRANCHED, BRANCHED), AB.SoftplusSwappedDouble(BRANCHED, BRANCHED),
+                          Budget(30))
+    # the doubles part alone: a swapped softplus overflows above 709.78
+    assert math.isinf(AB.SoftplusSwappedDouble(BRANCHED, BRANCHED).softplus(800.0))
+    assert DoubleContext(BRANCHED, BRANCHED).softplus(800.0) == 800.0
+
+
+def test_certificate_control_fails_only_the_locality_obligation():
+    # the look-ahead mutant's runner is the fold of its step, so (C1) holds and (C2) must refute it
+    from nbssm.spec.checks import length_generic_certificate as LC
+
+    r = C.run_check(_check("control_certificate_lookahead_step"), C.PRESETS["default"], 30)
+    assert r.verdict == REFUTED and r.detail.startswith("(C2)") and "token" in r.detail
+    m = C.sym_s4(MINIMAL, LC.LookaheadStepS4)
+    tokens = C.stokens("x", 3, MINIMAL.input_dim)
+    h0 = C.svec("h", MINIMAL.state_dim)
+    folded = LC._fold_steps(lambda h, xs, t: m.step_at(SYMPY, h, xs, t), h0, tokens)
+    assert C.sides(lambda: m.run_list(SYMPY, h0, tokens), lambda: folded, IDENTITY, Budget(30))

@@ -33,9 +33,12 @@ from __future__ import annotations
 from ..symbolic import EXPAND, IDENTITY, Budget, BudgetExceeded, Refuted, Unknown
 from . import (  # noqa: F401 - importing a family registers its checks
     algorithm_refinement,
+    activation_branches,
     causality,
+    fold_order,
     length_generic_certificate,
     model_lemmas,
+    model_steps,
     runner_equivalence,
     scan_algebra,
 )

@@ -66,6 +66,9 @@ FAMILY_NOTES: dict[str, str] = {
     "runner_equivalence": "runner_equivalence.md",
     "length_generic_certificate": "length_generic_certificate.md",
     "algorithm_refinement": "algorithm_refinement.md",
+    "fold_order": "fold_order.md",
+    "model_steps": "model_steps.md",
+    "activation_branches": "activation_branches.md",
     "linear_cde": "linear_cde.md",
 }
 
