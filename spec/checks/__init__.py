@@ -32,8 +32,8 @@ from __future__ import annotations
 
 from ..symbolic import EXPAND, IDENTITY, Budget, BudgetExceeded, Refuted, Unknown
 from . import (  # noqa: F401 - importing a family registers its checks
-    algorithm_refinement,
     activation_branches,
+    algorithm_refinement,
     causality,
     fold_order,
     length_generic_certificate,
