@@ -438,3 +438,29 @@ def test_certificate_control_fails_only_the_locality_obligation():
     h0 = C.svec("h", MINIMAL.state_dim)
     folded = LC._fold_steps(lambda h, xs, t: m.step_at(SYMPY, h, xs, t), h0, tokens)
     assert C.sides(lambda: m.run_list(SYMPY, h0, tokens), lambda: folded, IDENTITY, Budget(30))
+
+
+def test_spec_runners_check_input_shapes_like_lean_types():
+    # a short token, a short initial state or a short history entry is an error, not a smaller state
+    from nbssm.spec.context import DOUBLE
+
+    d = C.PRESETS["default"]
+    s4 = M.DiagonalS4Spec(2, 2, 1, [[1.0, 0.0], [0.0, 1.0]], [[1.0], [1.0]],
+                          M.DiagonalSSM(2, [0.5, 0.5], [1.0, 1.0], [1.0, 1.0], [0.0, 0.0]))
+    for runner in ("run_list", "run_array"):
+        run = getattr(s4, runner)
+        assert len(run(DOUBLE, [0.0, 0.0], [[1.0, 2.0]])[1]) == 1
+        with pytest.raises(M.ShapeError, match=r"xs\[1\]: expected a token of length 2"):
+            run(DOUBLE, [0.0, 0.0], [[1.0, 2.0], [1.0]])
+        with pytest.raises(M.ShapeError, match="initial state: expected shape"):
+            run(DOUBLE, [0.0], [[1.0, 2.0]])
+    sel = C.sym_selective(d)
+    H0 = C.sym_H0(d)
+    x = C.svec("x", d.input_dim)
+    with pytest.raises(M.ShapeError, match="initial state"):
+        sel.run_list(SYMPY, H0[:1], [x])
+    with pytest.raises(M.ShapeError, match=r"xs\[0\]"):
+        sel.run_array(SYMPY, H0, [x[:1]])
+    with pytest.raises(M.ShapeError, match=r"history\[0\]"):
+        sel.run_list_aux(SYMPY, H0, [C.svec("L", d.inner_dim + 1)], [x])
+    assert isinstance(M.ShapeError("x"), ValueError)
