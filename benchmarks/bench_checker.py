@@ -37,7 +37,7 @@ from pathlib import Path
 
 import sympy
 
-from nbssm.spec import checker as C
+from nbssm.spec import checks as C
 
 TARGET = "selectiveMamba_runList_append_outputs_prefix"
 

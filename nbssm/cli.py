@@ -13,7 +13,7 @@ from importlib import import_module
 
 # subcommand -> (module, help). The module defines add_arguments(parser) and run(args) -> int.
 SUBCOMMANDS = {
-    "verify": ("nbssm.spec.verify", "check every mirrored Lean theorem symbolically, the beyond-Lean properties, the negative controls and the kernels' refinement; print the ledger"),
+    "verify": ("nbssm.verify.cli", "check every mirrored Lean theorem symbolically, the beyond-Lean properties, the negative controls and the kernels' refinement; print the ledger"),
     "bench": ("nbssm.bench", "measure kernel throughput against a numpy reference"),
     "generate": ("nbssm.lm.cli", "generate text from a local Mamba checkpoint directory"),
     "experiment": ("nbssm.experiments.cli", "run a paper experiment (signature-tasks)"),

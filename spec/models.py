@@ -74,6 +74,45 @@ def check_shape(owner: str, field: str, value: Any, expected: tuple) -> list:
     return value
 
 
+def _arg_shape(value: Any, depth: int) -> tuple:
+    """Shape of a nested sequence (lists, tuples or numpy arrays) to ``depth`` levels, without copying."""
+    if depth == 0:
+        return ()
+    try:
+        n = len(value)
+    except TypeError:
+        return (None,)
+    if n == 0:
+        return (0,)
+    inner = {_arg_shape(v, depth - 1) for v in value}
+    return (n,) + inner.pop() if len(inner) == 1 else (n, "ragged")
+
+
+def check_run_inputs(owner: str, state: Any, state_shape: tuple, xs: Sequence[Any], input_dim: int,
+                     history: Sequence[Any] | None = None, inner_dim: int | None = None) -> None:
+    """Check a runner's arguments the way Lean's types do (a vector's length is part of its type).
+
+    ``state`` must have shape ``state_shape``, every token of ``xs`` length
+    ``input_dim`` and every entry of ``history`` length ``inner_dim``; a short
+    token or state raises :class:`ShapeError` instead of silently giving a
+    smaller state.
+    """
+    def same(actual: tuple, expected: tuple) -> bool:
+        return actual == expected or (actual == (0,) and len(expected) >= 1 and expected[0] == 0)
+
+    got = _arg_shape(state, len(state_shape))
+    if not same(got, state_shape):
+        raise ShapeError(f"{owner}: initial state: expected shape {state_shape}, got {got}")
+    for t, x in enumerate(xs):
+        got = _arg_shape(x, 1)
+        if got != (input_dim,):
+            raise ShapeError(f"{owner}: xs[{t}]: expected a token of length {input_dim}, got shape {got}")
+    for k, v in enumerate(history or ()):
+        got = _arg_shape(v, 1)
+        if got != (inner_dim,):
+            raise ShapeError(f"{owner}: history[{k}]: expected an entry of length {inner_dim}, got shape {got}")
+
+
 def check_ssm(owner: str, ssm: Any, dim: int) -> None:
     """Check that a model's ``ssm`` field is a :class:`DiagonalSSM` of dimension ``dim``."""
     if not isinstance(ssm, DiagonalSSM) or ssm.dim != dim:
@@ -188,10 +227,12 @@ class DiagonalS4Spec:
 
     def run_list(self, ctx: Context, h0: list, xs: Sequence[list]) -> tuple:
         """Spec: ``DiagonalS4Spec.runList`` (List family)."""
+        check_run_inputs("DiagonalS4Spec.run_list", h0, (self.state_dim,), xs, self.input_dim)
         return run_list_steps(lambda h, x: self.step(ctx, h, x), h0, xs)
 
     def run_array(self, ctx: Context, h0: list, xs: Sequence[list]) -> tuple:
         """Spec: ``DiagonalS4Spec.runArray = scanArray step h0 xs`` (Array family)."""
+        check_run_inputs("DiagonalS4Spec.run_array", h0, (self.state_dim,), xs, self.input_dim)
         return scan_array(lambda h, x: self.step(ctx, h, x), h0, xs)
 
 
@@ -232,10 +273,12 @@ class MambaBlockSpec:
 
     def run_list(self, ctx: Context, h0: list, xs: Sequence[list]) -> tuple:
         """Spec: ``MambaBlockSpec.runList``."""
+        check_run_inputs("MambaBlockSpec.run_list", h0, (self.state_dim,), xs, self.input_dim)
         return run_list_steps(lambda h, x: self.step(ctx, h, x), h0, xs)
 
     def run_array(self, ctx: Context, h0: list, xs: Sequence[list]) -> tuple:
         """Spec: ``MambaBlockSpec.runArray = scanArray step h0 xs``."""
+        check_run_inputs("MambaBlockSpec.run_array", h0, (self.state_dim,), xs, self.input_dim)
         return scan_array(lambda h, x: self.step(ctx, h, x), h0, xs)
 
 
@@ -383,6 +426,8 @@ class SelectiveMambaBlockSpec:
     # -- runners -------------------------------------------------------------------------
     def run_list_aux(self, ctx: Context, H0: list, L0: list, xs: Sequence[list]) -> tuple:
         """Spec: ``runListAux H0 L0 xs``: returns ``(final H, outputs)``; the history is dropped."""
+        check_run_inputs("SelectiveMambaBlockSpec.run_list_aux", H0, (self.inner_dim, self.state_dim), xs,
+                         self.input_dim, L0, self.inner_dim)
         (H, _L), ys = run_list_steps(lambda s, x: self.step_list(ctx, s, x), (H0, list(L0)), xs)
         return H, ys
 
@@ -393,6 +438,8 @@ class SelectiveMambaBlockSpec:
     def run_array_with_history(self, ctx: Context, H0: list, L0: list, xs: Sequence[list]) -> tuple:
         """Spec: ``runArrayWithHistory``: ``scanArray stepWithConvolutionHistory (H0, L0) xs``,
         returning ``(final H, outputs)``."""
+        check_run_inputs("SelectiveMambaBlockSpec.run_array_with_history", H0, (self.inner_dim, self.state_dim), xs,
+                         self.input_dim, L0, self.inner_dim)
         (H, _L), ys = scan_array(lambda s, x: self.step_with_convolution_history(ctx, s, x), (H0, list(L0)), xs)
         return H, ys
 
@@ -408,6 +455,7 @@ __all__ = [
     "vec_add",
     "check_shape",
     "check_ssm",
+    "check_run_inputs",
     "shape_of",
     "run_list_steps",
     "DiagonalSSM",

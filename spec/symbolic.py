@@ -66,17 +66,29 @@ class BudgetExceeded(Exception):
     """The check's time budget ran out."""
 
 
+#: longest interval armed on the SIGALRM timer (a longer budget is enforced by ``check()`` alone)
+MAX_TIMER_S = 1e6
+
+
 class Budget:
     """A wall-clock budget for one check.
 
     ``check()`` raises :class:`BudgetExceeded` once the budget is spent; inside
     ``with budget.alarm():`` a SIGALRM timer also interrupts long sympy calls
     (main thread of a Unix process only; elsewhere the cooperative checks
-    alone apply). A budget of 0 s or less is spent before it starts.
+    alone apply). A budget of 0 s or less is spent before it starts; ``None``
+    or ``math.inf`` means no limit (no timer is armed).
+
+    Raises
+    ------
+    ValueError
+        If ``seconds`` is NaN.
     """
 
     def __init__(self, seconds: float | None) -> None:
-        self.seconds = seconds
+        if seconds is not None and math.isnan(seconds):
+            raise ValueError(f"budget: expected a number of seconds or None, got {seconds!r}")
+        self.seconds = None if seconds is not None and math.isinf(seconds) and seconds > 0 else seconds
         self.start = time.perf_counter()
 
     @property
@@ -103,10 +115,13 @@ class Budget:
             return
 
         def handler(signum, frame):  # pragma: no cover - timing dependent
+            if self.remaining() > 0:  # a budget longer than MAX_TIMER_S: re-arm for the rest
+                signal.setitimer(signal.ITIMER_REAL, min(max(self.remaining(), 1e-4), MAX_TIMER_S))
+                return
             raise BudgetExceeded(f"time budget of {self.seconds:g} s exceeded")
 
         old = signal.signal(signal.SIGALRM, handler)
-        signal.setitimer(signal.ITIMER_REAL, max(self.remaining(), 1e-4))
+        signal.setitimer(signal.ITIMER_REAL, min(max(self.remaining(), 1e-4), MAX_TIMER_S))
         try:
             yield
         finally:

@@ -1,14 +1,20 @@
-"""``nbssm verify``: run the symbolic checker and print the theorem ledger.
+"""``nbssm verify``: run the symbolic checker and the refinement checks; print the theorem ledger.
 
-Runs every registered check (:mod:`nbssm.spec.checker`: the Lean theorems
+Runs every registered check (:mod:`nbssm.spec.checks`: the Lean theorems
 under their Lean names, nbssm's beyond-Lean statements and the negative
 controls) at one set of dimensions, then the kernel refinement checks
-(``nbssm.refinement``) and the linear-CDE checks (``nbssm.spec.cde_checks``),
-and prints one ledger row per check: name, kind, dimensions, verdict, seconds.
+(:mod:`nbssm.verify.refinement`) and the linear-CDE checks
+(:mod:`nbssm.spec.checks.linear_cde`), and prints one ledger row per check:
+name, kind, dimensions, verdict, seconds.
 
 Exit status: 0 only if every theorem and beyond-Lean check is ``proved`` and
 every control ``refuted``; 1 otherwise (anything ``unknown`` included, e.g. a
-budget of 0 s); 2 when the selection is empty.
+budget of 0 s); 2 for bad arguments or an empty selection.
+
+``--budget`` takes seconds per check: a number >= 0 or ``inf`` (no limit);
+NaN, negative numbers and non-numbers are argument errors. With ``--json``
+stdout is always one JSON document: the list of result objects, or, on an
+argument error or an empty selection, an object ``{"error": ..., "status": 2}``.
 
 Examples::
 
@@ -16,36 +22,87 @@ Examples::
     nbssm verify --preset target4 --only selectiveMamba_runList_append_outputs_prefix
     nbssm verify --dims 3 --xs 4 --ys 2 --budget 10 --json > ledger.json
     nbssm verify --controls                   # the negative controls only
+    nbssm verify --ledger proofs_notes/README.md   # regenerate the ledger's tables
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
+import types
 from dataclasses import replace
 from typing import Any
 
-from .verdict import BEYOND, CONTROL, THEOREM, UNKNOWN, CheckResult
+from nbssm.spec.verdict import BEYOND, CONTROL, THEOREM, UNKNOWN, CheckResult
+
+PRESET_NAMES = ("default", "minimal", "target4", "target8")
+
+
+def _budget(text: str) -> float:
+    """``--budget``: seconds >= 0, or ``inf`` for no limit."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0 or 'inf', got {text!r}") from None
+    if math.isnan(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0 or 'inf', got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    """A non-negative integer option (dimensions, lengths, seed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def _json_error(message: str, status: int = 2) -> None:
+    json.dump({"error": message, "status": status}, sys.stdout)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def _install_error_handler(parser: argparse.ArgumentParser) -> None:
+    """Argument errors: argparse's usage message on stderr, exit 2; with --json also a JSON error on stdout."""
+    original = parser.error
+
+    def error(self, message):
+        if getattr(self, "_nbssm_json", False):
+            _json_error(f"{self.prog}: error: {message}")
+        original(message)
+
+    parser.error = types.MethodType(error, parser)
+    original_parse = parser.parse_known_args
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._nbssm_json = "--json" in (sys.argv[1:] if args is None else list(args))
+        return original_parse(args, namespace)
+
+    parser.parse_known_args = types.MethodType(parse_known_args, parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``nbssm verify``."""
-    from .checker import PRESETS
-
+    _install_error_handler(parser)
     g = parser.add_argument_group("dimensions and lengths")
-    g.add_argument("--preset", choices=sorted(PRESETS), default="default",
+    g.add_argument("--preset", choices=sorted(PRESET_NAMES), default="default",
                    help="named dimensions: minimal (1,1,1,1, W2, 2+1), default (2,2,2,2, W3, 3+2), "
                         "target4 (4, W4, 8+4), target8 (8, W4, 3+2); explicit options override it")
-    g.add_argument("--dims", type=int, metavar="N", help="set inputDim, innerDim, stateDim and outputDim to N")
-    g.add_argument("--input-dim", type=int, metavar="N")
-    g.add_argument("--inner-dim", type=int, metavar="N")
-    g.add_argument("--state-dim", type=int, metavar="N")
-    g.add_argument("--output-dim", type=int, metavar="N")
-    g.add_argument("--conv-width", type=int, metavar="W")
-    g.add_argument("--xs", type=int, metavar="N", help="|xs|: length of the prefix (and of the first transition list)")
-    g.add_argument("--ys", type=int, metavar="N", help="|ys|: length of the appended suffix")
+    g.add_argument("--dims", type=_count, metavar="N", help="set inputDim, innerDim, stateDim and outputDim to N")
+    g.add_argument("--input-dim", type=_count, metavar="N")
+    g.add_argument("--inner-dim", type=_count, metavar="N")
+    g.add_argument("--state-dim", type=_count, metavar="N")
+    g.add_argument("--output-dim", type=_count, metavar="N")
+    g.add_argument("--conv-width", type=_count, metavar="W")
+    g.add_argument("--xs", type=_count, metavar="N", help="|xs|: length of the prefix (and of the first transition list)")
+    g.add_argument("--ys", type=_count, metavar="N", help="|ys|: length of the appended suffix")
     s = parser.add_argument_group("selection")
     s.add_argument("--controls", nargs="?", const="only", default="include", choices=["include", "only", "exclude"],
                    help="negative controls: include (default), only (also the bare flag), exclude")
@@ -54,22 +111,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--kind", action="append", choices=[THEOREM, BEYOND, CONTROL],
                    help="run only checks of this kind (repeatable)")
     s.add_argument("--no-external", action="store_true",
-                   help="skip the kernel refinement checks (nbssm.refinement) and the CDE checks (spec.cde_checks)")
+                   help="skip the kernel refinement checks (nbssm.verify.refinement) and the linear-CDE checks")
     s.add_argument("--list", action="store_true", help="list the selected checks with their statements; run nothing")
     o = parser.add_argument_group("running and output")
-    o.add_argument("--budget", type=float, default=30.0, metavar="SECONDS",
-                   help="time budget per check (default 30); a check over budget is unknown; 0 runs nothing")
-    o.add_argument("--seed", type=int, default=0, help="seed of the kernel refinement checks (default 0)")
+    o.add_argument("--budget", type=_budget, default=30.0, metavar="SECONDS",
+                   help="time budget per check: seconds >= 0 or 'inf' for no limit (default 30); "
+                        "a check over budget is unknown; 0 runs nothing")
+    o.add_argument("--seed", type=_count, default=0, help="seed of the kernel refinement checks (default 0)")
     o.add_argument("--json", action="store_true",
-                   help="print the results as a JSON list (name, kind, verdict, dims, seconds, detail) on stdout")
+                   help="print the results as a JSON list (name, kind, verdict, dims, seconds, detail) on stdout; "
+                        "an error is a JSON object {error, status}")
+    o.add_argument("--ledger", nargs="?", const="-", metavar="FILE",
+                   help="after the run, write the generated ledger tables: into the marked section of FILE "
+                        "(e.g. proofs_notes/README.md), or on stdout without FILE")
     o.add_argument("--progress", dest="progress", action="store_true", default=None,
                    help="show a progress display on stderr (default: when stderr is a terminal; tqdm if installed)")
     o.add_argument("--no-progress", dest="progress", action="store_false")
 
 
 def dims_from_args(args: argparse.Namespace):
-    """The :class:`~nbssm.spec.checker.Dims` selected by the preset and the explicit options."""
-    from .checker import PRESETS
+    """The :class:`~nbssm.spec.checks.Dims` selected by the preset and the explicit options."""
+    from nbssm.spec.checks import PRESETS
 
     d = PRESETS[args.preset]
     changes: dict[str, Any] = {}
@@ -126,7 +188,8 @@ class _Progress:
             self.bar.close()
 
 
-def _fmt_dims(d: dict) -> str:
+def fmt_dims(d: dict) -> str:
+    """Dimensions as ``inputDim/innerDim/stateDim/outputDim W convWidth |xs|+|ys|``."""
     if not d:
         return "-"
     keys = ("input_dim", "inner_dim", "state_dim", "output_dim")
@@ -144,7 +207,7 @@ def format_ledger(results: list[CheckResult], details: bool = True, dims_width: 
     ``dims_width`` characters; ``--json`` has them in full).
     """
     def dims_text(r: CheckResult) -> str:
-        t = _fmt_dims(r.dims)
+        t = fmt_dims(r.dims)
         return t if len(t) <= dims_width else t[: dims_width - 3] + "..."
 
     name_w = max([len(r.name) for r in results] + [4])
@@ -162,7 +225,7 @@ def format_ledger(results: list[CheckResult], details: bool = True, dims_width: 
 
 
 def summary(results: list[CheckResult], seconds: float) -> str:
-    counts = {}
+    counts: dict[tuple[str, str], int] = {}
     for r in results:
         counts[(r.kind, r.verdict)] = counts.get((r.kind, r.verdict), 0) + 1
     parts = [f"{n} {k} {v}" for (k, v), n in sorted(counts.items())]
@@ -171,28 +234,43 @@ def summary(results: list[CheckResult], seconds: float) -> str:
     return f"{len(results)} checks in {seconds:.1f} s: {', '.join(parts)}. {status}"
 
 
+def _fail(args: argparse.Namespace, message: str, status: int = 2) -> int:
+    print(f"nbssm verify: {message}", file=sys.stderr)
+    if args.json:
+        _json_error(f"nbssm verify: {message}", status)
+    return status
+
+
+def _budget_text(budget: float | None) -> str:
+    return "no limit" if budget is None or math.isinf(budget) else f"{budget:g} s"
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``nbssm verify``; returns the exit status."""
-    from . import checker as C
+    from nbssm.spec import checks as K
+
+    from . import ledger as LG
+    from .external import GROUP_LISTING, external_checks
 
     try:
         dims = dims_from_args(args)
     except ValueError as e:
-        print(f"nbssm verify: {e}", file=sys.stderr)
-        return 2
+        return _fail(args, str(e))
+    if args.ledger is not None and (args.json or args.list):
+        return _fail(args, "--ledger: expected without --json and --list")
+    budget = None if math.isinf(args.budget) else args.budget
     kinds = _kinds(args)
-    chosen = C.select(args.only, kinds)
+    chosen = K.select(args.only, kinds)
     external = not args.no_external and not args.only
     if args.list:
         for c in chosen:
             print(f"{c.name}  [{c.kind}, {c.family}, {c.method}]  {c.statement}")
         if external:
-            print("refinement_checks  [beyond, external: nbssm.refinement]  kernels vs spec on random inputs")
-            print("cde_checks  [external: nbssm.spec.cde_checks]  linear-CDE prefix causality and its control")
+            for name, where, what in GROUP_LISTING:
+                print(f"{name}  [{where}]  {what}")
         return 0
     if not chosen and not external:
-        print("nbssm verify: no check selected", file=sys.stderr)
-        return 2
+        return _fail(args, "no check selected")
     enabled = args.progress if args.progress is not None else sys.stderr.isatty()
     progress = _Progress(len(chosen) + (1 if external else 0), enabled)
     t0 = time.perf_counter()
@@ -200,36 +278,65 @@ def run(args: argparse.Namespace) -> int:
     try:
         for c in chosen:
             progress.start(c.name)
-            results.append(C.run_check(c, dims, args.budget))
+            results.append(K.run_check(c, dims, budget))
             progress.done()
         if external:
             progress.start("external: refinement_checks, cde_checks")
-            if args.budget is not None and args.budget <= 0:
-                ext = [CheckResult(n, BEYOND, UNKNOWN, {}, 0.0, f"time budget of {args.budget:g} s: not attempted")
+            if budget is not None and budget <= 0:
+                ext = [CheckResult(n, BEYOND, UNKNOWN, {}, 0.0, f"time budget of {budget:g} s: not attempted")
                        for n in ("refinement_checks", "cde_checks")]
             else:
-                ext = C.external_checks(args.budget, seed=args.seed)
+                ext = external_checks(budget, seed=args.seed)
             results.extend(r for r in ext if r.kind in kinds)
             progress.done()
     finally:
         progress.close()
     elapsed = time.perf_counter() - t0
+    status = 0 if results and all(r.passed for r in results) else 1
     if args.json:
         json.dump([r.to_json() for r in results], sys.stdout, indent=1, default=str)
         sys.stdout.write("\n")
         print(summary(results, elapsed), file=sys.stderr)
-    else:
-        print(f"nbssm verify at {_fmt_dims(dims.as_dict())} (dims: inputDim/innerDim/stateDim/outputDim W convWidth |xs|+|ys|), "
-              f"budget {args.budget:g} s per check")
-        print(format_ledger(results))
-        print(summary(results, elapsed))
-    return 0 if results and all(r.passed for r in results) else 1
+        return status
+    if args.ledger is not None:
+        section = LG.render(K.registry(), results, ledger_heading(args, dims))
+        if args.ledger == "-":
+            print(section)
+        else:
+            try:
+                LG.write(args.ledger, section)
+            except OSError as e:
+                return _fail(args, f"{args.ledger}: expected a writable ledger file, got {type(e).__name__}: {e}")
+            print(f"nbssm verify: wrote the ledger tables into {args.ledger}", file=sys.stderr)
+        print(summary(results, elapsed), file=sys.stderr)
+        return status
+    print(f"nbssm verify at {fmt_dims(dims.as_dict())} (dims: inputDim/innerDim/stateDim/outputDim W convWidth "
+          f"|xs|+|ys|), budget {_budget_text(budget)} per check")
+    print(format_ledger(results))
+    print(summary(results, elapsed))
+    return status
+
+
+def ledger_heading(args: argparse.Namespace | None, dims) -> str:
+    """How the ledger's heading names the dimensions of its verdicts."""
+    preset = getattr(args, "preset", "default") if args is not None else "default"
+    return f"the `{preset}` preset (dims {fmt_dims(dims.as_dict())}: inputDim/innerDim/stateDim/outputDim W convWidth |xs|+|ys|)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nbssm verify", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nbssm verify", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    """``nbssm verify`` as a function: parse ``argv`` and run; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: --help (0) or an argument error (2)
+        return int(e.code or 0)
+    return run(args)
 
 
 if __name__ == "__main__":  # pragma: no cover
