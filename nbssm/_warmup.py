@@ -2,8 +2,7 @@
 
 This module sits above every layer (ops, models, the language model, linear
 CDEs, signatures) because it calls each of them once; nothing imports it but
-the package's lazy ``nbssm.warmup`` name and the deprecated
-``nbssm.ops.warmup``. Its name is private so that ``import`` of it can never
+the package's lazy ``nbssm.warmup`` name. Its name is private so that ``import`` of it can never
 shadow the function ``nbssm.warmup``.
 """
 

@@ -499,10 +499,3 @@ def causal_conv1d(x, weight, bias=None, initial_state=None, return_final_state=F
 def _deprecated(old: str, new: str) -> None:
     warnings.warn(f"causal_conv1d: the argument {old}= is deprecated; use {new}=", DeprecationWarning, stacklevel=3)
 
-
-def warmup(verbose: bool = False, models: bool = True) -> dict:
-    """Deprecated alias of :func:`nbssm.warmup` (defined in :mod:`nbssm._warmup`)."""
-    from ._warmup import warmup as _warmup
-
-    warnings.warn("nbssm.ops.warmup is deprecated; use nbssm.warmup", DeprecationWarning, stacklevel=2)
-    return _warmup(verbose=verbose, models=models)

@@ -242,7 +242,7 @@ def test_conv_silu_and_float32():
 
 
 def test_refinement_checks_all_proved():
-    from nbssm.refinement import refinement_checks
+    from nbssm.verify.refinement import refinement_checks
 
     results = refinement_checks(seed=0)
     assert len(results) >= 5
@@ -252,7 +252,7 @@ def test_refinement_checks_all_proved():
 
 
 def test_refinement_tolerance_matches_the_table():
-    from nbssm.refinement import FLOAT32_TOLERANCE
+    from nbssm.verify.refinement import FLOAT32_TOLERANCE
 
     assert FLOAT32_TOLERANCE == tol("float32_vs_float64")
 
@@ -260,7 +260,7 @@ def test_refinement_tolerance_matches_the_table():
 def test_refinement_checks_refute_a_broken_kernel(monkeypatch):
     # negative control: a kernel off by one ulp in one output must be refuted, with a location
     from nbssm import ops
-    from nbssm.refinement import refinement_checks
+    from nbssm.verify.refinement import refinement_checks
 
     real = ops.selective_scan
 

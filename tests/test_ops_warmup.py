@@ -1,4 +1,4 @@
-"""``nbssm.warmup`` compiles every kernel family; ``nbssm.ops.warmup`` is its deprecated alias."""
+"""``nbssm.warmup`` compiles every kernel family; ``nbssm.ops`` no longer carries it."""
 
 from __future__ import annotations
 
@@ -44,12 +44,10 @@ def test_warmup_compiles_every_kernel_family():
     assert {name: len(k.signatures) for name, k in _dispatchers().items()} == counts
 
 
-def test_ops_warmup_is_a_deprecated_alias():
+def test_ops_no_longer_reaches_up_to_warmup():
     from nbssm import ops
 
-    with pytest.warns(DeprecationWarning, match="nbssm.warmup"):
-        res = ops.warmup(models=False)
-    assert set(res) == {"seconds"}
+    assert not hasattr(ops, "warmup")  # ops sits below the models that warmup compiles
 
 
 def test_warmup_stays_the_function_after_importing_its_module():
