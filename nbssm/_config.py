@@ -3,7 +3,8 @@
 NBSSM_CACHE: "0"/"false"/"no"/"off" disables the on-disk cache of compiled kernels,
 "1"/"true"/"yes"/"on" enables it (default on; empty means the default). Any other value
 is a ValueError.
-NBSSM_CACHE_DIR: directory for the cache of compiled kernels (default: the package's
+NBSSM_CACHE_DIR: directory for the cache of compiled kernels (default: $NUMBA_CACHE_DIR/nbssm
+if that is set, else the package's
 ``_kernels/__pycache__``, else ``$XDG_CACHE_HOME/nbssm`` or ``~/.cache/nbssm``, else a
 private temporary directory, else no cache; see :mod:`nbssm._kernels._jit`). A path that
 is not a writable directory falls back the same way, with one warning.

@@ -194,7 +194,7 @@ def test_bad_environment_values_are_clear_errors(name, value):
 
 
 def test_serial_and_parallel_compilations_use_distinct_entries():
-    from nbssm._kernels import _jit
+    from nbssm._kernels import _jit, cde, conv, decode, dense, scan, signature  # noqa: F401  (registers kernels)
 
     tags = {}
     for disp, options, cached in _jit.kernels():
@@ -203,3 +203,10 @@ def test_serial_and_parallel_compilations_use_distinct_entries():
             serial = _jit.KernelCache(disp.py_func, dict(options, parallel=False, _forked_child=True)).tag
             assert serial != disp._cache.tag
     assert len(tags) > 10
+
+
+def test_numba_cache_dir_is_honoured(tmp_path):
+    root = _copy_package(tmp_path)
+    out = _run(root, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    assert out["value"] == 4.0 and out["dir"].startswith(str(tmp_path / "numba" / "nbssm"))
+    assert _run(root, NUMBA_CACHE_DIR=str(tmp_path / "numba"))["hits"] == 1

@@ -18,7 +18,8 @@ Caching (``cache=True``)
     each entry's file name, so a serial and a parallel compilation of the same function
     never share an entry. Each file carries a SHA-256 checksum: a truncated or corrupt
     entry is ignored, recompiled and rewritten. The cache root is, in order, the
-    directory named by ``NBSSM_CACHE_DIR``, else ``nbssm/_kernels/__pycache__``; where
+    directory named by ``NBSSM_CACHE_DIR`` (else ``$NUMBA_CACHE_DIR/nbssm`` when Numba's
+    variable is set), else ``nbssm/_kernels/__pycache__``; where
     that cannot be written, a per-user cache directory (``$XDG_CACHE_HOME/nbssm`` or
     ``~/.cache/nbssm``), then a private temporary directory, then no cache (kernels
     compile in every process). Falling back past the per-user directory emits one
@@ -155,11 +156,14 @@ def _resolve_root() -> str | None:
         return None
     key = source_key()
     explicit = _config.CACHE_DIR
+    name = "NBSSM_CACHE_DIR"
+    if not explicit and numba.config.CACHE_DIR:  # NUMBA_CACHE_DIR, honoured as Numba does
+        explicit, name = os.path.join(numba.config.CACHE_DIR, "nbssm"), "NUMBA_CACHE_DIR"
     problem = None
     if explicit:
         if _usable_directory(os.path.join(explicit, key)):
             return os.path.join(explicit, key)
-        problem = f"NBSSM_CACHE_DIR: expected a writable directory, got {explicit!r}"
+        problem = f"{name}: expected a writable directory, got {explicit!r}"
     else:
         in_tree = os.path.join(_KERNEL_DIR, "__pycache__", "nbssm-" + key)
         if _usable_directory(in_tree):
