@@ -29,8 +29,15 @@ import numba
 
 from . import _config
 
-__all__ = ["threads", "set_threads", "get_threads", "max_threads", "default_threads",
-           "add_threads_argument", "apply_threads_argument"]
+__all__ = [
+    "add_threads_argument",
+    "apply_threads_argument",
+    "default_threads",
+    "get_threads",
+    "max_threads",
+    "set_threads",
+    "threads",
+]
 
 _blas_limit = None  # threadpoolctl limiter currently applied by set_threads
 
@@ -170,6 +177,6 @@ class _CallableModule(type(os)):
         return threads(n)
 
 
-import sys as _sys  # noqa: E402
+import sys as _sys
 
 _sys.modules[__name__].__class__ = _CallableModule

@@ -75,7 +75,7 @@ def _run(root: Path, mod: str = "g_user", user: str | None = None, **extra):
     cmd = [sys.executable, "-c", RUN.format(mod=mod)]
     if user is not None:
         cmd = ["setpriv", f"--reuid={user}", "--regid=nogroup", "--clear-groups", *cmd]
-    proc = subprocess.run(cmd, env=_env(root, **extra), capture_output=True, text=True, timeout=300, cwd="/")
+    proc = subprocess.run(cmd, env=_env(root, **extra), capture_output=True, text=True, timeout=300, cwd="/", check=False)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -132,7 +132,7 @@ def _can_drop_to_nobody() -> bool:
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         return False
     probe = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c", "import numba"],
-                           capture_output=True, timeout=120)
+                           capture_output=True, timeout=120, check=False)
     return probe.returncode == 0
 
 
@@ -159,7 +159,7 @@ def _read_only_case(tmp_path):
     user_tmp = tmp_path / "tmp"
     user_tmp.mkdir()
     user_tmp.chmod(0o1777)
-    env = dict(HOME="/nonexistent", XDG_CACHE_HOME="", TMPDIR=str(user_tmp))
+    env = {"HOME": "/nonexistent", "XDG_CACHE_HOME": "", "TMPDIR": str(user_tmp)}
     out = _run(root, user="nobody", **env)
     assert out["value"] == 4.0
     assert out["dir"].startswith(str(user_tmp)) and len(out["warnings"]) == 1
@@ -187,7 +187,7 @@ def test_cache_off(tmp_path):
                                         ("NBSSM_NUM_THREADS", "0"), ("NBSSM_OUTPUT_CACHE_MB", "-1")])
 def test_bad_environment_values_are_clear_errors(name, value):
     proc = subprocess.run([sys.executable, "-c", "import nbssm._config"], env={**os.environ, name: value},
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode != 0
     assert f"ValueError: {name}: expected" in proc.stderr
     assert value in proc.stderr

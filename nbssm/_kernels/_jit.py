@@ -51,7 +51,7 @@ from numba.core import caching as _caching
 
 from .. import _config
 
-__all__ = ["njit", "prange", "cache_directory", "kernels", "in_serial_fork"]
+__all__ = ["cache_directory", "in_serial_fork", "kernels", "njit", "prange"]
 
 _KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))
 _MAGIC = b"NBSSM-CACHE-1\n"
@@ -79,7 +79,7 @@ def _cpu_description() -> str:
         from llvmlite import binding as ll
 
         return f"{ll.get_host_cpu_name()}:{ll.get_host_cpu_features().flatten()}"
-    except Exception:  # pragma: no cover - llvmlite always provides these
+    except Exception:  # noqa: BLE001  # pragma: no cover - llvmlite always provides these
         return platform.processor()
 
 
@@ -226,7 +226,7 @@ class _CheckedIndexDataCacheFile(_caching.IndexDataCacheFile):
             if name is None:
                 return None
             return self._load_data(name)
-        except Exception:
+        except Exception:  # noqa: BLE001
             return None
 
     def _load_index(self):
@@ -237,7 +237,7 @@ class _CheckedIndexDataCacheFile(_caching.IndexDataCacheFile):
             return {}
         try:
             version, stamp, overloads = pickle.loads(_unseal(blob))
-        except Exception:
+        except Exception:  # noqa: BLE001
             return {}  # damaged index: start afresh (it is rewritten on the next save)
         if version != self._version or stamp != self._source_stamp or not isinstance(overloads, dict):
             return {}
@@ -342,7 +342,7 @@ class KernelCache(_caching._Cache):
             return None
         try:
             return disk.load_overload(sig, target_context)
-        except Exception:
+        except Exception:  # noqa: BLE001
             return None  # unreadable entry: compile again (and overwrite it)
 
     def save_overload(self, sig, data):
@@ -351,7 +351,7 @@ class KernelCache(_caching._Cache):
             return
         try:
             disk.save_overload(sig, data)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             self._enabled = False
             _warn_once(f"nbssm: could not write the kernel cache in {disk.cache_path} ({exc}); continuing without it")
 
@@ -423,7 +423,7 @@ def _needs_serial_after_fork() -> bool:
         from numba.np.ufunc import omppool
 
         vendor = getattr(omppool, "openmp_vendor", "GNU")
-    except Exception:  # pragma: no cover
+    except Exception:  # noqa: BLE001  # pragma: no cover
         vendor = "GNU"
     return vendor != "Intel"
 
@@ -457,7 +457,7 @@ def _after_fork_in_child():
     try:
         if not _serial and _needs_serial_after_fork():
             _switch_to_serial()
-    except Exception as exc:  # pragma: no cover - never break a fork
+    except Exception as exc:  # noqa: BLE001  # pragma: no cover - never break a fork
         warnings.warn(f"nbssm: could not prepare kernels for this forked process ({exc})", RuntimeWarning)
 
 
