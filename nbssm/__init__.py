@@ -25,6 +25,16 @@ from importlib import import_module
 # this when it is loaded (with numpy), so it takes effect when nbssm is imported before numpy
 # (and always in the `nbssm` command); a value set by the user is kept.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+# NBSSM_NUM_THREADS sizes Numba's thread pool and, when threadpoolctl is not installed, the
+# BLAS threads: both read these variables when they load, so this takes effect when nbssm is
+# imported before numba and numpy (nbssm.threads applies it again, later); a value set by the
+# user is kept. Values outside 1..CPUs are left alone here and refused by nbssm.threads.
+_n = os.environ.get("NBSSM_NUM_THREADS", "").strip()
+if _n.isdigit() and 1 <= int(_n) <= len(getattr(os, "sched_getaffinity", lambda _: range(os.cpu_count() or 1))(0)):
+    for _name in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(_name, _n)
+    del _name
+del _n
 
 __version__ = "0.1.0"
 
@@ -42,6 +52,12 @@ _LAZY = {
     "signature": "nbssm.signatures",
     "linear_cde_scan": "nbssm.cde",
     "diagonal_cde_scan": "nbssm.cde",
+    "threads": "nbssm.threads",
+    "set_threads": "nbssm.threads",
+    "get_threads": "nbssm.threads",
+    "MambaMixer": "nbssm.models",
+    "StateMismatchError": "nbssm.state",
+    "StateFileError": "nbssm.state",
 }
 
 # deprecated public names: name -> (module, replacement named in the warning)
@@ -93,7 +109,7 @@ def __getattr__(name):
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'nbssm' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
+    value = import_module(module) if module == f"nbssm.{name}" else getattr(import_module(module), name)
     globals()[name] = value
     return value
 
