@@ -26,8 +26,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # the executable mirror of the Lean definitions: pure Python, sympy
     ("spec", ("nbssm.spec", "nbssm.spec.*")),
-    # the package itself (lazy names only) and the configuration read once from the environment
-    ("base", ("nbssm", "nbssm._config")),
+    # the package itself (lazy names only), the configuration read once from the environment,
+    # and the process-wide thread policy the kernels apply when they load
+    ("base", ("nbssm", "nbssm._config", "nbssm.threads")),
     # Numba kernels: private, array in / array out
     ("kernels", ("nbssm._kernels", "nbssm._kernels.*")),
     # the public ops, their numpy reference twins, validation, memory, tolerances, threads
@@ -40,7 +41,6 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "nbssm._validate",
             "nbssm._paper_inputs",
             "nbssm.tolerances",
-            "nbssm.threads",
         ),
     ),
     # runtime models, their state, linear CDEs and signatures
