@@ -406,7 +406,8 @@ class TestSafetensorsHeaders:
         right shape) or is refused with CheckpointError; nothing else."""
         d = copy_checkpoint(tmp_path_factory.mktemp("c"))
         path = os.path.join(d, "model.safetensors")
-        raw = bytearray(open(path, "rb").read())
+        with open(path, "rb") as f:
+            raw = bytearray(f.read())
         (n,) = np.frombuffer(bytes(raw[:8]), "<u8")
         where = data.draw(st.sampled_from(["length", "header", "data", "anywhere"]))
         lo, hi = {"length": (0, 8), "header": (8, 8 + int(n)), "data": (8 + int(n), len(raw)),
@@ -420,7 +421,8 @@ class TestSafetensorsHeaders:
             raw[pos:pos] = bytes([byte])
         else:
             del raw[pos:pos + data.draw(st.integers(1, 64))]
-        open(path, "wb").write(bytes(raw))
+        with open(path, "wb") as f:
+            f.write(bytes(raw))
         try:
             model = MambaLM.from_pretrained(d)
         except (CheckpointError, UnsupportedConfigError):
