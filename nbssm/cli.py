@@ -3,11 +3,25 @@
 Each subcommand lives in its own module, imported only when it runs, so that
 ``nbssm --help`` stays instant and one subcommand's optional dependencies never
 break another.
+
+Behaviour common to every subcommand:
+
+- bad arguments print an argparse-style message (``nbssm CMD: error: ...``) and exit with
+  status 2 (``SystemExit(2)``) before any work starts; no traceback;
+- errors about input files (a ``ValueError``/``OSError`` from the subcommand, whose message
+  names the file) print ``nbssm CMD: error: ...`` and exit with status 2;
+- with ``--json`` (on the subcommands that have it) standard output is always one JSON
+  document, also on errors: ``{"error": {"command": CMD, "status": N, "message": TEXT}}``;
+- Ctrl-C exits with status 130 and one line, no traceback;
+- ``--threads N`` (where the installed nbssm provides :mod:`nbssm.threads`) sets the number of
+  kernel threads for that command.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import sys
 from importlib import import_module
 
@@ -18,6 +32,31 @@ SUBCOMMANDS = {
     "generate": ("nbssm.lm.cli", "generate text from a local Mamba checkpoint directory"),
     "experiment": ("nbssm.experiments.cli", "run a paper experiment (signature-tasks)"),
 }
+
+
+def _threads_module():
+    """:mod:`nbssm.threads` when it exists (it provides ``add_threads_argument(parser)`` and
+    ``apply_threads_argument(args)``), else None."""
+    try:
+        return import_module("nbssm.threads")
+    except ModuleNotFoundError as exc:
+        if exc.name in ("nbssm.threads",):
+            return None
+        raise
+
+
+class _ArgumentError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that reports errors to :func:`main` instead of exiting."""
+
+    def error(self, message: str):  # noqa: D102 - argparse API
+        raise _ArgumentError(2, f"{self.prog}: error: {message}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,19 +72,120 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _has_option(parser: argparse.ArgumentParser, option: str) -> bool:
+    return option in parser._option_string_actions
+
+
+def build_subparser(name: str, module) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name`` (its own options plus ``--threads`` where available)."""
+    sub = _Parser(prog=f"nbssm {name}", description=SUBCOMMANDS[name][1])
+    module.add_arguments(sub)
+    threads = _threads_module()
+    if threads is not None and not _has_option(sub, "--threads"):
+        threads.add_threads_argument(sub)
+    return sub
+
+
+def _json_error(name: str, status: int, message: str) -> None:
+    json.dump({"error": {"command": name, "status": status, "message": message.strip()}}, sys.stdout)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+class _Watch(io.TextIOBase):
+    """A text stream that passes writes through and remembers whether (and what) was written."""
+
+    def __init__(self, inner, keep: bool) -> None:
+        self.inner = inner
+        self.keep = keep
+        self.written = False
+        self.text: list[str] = []
+
+    def write(self, s: str) -> int:
+        if s:
+            self.written = True
+            if self.keep and sum(map(len, self.text)) < 4000:
+                self.text.append(s)
+        return self.inner.write(s)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    def isatty(self) -> bool:
+        return self.inner.isatty()
+
+    @property
+    def encoding(self):  # noqa: D102
+        return getattr(self.inner, "encoding", "utf-8")
+
+    def fileno(self) -> int:
+        return self.inner.fileno()
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``nbssm`` command line; returns the subcommand's exit status.
+
+    Bad arguments raise ``SystemExit(2)`` after printing the message (as argparse does), so
+    that ``nbssm ...`` in a shell exits with status 2; ``--help`` and ``--version`` raise
+    ``SystemExit(0)``.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
     if not argv or argv[0] not in SUBCOMMANDS:
-        args = parser.parse_args(argv)  # prints help / version / error
+        parser = build_parser()
+        parser.parse_args(argv)  # prints help / version / error (SystemExit)
         parser.print_help()
         return 2
     name = argv[0]
+    want_json = "--json" in argv[1:]
     module = import_module(SUBCOMMANDS[name][0])
-    sub = argparse.ArgumentParser(prog=f"nbssm {name}", description=SUBCOMMANDS[name][1])
-    module.add_arguments(sub)
-    args = sub.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    sub = build_subparser(name, module)
+    want_json = want_json and _has_option(sub, "--json")
+    try:
+        args = sub.parse_args(argv[1:])
+        threads = _threads_module()
+        if threads is not None:
+            threads.apply_threads_argument(args)
+    except _ArgumentError as exc:
+        sub.print_usage(sys.stderr)
+        print(exc.message, file=sys.stderr)
+        if want_json:
+            _json_error(name, exc.status, exc.message)
+        raise SystemExit(exc.status) from None
+    except SystemExit as exc:  # --help, or a subcommand's own parser exiting
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        if want_json and code:
+            _json_error(name, code, f"nbssm {name}: invalid arguments")
+        raise SystemExit(code) from None
+    except (ValueError, TypeError) as exc:  # an option applied to the process (e.g. --threads) is refused
+        message = f"nbssm {name}: error: {exc}"
+        print(message, file=sys.stderr)
+        if want_json:
+            _json_error(name, 2, message)
+        raise SystemExit(2) from None
+    want_json = want_json and bool(getattr(args, "json", False))
+    out, err = sys.stdout, sys.stderr
+    if want_json:
+        sys.stdout, sys.stderr = _Watch(out, keep=False), _Watch(err, keep=True)
+    try:
+        status = int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        status, message = 130, f"nbssm {name}: interrupted"
+    except (ValueError, OSError) as exc:  # documented file/value errors name their file or argument
+        status, message = 2, f"nbssm {name}: error: {exc}"
+    except MemoryError:
+        status, message = 1, f"nbssm {name}: error: out of memory"
+    else:
+        message = None
+    finally:
+        watched_out, watched_err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = out, err
+    if message is not None:
+        print(message, file=sys.stderr)
+    if want_json and status and not watched_out.written:
+        if message is None:
+            message = "".join(watched_err.text) or f"nbssm {name}: exited with status {status} without output"
+        _json_error(name, status, message)
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

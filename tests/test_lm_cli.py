@@ -43,7 +43,9 @@ def test_generate_errors(capsys, tmp_path):
     assert "not a directory" in capsys.readouterr().err
     assert main(["generate", UNTIED, "--prompt", "hi"]) == 2
     assert "tokenizer" in capsys.readouterr().err
-    assert main(["generate", UNTIED, "--ids", "1,x"]) == 2
-    assert "--ids" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", UNTIED, "--ids", "1,x"])
+    assert exc.value.code == 2
+    assert "argument --ids" in capsys.readouterr().err
     assert main(["generate", UNTIED, "--ids", "1000"]) == 2
     assert "[0, 96)" in capsys.readouterr().err

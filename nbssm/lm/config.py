@@ -22,7 +22,15 @@ from typing import Any
 
 
 class UnsupportedConfigError(ValueError):
-    """A checkpoint configuration that nbssm cannot run faithfully."""
+    """A checkpoint configuration that nbssm cannot run faithfully, or a ``config.json`` that is
+    not valid (not JSON, too large, too deeply nested, a field of the wrong type or out of
+    range). The message names the file and the field."""
+
+
+#: Largest value accepted for any dimension (every dimension must also match the tensors).
+MAX_DIM = 2**31 - 1
+#: Largest ``config.json`` / ``model.safetensors.index.json`` read (real ones are a few KiB).
+MAX_JSON_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -70,8 +78,19 @@ class MambaLMConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UnsupportedConfigError(f"config: {name} must be a positive integer, got {value!r}")
-        if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps >= 0 and math.isfinite(self.norm_eps)):
-            raise UnsupportedConfigError(f"config: norm_eps must be a finite number >= 0, got {self.norm_eps!r}")
+            if value > MAX_DIM:
+                raise UnsupportedConfigError(f"config: {name} must be at most {MAX_DIM}, got {value!r}")
+        norm_eps = self.norm_eps
+        if isinstance(norm_eps, bool) or not isinstance(norm_eps, (int, float)) or not (
+                math.isfinite(norm_eps) and norm_eps >= 0):
+            raise UnsupportedConfigError(f"config: norm_eps must be a finite number >= 0, got {norm_eps!r}")
+        for name in ("conv_bias", "tie_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise UnsupportedConfigError(f"config: {name}: expected true or false, got {getattr(self, name)!r}")
+        for name in ("eos_token_id", "bos_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise UnsupportedConfigError(f"config: {name}: expected an integer >= 0 or None, got {value!r}")
 
     def dims(self) -> dict:
         """The dimensions as a dict (used in state fingerprints)."""
@@ -100,129 +119,252 @@ class MambaLMConfig:
         return shapes
 
 
-def _get_int(cfg: dict, key: str, default: Any = None, where: str = "config.json") -> int:
-    value = cfg.get(key, default)
+# ----------------------------------------------------------------------------- strict JSON
+def _refuse_constant(name: str):
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _no_duplicates(pairs: list) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def load_json_file(path: str, error: type = ValueError, limit: int = MAX_JSON_BYTES, what: str = "JSON file") -> Any:
+    """Parse a small JSON file strictly, raising ``error`` (naming ``path``) on any problem.
+
+    Refused: a file that is not a regular file or is larger than ``limit`` bytes (checked
+    before reading), invalid UTF-8, invalid JSON, ``NaN``/``Infinity`` constants, duplicate
+    keys, nesting too deep for the parser, integers too long to convert.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    import stat
+
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{path}: expected a regular file, got another kind of file")
+    if st.st_size > limit:
+        raise error(f"{path}: expected a {what} of at most {limit} bytes, got {st.st_size} bytes")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(limit + 1)
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    if len(raw) > limit:
+        raise error(f"{path}: expected a {what} of at most {limit} bytes, got more")
+    return parse_json_bytes(raw, path, error, what)
+
+
+def parse_json_bytes(raw: bytes, where: str, error: type = ValueError, what: str = "JSON") -> Any:
+    """Strict JSON parsing of ``raw`` (see :func:`load_json_file`); errors name ``where``."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{where}: {what} is not valid JSON (not UTF-8: {exc.reason} at byte {exc.start})") from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise error(f"{where}: {what} is not valid JSON for nbssm (nested too deeply)") from None
+    except ValueError as exc:  # JSONDecodeError, duplicate keys, constants, over-long integers
+        raise error(f"{where}: {what} is not valid JSON ({exc})") from None
+
+
+# ----------------------------------------------------------------------------- typed fields
+_MISSING = object()
+
+
+def _field(cfg: dict, key: str, where: str, default: Any = _MISSING) -> Any:
+    value = cfg.get(key, None)
     if value is None:
-        raise UnsupportedConfigError(f"{where}: missing required field {key!r}")
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UnsupportedConfigError(f"{where}: field {key!r} must be an integer, got {value!r}")
+        if default is _MISSING:
+            raise UnsupportedConfigError(f"{where}: missing required field {key!r}")
+        return default
     return value
 
 
-def _special(cfg: dict, key: str) -> int | None:
+def _int(cfg: dict, key: str, where: str, default: Any = _MISSING, low: int = 1) -> int:
+    value = _field(cfg, key, where, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UnsupportedConfigError(f"{where}: field {key!r}: expected an integer, got {value!r}")
+    if not low <= value <= MAX_DIM:
+        raise UnsupportedConfigError(f"{where}: field {key!r}: expected an integer in [{low}, {MAX_DIM}], got {value!r}")
+    return value
+
+
+def _bool(cfg: dict, key: str, where: str, default: bool) -> bool:
+    value = _field(cfg, key, where, default)
+    if not isinstance(value, bool):
+        raise UnsupportedConfigError(f"{where}: field {key!r}: expected true or false (a JSON boolean), got {value!r}")
+    return value
+
+
+def _str(cfg: dict, key: str, where: str, default: str) -> str:
+    value = _field(cfg, key, where, default)
+    if not isinstance(value, str):
+        raise UnsupportedConfigError(f"{where}: field {key!r}: expected a string, got {value!r}")
+    return value
+
+
+def _number(cfg: dict, key: str, where: str, default: float) -> float:
+    value = _field(cfg, key, where, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise UnsupportedConfigError(f"{where}: field {key!r}: expected a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _rank(cfg: dict, key: str, where: str, d_model: int) -> int:
+    value = cfg.get(key, "auto")
+    if value == "auto" or value is None:
+        return math.ceil(d_model / 16)
+    return _int(cfg, key, where)
+
+
+def _inner(cfg: dict, key: str, where: str, d_model: int) -> int:
+    expand = _field(cfg, key, where, 2)
+    if isinstance(expand, bool) or not isinstance(expand, (int, float)) or not (0 < expand <= MAX_DIM):
+        raise UnsupportedConfigError(f"{where}: field {key!r}: expected a positive number, got {expand!r}")
+    d_inner = int(expand * d_model)
+    if not 1 <= d_inner <= MAX_DIM:
+        raise UnsupportedConfigError(
+            f"{where}: field {key!r}: {key} x d_model = {d_inner} is outside [1, {MAX_DIM}]")
+    return d_inner
+
+
+def _special(cfg: dict, key: str, where: str) -> int | None:
     value = cfg.get(key)
     if isinstance(value, list):  # transformers allows a list of eos ids; keep the first
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise UnsupportedConfigError(f"{where}: field {key!r}: expected an integer or a list of integers, got {value!r}")
         value = value[0] if value else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_DIM:
+        raise UnsupportedConfigError(f"{where}: field {key!r}: expected an integer >= 0 or null, got {value!r}")
+    return value
 
 
 def parse_config(cfg: dict, where: str = "config.json") -> MambaLMConfig:
     """Parse a ``config.json`` dict (either dialect) into a :class:`MambaLMConfig`.
 
+    Every field nbssm reads is type-checked strictly: booleans must be JSON booleans (the
+    string ``"false"`` is refused, not read as true), integers must be JSON integers (not
+    ``1e8``, not booleans) in ``[1, MAX_DIM]``, strings must be strings. A ``null`` value counts
+    as absent. Fields nbssm does not read are ignored.
+
     Raises
     ------
     UnsupportedConfigError
         For Mamba-2, hybrid (attention or MLP) layers, projection biases, a non-SiLU activation,
-        LayerNorm instead of RMSNorm, or a missing/ill-typed dimension. The message says which field.
+        LayerNorm instead of RMSNorm, or a missing/ill-typed/out-of-range field. The message
+        names ``where`` and the field.
     """
     if not isinstance(cfg, dict):
         raise UnsupportedConfigError(f"{where}: expected a JSON object, got {type(cfg).__name__}")
     if "d_model" in cfg:
         return _parse_mamba_ssm(cfg, where)
-    model_type = cfg.get("model_type", "mamba")
+    model_type = _str(cfg, "model_type", where, "mamba")
     if model_type != "mamba":
         raise UnsupportedConfigError(
             f"{where}: model_type {model_type!r} is not supported; nbssm runs Mamba-1 checkpoints (model_type 'mamba')"
         )
-    act = cfg.get("hidden_act", "silu")
+    act = _str(cfg, "hidden_act", where, "silu")
     if act not in ("silu", "swish"):
         raise UnsupportedConfigError(f"{where}: hidden_act {act!r} is not supported (only 'silu')")
-    if cfg.get("use_bias", False):
+    if _bool(cfg, "use_bias", where, False):
         raise UnsupportedConfigError(
             f"{where}: use_bias=true (biases on in_proj/out_proj) is not supported; "
             "the spec correspondence (SelectiveMambaBlockSpec) has no projection biases"
         )
-    d_model = _get_int(cfg, "hidden_size", where=where)
-    expand = cfg.get("expand", 2)
-    d_inner = cfg.get("intermediate_size")
-    if d_inner is None:
-        d_inner = int(expand * d_model)
-    rank = cfg.get("time_step_rank", "auto")
-    if rank == "auto":
-        rank = math.ceil(d_model / 16)
-    cfg2 = {"intermediate_size": d_inner, "time_step_rank": rank}
+    d_model = _int(cfg, "hidden_size", where)
+    if cfg.get("intermediate_size") is not None:
+        d_inner = _int(cfg, "intermediate_size", where)
+    else:
+        d_inner = _inner(cfg, "expand", where, d_model)
     return MambaLMConfig(
         d_model=d_model,
-        n_layer=_get_int(cfg, "num_hidden_layers", where=where),
-        vocab_size=_get_int(cfg, "vocab_size", where=where),
-        d_state=_get_int(cfg, "state_size", 16, where),
-        d_conv=_get_int(cfg, "conv_kernel", 4, where),
-        d_inner=_get_int(cfg2, "intermediate_size", where=where),
-        dt_rank=_get_int(cfg2, "time_step_rank", where=where),
-        conv_bias=bool(cfg.get("use_conv_bias", True)),
-        norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
-        eos_token_id=_special(cfg, "eos_token_id"),
-        bos_token_id=_special(cfg, "bos_token_id"),
-        pad_token_id=_special(cfg, "pad_token_id"),
+        n_layer=_int(cfg, "num_hidden_layers", where),
+        vocab_size=_int(cfg, "vocab_size", where),
+        d_state=_int(cfg, "state_size", where, 16, low=0),
+        d_conv=_int(cfg, "conv_kernel", where, 4, low=0),
+        d_inner=d_inner,
+        dt_rank=_rank(cfg, "time_step_rank", where, d_model),
+        conv_bias=_bool(cfg, "use_conv_bias", where, True),
+        norm_eps=_number(cfg, "layer_norm_epsilon", where, 1e-5),
+        tie_embeddings=_bool(cfg, "tie_word_embeddings", where, True),
+        eos_token_id=_special(cfg, "eos_token_id", where),
+        bos_token_id=_special(cfg, "bos_token_id", where),
+        pad_token_id=_special(cfg, "pad_token_id", where),
         dialect="hf",
     )
 
 
 def _parse_mamba_ssm(cfg: dict, where: str) -> MambaLMConfig:
-    ssm = cfg.get("ssm_cfg") or {}
+    ssm = cfg.get("ssm_cfg")
+    if ssm is None:
+        ssm = {}
     if not isinstance(ssm, dict):
-        raise UnsupportedConfigError(f"{where}: ssm_cfg must be an object, got {ssm!r}")
-    layer = ssm.get("layer", "Mamba1")
+        raise UnsupportedConfigError(f"{where}: field 'ssm_cfg': expected a JSON object, got {ssm!r}")
+    swhere = where + " ssm_cfg"
+    layer = _str(ssm, "layer", swhere, "Mamba1")
     if layer != "Mamba1":
         raise UnsupportedConfigError(f"{where}: ssm_cfg.layer {layer!r} is not supported (only Mamba1)")
-    if cfg.get("attn_layer_idx"):
+    attn = cfg.get("attn_layer_idx")
+    if attn is not None and not isinstance(attn, list):
+        raise UnsupportedConfigError(f"{where}: field 'attn_layer_idx': expected a list, got {attn!r}")
+    if attn:
         raise UnsupportedConfigError(f"{where}: hybrid attention layers (attn_layer_idx) are not supported")
-    if cfg.get("d_intermediate", 0):
+    if _int(cfg, "d_intermediate", where, 0, low=0):
         raise UnsupportedConfigError(f"{where}: MLP blocks (d_intermediate > 0) are not supported")
-    if not cfg.get("rms_norm", True):
+    if not _bool(cfg, "rms_norm", where, True):
         raise UnsupportedConfigError(f"{where}: rms_norm=false (LayerNorm) is not supported; only RMSNorm")
-    if ssm.get("bias", False):
+    if _bool(ssm, "bias", swhere, False):
         raise UnsupportedConfigError(
             f"{where}: ssm_cfg.bias=true (biases on in_proj/out_proj) is not supported; "
             "the spec correspondence (SelectiveMambaBlockSpec) has no projection biases"
         )
-    d_model = _get_int(cfg, "d_model", where=where)
-    vocab = _get_int(cfg, "vocab_size", where=where)
-    mult = cfg.get("pad_vocab_size_multiple", 1) or 1
+    d_model = _int(cfg, "d_model", where)
+    vocab = _int(cfg, "vocab_size", where)
+    mult = _int(cfg, "pad_vocab_size_multiple", where, 1, low=0) or 1
     if vocab % mult:
         vocab += mult - vocab % mult
-    expand = ssm.get("expand", 2)
-    rank = ssm.get("dt_rank", "auto")
-    if rank == "auto":
-        rank = math.ceil(d_model / 16)
-    cfg2 = {"d_inner": int(expand * d_model), "dt_rank": rank}
+    if vocab > MAX_DIM:
+        raise UnsupportedConfigError(f"{where}: padded vocab_size {vocab} exceeds {MAX_DIM}")
     return MambaLMConfig(
         d_model=d_model,
-        n_layer=_get_int(cfg, "n_layer", where=where),
+        n_layer=_int(cfg, "n_layer", where),
         vocab_size=vocab,
-        d_state=_get_int(ssm, "d_state", 16, where + " ssm_cfg"),
-        d_conv=_get_int(ssm, "d_conv", 4, where + " ssm_cfg"),
-        d_inner=_get_int(cfg2, "d_inner", where=where),
-        dt_rank=_get_int(cfg2, "dt_rank", where=where + " ssm_cfg"),
-        conv_bias=bool(ssm.get("conv_bias", True)),
-        norm_eps=float(cfg.get("norm_epsilon", 1e-5)),
-        tie_embeddings=bool(cfg.get("tie_embeddings", True)),
-        eos_token_id=_special(cfg, "eos_token_id"),
-        bos_token_id=_special(cfg, "bos_token_id"),
-        pad_token_id=_special(cfg, "pad_token_id"),
+        d_state=_int(ssm, "d_state", swhere, 16, low=0),
+        d_conv=_int(ssm, "d_conv", swhere, 4, low=0),
+        d_inner=_inner(ssm, "expand", swhere, d_model),
+        dt_rank=_rank(ssm, "dt_rank", swhere, d_model),
+        conv_bias=_bool(ssm, "conv_bias", swhere, True),
+        norm_eps=_number(cfg, "norm_epsilon", where, 1e-5),
+        tie_embeddings=_bool(cfg, "tie_embeddings", where, True),
+        eos_token_id=_special(cfg, "eos_token_id", where),
+        bos_token_id=_special(cfg, "bos_token_id", where),
+        pad_token_id=_special(cfg, "pad_token_id", where),
         dialect="mamba_ssm",
     )
 
 
 def read_config(directory: str) -> MambaLMConfig:
-    """Read and parse ``directory/config.json``."""
+    """Read and parse ``directory/config.json`` (strictly; see :func:`parse_config`).
+
+    Raises
+    ------
+    FileNotFoundError
+        No ``config.json`` in ``directory``.
+    UnsupportedConfigError
+        Invalid JSON (or larger than ``MAX_JSON_BYTES``, nested too deeply), or a field nbssm
+        refuses; the message names the file.
+    """
     path = os.path.join(directory, "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{directory}: no config.json (expected a Mamba checkpoint directory)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            cfg = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UnsupportedConfigError(f"{path}: not valid JSON ({exc})") from None
+    cfg = load_json_file(path, UnsupportedConfigError, what="config.json")
     return parse_config(cfg, where=path)

@@ -14,27 +14,36 @@ arbitrary code. The error says how to convert them.
 
 from __future__ import annotations
 
-import json
+import math
 import os
+import re
+import stat
 import struct
 from typing import Iterable
 
 import numpy as np
 
-from .config import MambaLMConfig, read_config
+from .config import MambaLMConfig, load_json_file, parse_json_bytes, read_config
 
 
 class CheckpointError(ValueError):
-    """A checkpoint directory or file that cannot be loaded (the message says why)."""
+    """A checkpoint directory or file that cannot be loaded (the message names the file and
+    says why): a pickle, a missing/extra shard, a truncated or lying safetensors header, tensors
+    that do not match ``config.json``, non-finite weights, a tied head that differs from the
+    embedding."""
 
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+#: Largest safetensors header accepted (the ``safetensors`` package's own limit).
+MAX_HEADER_BYTES = 100_000_000
 _PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.bin", "consolidated.pt")
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _FLOAT_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 _ALL_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+_NUMPY_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2"}
+_MAX_NDIM = 16
 
 CONVERT_HINT = (
     "convert it once, in an environment with PyTorch, e.g.\n"
@@ -45,8 +54,92 @@ CONVERT_HINT = (
 )
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _read_header(path: str) -> tuple[dict, int]:
+    """(validated header, byte offset of the data buffer); see :func:`read_safetensors_header`."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read safetensors file ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{path}: expected a regular safetensors file, got another kind of file")
+    size = st.st_size
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(
+                    f"{path}: truncated safetensors file ({size} bytes, not even the 8-byte header length)")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER_BYTES or 8 + n > size:
+                raise CheckpointError(
+                    f"{path}: truncated or not a safetensors file (header length {n} bytes, file has {size} bytes)"
+                )
+            raw = f.read(n)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read safetensors file ({exc.strerror or exc})") from None
+    if len(raw) != n:
+        raise CheckpointError(f"{path}: truncated safetensors file (header of {n} bytes, read {len(raw)})")
+    header = parse_json_bytes(raw, path, CheckpointError, "safetensors header")
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: safetensors header: expected a JSON object, got {type(header).__name__}")
+    meta = header.pop("__metadata__", None)
+    if meta is not None and not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: safetensors header: __metadata__ must be a JSON object, got {meta!r:.80}")
+    data_len = size - 8 - n
+    spans = []
+    for name, entry in header.items():
+        bad = f"{path}: malformed safetensors header entry for tensor {name!r}: {entry!r:.200}"
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise CheckpointError(bad + " (expected an object with dtype, shape, data_offsets)")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not isinstance(dtype, str) or dtype not in _ALL_DTYPES:
+            raise CheckpointError(bad + f" (unknown dtype {dtype!r:.40})")
+        if (not isinstance(shape, list) or len(shape) > _MAX_NDIM
+                or not all(_is_int(d) and d >= 0 for d in shape)):
+            raise CheckpointError(bad + f" (shape: expected a list of at most {_MAX_NDIM} integers >= 0)")
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1]):
+            raise CheckpointError(bad + " (data_offsets: expected [begin, end] with 0 <= begin <= end)")
+        begin, end = offsets
+        nbytes = math.prod(shape) * _ALL_DTYPES[dtype]
+        if end - begin != nbytes:
+            raise CheckpointError(
+                bad + f" (shape {shape} of {dtype} needs {nbytes} bytes, data_offsets span {end - begin})")
+        spans.append((begin, end, name))
+    need = max((end for _, end, _ in spans), default=0)
+    if need > data_len:
+        raise CheckpointError(
+            f"{path}: truncated file: its header needs {need} bytes of tensor data, the file holds {data_len} "
+            f"({8 + n + need} bytes expected, {size} found); download or copy it again"
+        )
+    spans.sort()
+    pos, prev = 0, None
+    for begin, end, name in spans:
+        if begin < pos:
+            raise CheckpointError(f"{path}: safetensors header: tensor {name!r} overlaps tensor {prev!r} "
+                                  f"(bytes {begin}..{end}, the previous one ends at {pos})")
+        if begin > pos:
+            raise CheckpointError(f"{path}: safetensors header: {begin - pos} bytes before tensor {name!r} "
+                                  f"belong to no tensor (offsets must be contiguous)")
+        pos, prev = end, name
+    if pos != data_len:
+        raise CheckpointError(f"{path}: safetensors header describes {pos} bytes of tensor data, "
+                              f"the file holds {data_len} ({data_len - pos} bytes belong to no tensor)")
+    return header, 8 + n
+
+
 def read_safetensors_header(path: str) -> dict:
-    """Read and validate a safetensors header, checking that the file is complete.
+    """Read and validate a safetensors header without reading any tensor data.
+
+    Checked, before anything is allocated beyond the header itself (whose length is bounded
+    by the file size and ``MAX_HEADER_BYTES``): the header is strict JSON (no duplicate
+    names); every entry has a known dtype, a shape of non-negative integers whose byte count
+    equals its ``data_offsets`` span; the spans are contiguous, do not overlap and cover the
+    data exactly as the file size says (a truncated file or trailing bytes are refused).
 
     Parameters
     ----------
@@ -62,45 +155,9 @@ def read_safetensors_header(path: str) -> dict:
     Raises
     ------
     CheckpointError
-        If the file is shorter than its header says (truncated), the header is not valid JSON,
-        or an entry is malformed.
+        Naming the file and the problem.
     """
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes, not even the 8-byte header length)")
-        (n,) = struct.unpack("<Q", head)
-        if n > 100_000_000 or 8 + n > size:
-            raise CheckpointError(
-                f"{path}: truncated or not a safetensors file (header length {n} bytes, file has {size} bytes)"
-            )
-        raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: safetensors header is not valid JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: safetensors header is not a JSON object")
-    header.pop("__metadata__", None)
-    data_len = size - 8 - n
-    need = 0
-    for name, entry in header.items():
-        try:
-            dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: malformed header entry for tensor {name!r}: {entry!r}") from None
-        width = _ALL_DTYPES.get(dtype)
-        count = int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
-        if width is None or not (0 <= begin <= end) or end - begin != count * width:
-            raise CheckpointError(f"{path}: malformed header entry for tensor {name!r}: {entry!r}")
-        need = max(need, end)
-    if need > data_len:
-        raise CheckpointError(
-            f"{path}: truncated file: its header needs {need} bytes of tensor data, the file holds {data_len} "
-            f"({8 + n + need} bytes expected, {size} found); download or copy it again"
-        )
-    return header
+    return _read_header(path)[0]
 
 
 def _refuse_pickles(directory: str) -> None:
@@ -118,6 +175,10 @@ def _refuse_pickles(directory: str) -> None:
 def checkpoint_files(directory: str) -> list[tuple[str, list[str] | None]]:
     """The safetensors files of a checkpoint directory and, for shards, the names each must hold.
 
+    ``model.safetensors`` wins when both it and an index exist. Shard names in the index must
+    be plain file names in the directory (no path components: ``../x`` is refused). Files in
+    the directory that the index does not name are ignored.
+
     Returns
     -------
     list of (path, names or None)
@@ -131,17 +192,19 @@ def checkpoint_files(directory: str) -> list[tuple[str, list[str] | None]]:
     if os.path.isfile(single):
         return [(single, None)]
     if os.path.isfile(index):
-        try:
-            with open(index, encoding="utf-8") as f:
-                weight_map = json.load(f)["weight_map"]
-            if not isinstance(weight_map, dict):
-                raise TypeError
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-            raise CheckpointError(f"{index}: not a safetensors index (expected a JSON object with a 'weight_map')") from None
+        doc = load_json_file(index, CheckpointError, what="safetensors index")
+        weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(
+                f"{index}: not a safetensors index (expected a JSON object with a non-empty 'weight_map' object)")
         shards: dict[str, list[str]] = {}
         for name, shard in weight_map.items():
-            if not isinstance(shard, str) or os.path.basename(shard) != shard:
-                raise CheckpointError(f"{index}: tensor {name!r} maps to an invalid shard file name {shard!r}")
+            if (not isinstance(shard, str) or not shard or os.path.basename(shard) != shard
+                    or shard in (".", "..") or "\\" in shard or "\0" in shard):
+                raise CheckpointError(f"{index}: tensor {name!r} maps to an invalid shard file name {shard!r:.100}")
+            if shard.endswith(_PICKLE_SUFFIXES):
+                raise CheckpointError(f"{index}: shard {shard!r} is a PyTorch pickle, which nbssm never loads; "
+                                      f"{CONVERT_HINT}")
             shards.setdefault(shard, []).append(name)
         out = []
         for shard, names in sorted(shards.items()):
@@ -154,82 +217,118 @@ def checkpoint_files(directory: str) -> list[tuple[str, list[str] | None]]:
     raise AssertionError("unreachable")
 
 
-def _to_dtype(array: np.ndarray, dtype: np.dtype, name: str, path: str) -> np.ndarray:
-    kind = str(array.dtype)
-    if kind == "bfloat16":
-        return array.astype(np.float32).astype(dtype, copy=False)
-    if array.dtype in (np.float16, np.float32, np.float64):
-        return array.astype(dtype, copy=False)
-    raise CheckpointError(f"{path}: tensor {name!r} has dtype {kind}; expected float32, float16, bfloat16 or float64")
+def read_headers(directory: str) -> list[tuple[str, dict, int]]:
+    """Validated headers of every safetensors file of ``directory`` (no tensor data read).
+
+    Returns
+    -------
+    list of (path, header, data_start)
+        Checked against the index (a shard holds exactly the names the index gives it) and
+        across files (no tensor in two files).
+    """
+    out = []
+    seen: dict[str, str] = {}
+    for path, names in checkpoint_files(directory):
+        header, start = _read_header(path)
+        if names is not None:
+            listed = set(names)
+            absent = [n for n in names if n not in header]
+            if absent:
+                raise CheckpointError(f"{path}: the index lists tensors this shard does not hold: {absent[:5]}")
+            extra = [n for n in header if n not in listed]
+            if extra:
+                raise CheckpointError(f"{path}: shard holds tensors the index does not list: {extra[:5]}")
+        for name in header:
+            if name in seen:
+                raise CheckpointError(f"{path}: tensor {name!r} appears in more than one file (also in {seen[name]})")
+            seen[name] = path
+        out.append((path, header, start))
+    return out
 
 
-def read_tensors(directory: str, dtype=np.float32) -> dict[str, np.ndarray]:
-    """Read every tensor of a checkpoint directory, converted to ``dtype``.
+def _read_tensor(f, path: str, start: int, name: str, entry: dict, dtype: np.dtype) -> np.ndarray:
+    begin, end = entry["data_offsets"]
+    f.seek(start + begin)
+    raw = f.read(end - begin)
+    if len(raw) != end - begin:
+        raise CheckpointError(f"{path}: truncated while reading tensor {name!r} (the file changed while loading?)")
+    kind = entry["dtype"]
+    if kind not in _FLOAT_DTYPES:
+        raise CheckpointError(f"{path}: tensor {name!r} has dtype {kind}; expected F32, F16, BF16 or F64")
+    array = np.frombuffer(raw, dtype=_NUMPY_DTYPES[kind])
+    if kind == "BF16":  # bfloat16 is the upper half of a float32: exact conversion
+        array = (array.astype(np.uint32) << 16).view(np.float32)
+    return np.ascontiguousarray(array.reshape(entry["shape"]).astype(dtype, copy=False))
+
+
+def read_tensors(directory: str, dtype=np.float32, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """Read the tensors of a checkpoint directory, converted to ``dtype``.
+
+    Every header is validated first (see :func:`read_safetensors_header`); then only the
+    tensors asked for are read, each exactly its declared byte count. float16 and bfloat16
+    are converted exactly; integer and other dtypes are refused.
+
+    Parameters
+    ----------
+    directory : str
+    dtype : numpy dtype
+    names : iterable of str, optional
+        Stored names to read (default: all).
 
     Returns
     -------
     dict
         name (as stored) -> C-contiguous array of ``dtype``.
     """
-    try:
-        from safetensors import safe_open
-    except ImportError:  # pragma: no cover - the lm extra
-        raise ImportError("reading checkpoints needs the 'safetensors' package: pip install 'nbssm[lm]'") from None
-    dtype = np.dtype(dtype)
+    return _read_data(read_headers(directory), np.dtype(dtype), None if names is None else set(names))
+
+
+def _read_data(headers, dtype: np.dtype, wanted: set | None) -> dict[str, np.ndarray]:
     tensors: dict[str, np.ndarray] = {}
-    for path, names in checkpoint_files(directory):
-        header = read_safetensors_header(path)
+    for path, header, start in headers:
         for name, entry in header.items():
-            if entry["dtype"] not in _FLOAT_DTYPES:
+            if entry["dtype"] not in _FLOAT_DTYPES and (wanted is None or name in wanted):
                 raise CheckpointError(
                     f"{path}: tensor {name!r} has dtype {entry['dtype']}; expected F32, F16, BF16 or F64"
                 )
-        if names is not None:
-            absent = [n for n in names if n not in header]
-            if absent:
-                raise CheckpointError(f"{path}: the index lists tensors this shard does not hold: {absent[:5]}")
-            extra = [n for n in header if n not in set(names)]
-            if extra:
-                raise CheckpointError(f"{path}: shard holds tensors the index does not list: {extra[:5]}")
-        if any(entry["dtype"] == "BF16" for entry in header.values()):
-            try:
-                import ml_dtypes  # noqa: F401  (registers numpy's bfloat16)
-            except ImportError:
-                raise ImportError(f"{path} holds bfloat16 tensors; converting them needs 'ml_dtypes': pip install 'nbssm[lm]'") from None
+        todo = [n for n in header if wanted is None or n in wanted]
+        if not todo:
+            continue
         try:
-            with safe_open(path, framework="numpy") as f:
-                for name in f.keys():
-                    if name in tensors:
-                        raise CheckpointError(f"{path}: tensor {name!r} appears in more than one file")
-                    array = f.get_tensor(name)
-                    tensors[name] = np.ascontiguousarray(_to_dtype(array, dtype, name, path))
-        except CheckpointError:
-            raise
-        except Exception as exc:  # safetensors raises its own error type
-            raise CheckpointError(f"{path}: cannot read safetensors file ({exc})") from None
+            with open(path, "rb") as f:
+                for name in todo:
+                    tensors[name] = _read_tensor(f, path, start, name, header[name], dtype)
+        except OSError as exc:
+            raise CheckpointError(f"{path}: cannot read safetensors file ({exc.strerror or exc})") from None
     return tensors
 
 
-def normalize_names(tensors: dict[str, np.ndarray], config: MambaLMConfig) -> dict[str, np.ndarray]:
+def _normal_name(name: str) -> str:
+    if name.startswith("backbone.embedding."):
+        return "backbone.embeddings." + name[len("backbone.embedding."):]
+    return name
+
+
+def normalize_names(tensors: dict, config: MambaLMConfig | None = None) -> dict:
     """Map the ``mamba_ssm`` naming onto the Hugging Face one (``backbone.embedding.`` ->
-    ``backbone.embeddings.``); other names are kept."""
+    ``backbone.embeddings.``); other names are kept. Works on any name-keyed dict."""
     out = {}
     for name, value in tensors.items():
-        if name.startswith("backbone.embedding."):
-            new = "backbone.embeddings." + name[len("backbone.embedding."):]
-            if new in tensors:
-                raise CheckpointError(f"checkpoint holds both {name!r} and {new!r}")
-            name = new
-        out[name] = value
+        new = _normal_name(name)
+        if new != name and new in tensors:
+            raise CheckpointError(f"checkpoint holds both {name!r} and {new!r}")
+        out[new] = value
     return out
 
 
-def check_tensors(tensors: dict[str, np.ndarray], config: MambaLMConfig, directory: str = "checkpoint") -> dict[str, np.ndarray]:
-    """Check names and shapes against the config; return the tensors the model uses.
+_LAYER = re.compile(r"backbone\.layers\.(\d+)\.")
 
-    ``lm_head.weight`` is optional (and ignored, like transformers does) when the head is tied;
-    its shape is still checked. ``conv1d.bias`` is required exactly when the config says
-    ``conv_bias``.
+
+def check_shapes(shapes: dict, config: MambaLMConfig, directory: str = "checkpoint") -> None:
+    """Check tensor names and shapes (name -> shape tuple) against the config, without data.
+
+    The number of layers is compared first, so that a config declaring more layers than the
+    checkpoint holds fails at once (no per-layer table is built for it).
 
     Raises
     ------
@@ -237,12 +336,21 @@ def check_tensors(tensors: dict[str, np.ndarray], config: MambaLMConfig, directo
         Listing missing tensors, unexpected tensors, and tensors of the wrong shape (name,
         expected shape, found shape).
     """
+    layers = set()
+    for name in shapes:
+        m = _LAYER.match(name)
+        if m and len(m.group(1)) <= 10:
+            layers.add(int(m.group(1)))
+    if config.n_layer > len(layers):
+        raise CheckpointError(
+            f"{directory}: checkpoint does not match its config.json: the config declares n_layer="
+            f"{config.n_layer} (num_hidden_layers / n_layer) but the tensors hold {len(layers)} layer(s)")
     expected = config.tensor_shapes()
     optional = {"lm_head.weight"} if config.tie_embeddings else set()
-    missing = [n for n in expected if n not in tensors and n not in optional]
-    unexpected = [n for n in tensors if n not in expected]
-    wrong = [f"{n}: expected {expected[n]}, found {tuple(tensors[n].shape)}"
-             for n in expected if n in tensors and tuple(tensors[n].shape) != expected[n]]
+    missing = [n for n in expected if n not in shapes and n not in optional]
+    unexpected = [n for n in shapes if n not in expected]
+    wrong = [f"{n}: expected {expected[n]}, found {tuple(shapes[n])}"
+             for n in expected if n in shapes and tuple(shapes[n]) != expected[n]]
     problems = []
     if missing:
         problems.append(f"missing tensors ({len(missing)}): {_short(missing)}")
@@ -257,10 +365,40 @@ def check_tensors(tensors: dict[str, np.ndarray], config: MambaLMConfig, directo
         problems.append(f"tensors of the wrong shape ({len(wrong)}): {_short(wrong)}")
     if problems:
         raise CheckpointError(f"{directory}: checkpoint does not match its config.json: " + "; ".join(problems))
+
+
+def _tie_key(config: MambaLMConfig) -> str:
+    return "tie_embeddings" if config.dialect == "mamba_ssm" else "tie_word_embeddings"
+
+
+def check_tensors(tensors: dict[str, np.ndarray], config: MambaLMConfig, directory: str = "checkpoint") -> dict[str, np.ndarray]:
+    """Check names, shapes and values against the config; return the tensors the model uses.
+
+    ``lm_head.weight`` is optional when the head is tied. A tied checkpoint that stores an
+    ``lm_head.weight`` is accepted only when that head equals the embedding exactly (as
+    ``mamba_ssm`` saves tied models); a different stored head is refused, since the config
+    says it is not used (set ``tie_word_embeddings`` / ``tie_embeddings`` to false to use it).
+    ``conv1d.bias`` is required exactly when the config says ``conv_bias``. Every used tensor
+    must be finite.
+
+    Raises
+    ------
+    CheckpointError
+        Listing missing tensors, unexpected tensors, and tensors of the wrong shape (name,
+        expected shape, found shape); naming a non-finite tensor or a differing tied head.
+    """
+    check_shapes({n: tuple(np.shape(v)) for n, v in tensors.items()}, config, directory)
     used = {n: v for n, v in tensors.items() if not (n == "lm_head.weight" and config.tie_embeddings)}
     for name, value in used.items():
         if not np.all(np.isfinite(value)):
             raise CheckpointError(f"{directory}: tensor {name!r} holds NaN or Inf values")
+    if config.tie_embeddings and "lm_head.weight" in tensors:
+        head, embed = np.asarray(tensors["lm_head.weight"]), np.asarray(used["backbone.embeddings.weight"])
+        if not np.array_equal(head, embed):
+            raise CheckpointError(
+                f"{directory}: config.json says {_tie_key(config)}=true (the LM head is the embedding) but the "
+                "checkpoint stores an lm_head.weight that differs from the embedding; set "
+                f"{_tie_key(config)} to false to use the stored head, or remove lm_head.weight")
     return used
 
 
@@ -273,6 +411,12 @@ def _short(names: Iterable[str], limit: int = 8) -> str:
 def load_checkpoint(directory: str, dtype=np.float32) -> tuple[MambaLMConfig, dict[str, np.ndarray]]:
     """Read ``config.json`` and the tensors of a checkpoint directory.
 
+    Order (each step refuses before the next allocates): the config is parsed strictly;
+    pickles are refused; every safetensors header is validated against its file size and the
+    index; names, shapes and dtypes are checked against the config (milliseconds, no tensor
+    data read); then exactly the declared bytes of each tensor are read and checked for
+    non-finite values and for a tied head that differs from the embedding.
+
     Parameters
     ----------
     directory : str
@@ -284,11 +428,26 @@ def load_checkpoint(directory: str, dtype=np.float32) -> tuple[MambaLMConfig, di
     -------
     (MambaLMConfig, dict)
         The config and the checked tensors in the Hugging Face naming.
+
+    Raises
+    ------
+    CheckpointError, UnsupportedConfigError, FileNotFoundError
+        Each naming the file.
     """
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise CheckpointError(f"{directory}: not a directory (expected a Mamba checkpoint directory)")
+    dtype = np.dtype(dtype)
     config = read_config(directory)
-    checkpoint_files(directory)  # refuse pickles before anything else is read
-    tensors = normalize_names(read_tensors(directory, dtype), config)
+    headers = read_headers(directory)  # refuses pickles before anything else is read
+    entries = {}
+    for path, header, _ in headers:
+        for name, entry in header.items():
+            entries[name] = (path, entry)
+    shapes = normalize_names({n: tuple(e["shape"]) for n, (_, e) in entries.items()})
+    check_shapes(shapes, config, directory)
+    for name, (path, entry) in entries.items():
+        if entry["dtype"] not in _FLOAT_DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} has dtype {entry['dtype']}; expected F32, F16, BF16 or F64")
+    tensors = normalize_names(_read_data(headers, dtype, None))
     return config, check_tensors(tensors, config, directory)

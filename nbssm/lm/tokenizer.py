@@ -30,7 +30,16 @@ class Tokenizer:
 
 
 def load_tokenizer(directory: str | os.PathLike):
-    """``Tokenizer`` for ``directory/tokenizer.json``, or None when the file or the package is missing."""
+    """``Tokenizer`` for ``directory/tokenizer.json``, or None when the file or the package is missing.
+
+    Raises
+    ------
+    nbssm.lm.CheckpointError
+        ``tokenizer.json`` exists but cannot be read (not a regular file, invalid JSON, not a
+        tokenizer); the message names the file.
+    """
+    from .loading import CheckpointError
+
     path = os.path.join(os.fspath(directory), "tokenizer.json")
     if not os.path.isfile(path):
         return None
@@ -40,5 +49,7 @@ def load_tokenizer(directory: str | os.PathLike):
         return None
     try:
         return Tokenizer(_Inner.from_file(path))
-    except Exception as exc:  # the tokenizers package raises a plain Exception on bad files
-        raise ValueError(f"{path}: cannot read tokenizer ({exc})") from None
+    except (KeyboardInterrupt, SystemExit):  # pragma: no cover
+        raise
+    except BaseException as exc:  # tokenizers raises plain Exceptions, and pyo3 panics are BaseExceptions
+        raise CheckpointError(f"{path}: cannot read tokenizer ({type(exc).__name__}: {str(exc)[:300]})") from None
