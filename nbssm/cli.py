@@ -13,8 +13,8 @@ Behaviour common to every subcommand:
 - with ``--json`` (on the subcommands that have it) standard output is always one JSON
   document, also on errors: ``{"error": {"command": CMD, "status": N, "message": TEXT}}``;
 - Ctrl-C exits with status 130 and one line, no traceback;
-- ``--threads N`` (where the installed nbssm provides :mod:`nbssm.threads`) sets the number of
-  kernel threads for that command.
+- ``--threads N`` sets the number of kernel and BLAS threads for that command
+  (:mod:`nbssm.threads`).
 """
 
 from __future__ import annotations
@@ -32,17 +32,6 @@ SUBCOMMANDS = {
     "generate": ("nbssm.lm.cli", "generate text from a local Mamba checkpoint directory"),
     "experiment": ("nbssm.experiments.cli", "run a paper experiment (signature-tasks)"),
 }
-
-
-def _threads_module():
-    """:mod:`nbssm.threads` when it exists (it provides ``add_threads_argument(parser)`` and
-    ``apply_threads_argument(args)``), else None."""
-    try:
-        return import_module("nbssm.threads")
-    except ModuleNotFoundError as exc:
-        if exc.name in ("nbssm.threads",):
-            return None
-        raise
 
 
 class _ArgumentError(Exception):
@@ -80,13 +69,21 @@ def build_subparser(name: str, module) -> argparse.ArgumentParser:
     """The parser of subcommand ``name`` (its own options plus ``--threads`` where available)."""
     sub = _Parser(prog=f"nbssm {name}", description=SUBCOMMANDS[name][1])
     module.add_arguments(sub)
-    threads = _threads_module()
-    if threads is not None and not _has_option(sub, "--threads"):
-        threads.add_threads_argument(sub)
+    from nbssm.threads import add_threads_argument  # imports numba: only once a command runs
+
+    parsers = [sub]
+    while parsers:  # the command's parser and its own subcommands' parsers (nbssm experiment NAME)
+        p = parsers.pop()
+        if not _has_option(p, "--threads"):
+            add_threads_argument(p)
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
     return sub
 
 
-def _json_error(name: str, status: int, message: str) -> None:
+def json_error(name: str, status: int, message: str) -> None:
+    """Print the one JSON error document of every ``--json`` command on standard output."""
     json.dump({"error": {"command": name, "status": status, "message": message.strip()}}, sys.stdout)
     sys.stdout.write("\n")
     sys.stdout.flush()
@@ -142,25 +139,25 @@ def main(argv: list[str] | None = None) -> int:
     want_json = want_json and _has_option(sub, "--json")
     try:
         args = sub.parse_args(argv[1:])
-        threads = _threads_module()
-        if threads is not None:
-            threads.apply_threads_argument(args)
+        from nbssm.threads import apply_threads_argument
+
+        apply_threads_argument(args)
     except _ArgumentError as exc:
         sub.print_usage(sys.stderr)
         print(exc.message, file=sys.stderr)
         if want_json:
-            _json_error(name, exc.status, exc.message)
+            json_error(name, exc.status, exc.message)
         raise SystemExit(exc.status) from None
     except SystemExit as exc:  # --help, or a subcommand's own parser exiting
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
         if want_json and code:
-            _json_error(name, code, f"nbssm {name}: invalid arguments")
+            json_error(name, code, f"nbssm {name}: invalid arguments")
         raise SystemExit(code) from None
     except (ValueError, TypeError) as exc:  # an option applied to the process (e.g. --threads) is refused
         message = f"nbssm {name}: error: {exc}"
         print(message, file=sys.stderr)
         if want_json:
-            _json_error(name, 2, message)
+            json_error(name, 2, message)
         raise SystemExit(2) from None
     want_json = want_json and bool(getattr(args, "json", False))
     out, err = sys.stdout, sys.stderr
@@ -184,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if want_json and status and not watched_out.written:
         if message is None:
             message = "".join(watched_err.text) or f"nbssm {name}: exited with status {status} without output"
-        _json_error(name, status, message)
+        json_error(name, status, message)
     return status
 
 

@@ -275,3 +275,14 @@ def test_one_dimensional_ids_are_one_sequence(model):
     np.testing.assert_array_equal(s.ssm, sb.ssm)
     step, _ = model.step(23, s)
     assert step.shape == (96,)
+
+
+@pytest.mark.parametrize("options", [dict(temperature=-1.0), dict(temperature=float("nan")), dict(top_k=0),
+                                     dict(top_k=1.5), dict(seed="x")])
+def test_generate_checks_sampling_options_before_any_work(monkeypatch, options):
+    from nbssm import MambaLM
+
+    model = MambaLM.random(seed=0, d_model=16, n_layer=1, vocab_size=32)
+    monkeypatch.setattr(model, "prefill", lambda *a, **k: (_ for _ in ()).throw(AssertionError("prefill ran")))
+    with pytest.raises((TypeError, ValueError)):
+        model.generate(np.array([1, 2, 3]), max_new_tokens=2, **options)

@@ -4,6 +4,7 @@ JSON on stdout under ``--json`` even for errors, no tracebacks, the NaN/Inf poli
 from __future__ import annotations
 
 import json
+from importlib import import_module
 import os
 import subprocess
 import sys
@@ -157,47 +158,28 @@ def test_json_error_from_an_exception_in_run(capsys, monkeypatch):
 
 
 # ============================================================================ --threads hook
-def test_threads_hook_when_the_module_exists(monkeypatch, capsys):
-    calls = []
-    fake = types.ModuleType("nbssm.threads")
+@pytest.mark.parametrize("command", [["generate", TIED, "--ids", "1"], ["verify", "--list"], ["bench", "--quick"],
+                                     ["experiment", "signature-tasks"]])
+def test_every_command_takes_threads(monkeypatch, command):
+    """The real nbssm.threads option on every subcommand: applied for the command's run, then restored."""
+    import numba
 
-    def add_threads_argument(parser):
-        parser.add_argument("--threads", type=int, default=None)
-
-    def apply_threads_argument(args):
-        calls.append(args.threads)
-
-    fake.add_threads_argument, fake.apply_threads_argument = add_threads_argument, apply_threads_argument
-    monkeypatch.setitem(sys.modules, "nbssm.threads", fake)
-    from nbssm.lm import cli
-
-    monkeypatch.setattr(cli, "run", lambda args: 0)
-    assert main(["generate", TIED, "--ids", "1", "--threads", "3"]) == 0
-    assert calls == [3]
-
-
-def test_threads_hook_refusal_is_an_argument_error(monkeypatch, capsys):
-    fake = types.ModuleType("nbssm.threads")
-    fake.add_threads_argument = lambda parser: parser.add_argument("--threads", type=int)
-
-    def apply_threads_argument(args):
-        raise ValueError(f"--threads: expected an integer >= 1, got {args.threads}")
-
-    fake.apply_threads_argument = apply_threads_argument
-    monkeypatch.setitem(sys.modules, "nbssm.threads", fake)
-    with pytest.raises(SystemExit) as exc:
-        main(["generate", TIED, "--ids", "1", "--threads", "0"])
-    assert exc.value.code == 2 and "--threads" in capsys.readouterr().err
-
-
-def test_without_threads_module_commands_still_work(monkeypatch):
     from nbssm import cli as nbcli
 
-    monkeypatch.setattr(nbcli, "_threads_module", lambda: None)
-    from nbssm.lm import cli
+    seen = []
+    module = import_module(nbcli.SUBCOMMANDS[command[0]][0])
+    monkeypatch.setattr(module, "run", lambda args: seen.append(numba.get_num_threads()) or 0)
+    before = numba.get_num_threads()
+    assert main([*command, "--threads", "1"]) == 0
+    assert seen == [1]
+    numba.set_num_threads(before)
 
-    monkeypatch.setattr(cli, "run", lambda args: 0)
-    assert main(["generate", TIED, "--ids", "1"]) == 0
+
+@pytest.mark.parametrize("value", ["0", "-1", "x", "1.5", str(10**6)])
+def test_bad_threads_is_an_argument_error(capsys, value):
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", TIED, "--ids", "1", "--threads", value])
+    assert exc.value.code == 2 and "--threads" in capsys.readouterr().err
 
 
 # ============================================================================ experiment

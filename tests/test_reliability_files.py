@@ -241,8 +241,6 @@ def test_large_state_size_checkpoint_loads(tmp_path):
     assert kind == "ok", message
 
 
-@pytest.mark.xfail(strict=True, reason="selective_scan keeps n x block-width scratch on the thread stack "
-                                       "(segfault for large state sizes); fixed in the kernels")
 def test_large_state_size_checkpoint_generates_without_crashing(tmp_path):
     import subprocess
     import sys

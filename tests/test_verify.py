@@ -234,16 +234,16 @@ def test_bad_arguments_are_argparse_errors_not_tracebacks(capsys, argv, fragment
     assert e.value.code == 2
     out, err = capsys.readouterr()
     doc = json.loads(out)
-    assert doc["status"] == 2 and fragment in doc["error"]
+    assert doc["error"]["status"] == 2 and fragment in doc["error"]["message"]
 
 
 def test_json_is_valid_on_every_exit(capsys):
     rc = main(["verify", "--json", "--no-progress", "--only", "no_such_check_name"])
     out, err = capsys.readouterr()
-    assert rc == 2 and json.loads(out) == {"error": "nbssm verify: no check selected", "status": 2}
+    assert rc == 2 and json.loads(out) == {"error": {"command": "verify", "status": 2, "message": "nbssm verify: no check selected"}}
     rc = main(["verify", "--json", "--ledger", "--no-progress", "--only", "compose_assoc"])
     out, _ = capsys.readouterr()
-    assert rc == 2 and "--ledger" in json.loads(out)["error"]
+    assert rc == 2 and "--ledger" in json.loads(out)["error"]["message"]
     rc, rows, _ = run_json(capsys, "--budget", "0", "--no-external", "--only", "compose_assoc")
     assert rc == 1 and rows[0]["verdict"] == "unknown"
 
@@ -260,7 +260,7 @@ def test_bad_budget_in_a_subprocess_has_no_traceback():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "--budget" in proc.stderr
-    assert json.loads(proc.stdout)["status"] == 2
+    assert json.loads(proc.stdout)["error"]["status"] == 2
 
 
 def test_budget_object_and_runner_validate_nan():

@@ -52,7 +52,7 @@ import numpy as np
 from ..models import MambaMixer
 from ..state import ModelState, weights_digest
 from .config import MambaLMConfig
-from .sampling import sample_next
+from .sampling import check_sampling_args, sample_next
 
 __all__ = ["Generation", "MambaLM", "rms_norm"]
 
@@ -518,7 +518,8 @@ class MambaLM:
             batch, with ``.state``, ``.logits`` and ``.tokens_per_second``.
         """
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+            raise ValueError(f"max_new_tokens: expected an integer >= 0, got {max_new_tokens!r}")
+        check_sampling_args(temperature, top_k, seed, where="generate")  # before the prefill's work
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ValueError("a text prompt needs a tokenizer (tokenizer.json and the 'tokenizers' package); pass token ids")

@@ -14,7 +14,8 @@ budget of 0 s); 2 for bad arguments or an empty selection.
 ``--budget`` takes seconds per check: a number >= 0 or ``inf`` (no limit);
 NaN, negative numbers and non-numbers are argument errors. With ``--json``
 stdout is always one JSON document: the list of result objects, or, on an
-argument error or an empty selection, an object ``{"error": ..., "status": 2}``.
+argument error or an empty selection, ``{"error": {"command", "status", "message"}}``
+(the format of every ``--json`` command, :func:`nbssm.cli.json_error`).
 
 Examples::
 
@@ -32,7 +33,6 @@ import json
 import math
 import sys
 import time
-import types
 from dataclasses import replace
 from typing import Any
 
@@ -63,34 +63,8 @@ def _count(text: str) -> int:
     return value
 
 
-def _json_error(message: str, status: int = 2) -> None:
-    json.dump({"error": message, "status": status}, sys.stdout)
-    sys.stdout.write("\n")
-    sys.stdout.flush()
-
-
-def _install_error_handler(parser: argparse.ArgumentParser) -> None:
-    """Argument errors: argparse's usage message on stderr, exit 2; with --json also a JSON error on stdout."""
-    original = parser.error
-
-    def error(self, message):
-        if getattr(self, "_nbssm_json", False):
-            _json_error(f"{self.prog}: error: {message}")
-        original(message)
-
-    parser.error = types.MethodType(error, parser)
-    original_parse = parser.parse_known_args
-
-    def parse_known_args(self, args=None, namespace=None):
-        self._nbssm_json = "--json" in (sys.argv[1:] if args is None else list(args))
-        return original_parse(args, namespace)
-
-    parser.parse_known_args = types.MethodType(parse_known_args, parser)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``nbssm verify``."""
-    _install_error_handler(parser)
     g = parser.add_argument_group("dimensions and lengths")
     g.add_argument("--preset", choices=sorted(PRESET_NAMES), default="default",
                    help="named dimensions: minimal (1,1,1,1, W2, 2+1), default (2,2,2,2, W3, 3+2), "
@@ -237,7 +211,9 @@ def summary(results: list[CheckResult], seconds: float) -> str:
 def _fail(args: argparse.Namespace, message: str, status: int = 2) -> int:
     print(f"nbssm verify: {message}", file=sys.stderr)
     if args.json:
-        _json_error(f"nbssm verify: {message}", status)
+        from nbssm.cli import json_error
+
+        json_error("verify", status, f"nbssm verify: {message}")
     return status
 
 
