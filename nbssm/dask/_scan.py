@@ -242,12 +242,33 @@ def _check_time_blocks(time_chunks, chunk_length, name):
                 f"nbssm.dask.time_chunks(length, n_blocks, chunk_length)")
 
 
-def _time_parallel(seqs, h0_blocks, summarize, run_block, state_shape, strategy, chunk_length, combine, name):
+def _carry_all(rule, h0, *sums):
+    """The serial carry over every block but the last, in one task: the states entering
+    blocks ``1 .. len(sums)`` (few numbers: one state per block)."""
+    out, h = [], h0
+    for s in sums:
+        h = _carry(s, h, rule)
+        out.append(h)
+    return out
+
+
+def _run(run_block, want_final, *args):
+    """``run_block(*inputs, state)`` where the last two arguments are the entering state (or
+    a list of them) and its index (None: the state itself); the output only, unless
+    ``want_final``."""
+    *inputs, entering, index = args
+    h = entering if index is None else entering[index]
+    out, final = run_block(*inputs, h)
+    return (out, final) if want_final else out
+
+
+def _time_parallel(seqs, h0_blocks, summarize, run_block, strategy, chunk_length, combine, name):
     """Shared graph of the time-parallel scans.
 
     ``seqs``: dask arrays whose blocks ``[i, j, 0]`` (batch chunk i, time block j) are the
     inputs of ``summarize``/``run_block``; ``h0_blocks[i]``: the initial state of batch
-    chunk i. Returns ``(out_blocks[i][j] delayed pairs (out, final), n_batch, n_time)``.
+    chunk i. Returns ``results[i][j]``: delayed outputs, the last block's a pair
+    ``(out, final_state)``.
     """
     import dask
 
@@ -262,29 +283,27 @@ def _time_parallel(seqs, h0_blocks, summarize, run_block, state_shape, strategy,
     rule = _zero_state_rule() if chunked and nt > 1 and combine == "serial" else False
     results = []
     for i in range(nb):
-        row = []
         args = [[blk[i, j, 0] for blk in blocks] for j in range(nt)]
+        entering = [(h0_blocks[i], None)]
         if not chunked:
             # sequential: each block from the final state of the previous one
-            h = h0_blocks[i]
+            row = []
             for j in range(nt):
-                pair = delayed(run_block, pure=True, nout=2)(*args[j], h)
-                row.append(pair)
-                h = pair[1]
-        else:
-            sums = [delayed(summarize, pure=True)(*args[j]) for j in range(nt - 1)]
-            if combine == "serial":
-                entering = [h0_blocks[i]]
-                for j in range(nt - 1):
-                    entering.append(delayed(_carry, pure=True)(sums[j], entering[-1], rule))
-            else:
-                bsum = [delayed(_block_summary, pure=True)(s) for s in sums]
-                prefixes = _tree_prefixes(delayed, bsum)
-                entering = [h0_blocks[i]] + [delayed(_apply, pure=True)(p, h0_blocks[i]) for p in prefixes]
-            for j in range(nt):
-                row.append(delayed(run_block, pure=True, nout=2)(*args[j], entering[j]))
-        results.append(row)
-    return results, nb, nt
+                pair = delayed(_run, pure=True, nout=2)(run_block, True, *args[j], *entering[-1])
+                entering.append((pair[1], None))
+                row.append(pair[0] if j < nt - 1 else pair)
+            results.append(row)
+            continue
+        sums = [delayed(summarize, pure=True)(*args[j]) for j in range(nt - 1)]
+        if combine == "serial" and nt > 1:
+            carries = delayed(_carry_all, pure=True)(rule, h0_blocks[i], *sums)
+            entering += [(carries, j) for j in range(nt - 1)]
+        elif nt > 1:
+            bsum = [delayed(_block_summary, pure=True)(s) for s in sums]
+            prefixes = _tree_prefixes(delayed, bsum)
+            entering += [(delayed(_apply, pure=True)(p, h0_blocks[i]), None) for p in prefixes]
+        results.append([delayed(_run, pure=True)(run_block, j == nt - 1, *args[j], *entering[j]) for j in range(nt)])
+    return results
 
 
 def _assemble(results, chunks, dtype, state_of_chunk, return_final_state):
@@ -292,9 +311,14 @@ def _assemble(results, chunks, dtype, state_of_chunk, return_final_state):
     nb, nt = len(results), len(results[0])
     rows = []
     for i in range(nb):
-        rows.append([[da.from_delayed(_first_delayed(results[i][j]), shape=(chunks[0][i], chunks[1][j], chunks[2][0]),
-                                      dtype=dtype)] for j in range(nt)])
-    out = da.block(rows) if nb and nt else None
+        row = []
+        for j in range(nt):
+            d = results[i][j]
+            if j == nt - 1:
+                d = _first_delayed(d)
+            row.append([da.from_delayed(d, shape=(chunks[0][i], chunks[1][j], chunks[2][0]), dtype=dtype)])
+        rows.append(row)
+    out = da.block(rows)
     if not return_final_state:
         return out
     finals = [da.from_delayed(_second_delayed(results[i][-1]), shape=state_of_chunk(chunks[0][i]), dtype=dtype)
@@ -389,9 +413,9 @@ def linear_scan(a, b, initial_state=None, return_final_state=False, strategy="au
             raise ValueError(f"initial_state: expected shape {(batch, channels)}, got "
                              f"{small(initial_state, 'initial_state').shape}")
         h0b = _h0_blocks(h0k, a.chunks[0], (cw,), dt, "initial_state")
-        res, _, _ = _time_parallel(
+        res = _time_parallel(
             [ak, bk], h0b, partial(_linear_summaries, chunk_length=cl),
-            partial(_linear_block, strategy=strat, chunk_length=cl), None, strat, cl, combine, "a")
+            partial(_linear_block, strategy=strat, chunk_length=cl), strat, cl, combine, "a")
         o = _assemble(res, (a.chunks[0], a.chunks[1], (cw,)), dt, lambda nbat: (nbat, cw), True)
         outs.append(o[0])
         finals.append(o[1])
@@ -472,7 +496,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     run = partial(_selective_run_args, has_z=has_z, A=A_, D=D_, delta_bias=bias_, delta_softplus=sp,
                   strategy=strat, chunk_length=cl)
 
-    res, _, _ = _time_parallel(seqs, h0b, summarize, run, None, strat, cl, combine, "u")
+    res = _time_parallel(seqs, h0b, summarize, run, strat, cl, combine, "u")
     return _assemble(res, u.chunks, dt, lambda nbat: (nbat, channels, n), return_final_state)
 
 

@@ -83,11 +83,22 @@ def token_log_probs(logits, targets) -> np.ndarray:
 
     logits : (..., V); targets : (...) integer. Returns (...) float64.
     """
-    x = np.asarray(logits, dtype=np.float64)
+    logits = np.asarray(logits)
+    targets = np.asarray(targets)
+    if logits.ndim >= 2 and logits.shape[-2] > _ROWS:
+        # a few positions at a time (bounds the float64 copy); every row is computed alone
+        parts = [token_log_probs(logits[..., s:s + _ROWS, :], targets[..., s:s + _ROWS])
+                 for s in range(0, logits.shape[-2], _ROWS)]
+        return np.concatenate(parts, axis=-1)
+    x = logits.astype(np.float64)
     m = x.max(axis=-1, keepdims=True)
     lse = m[..., 0] + np.log(np.exp(x - m).sum(axis=-1))
-    picked = np.take_along_axis(x, np.asarray(targets)[..., None], axis=-1)[..., 0]
+    picked = np.take_along_axis(x, targets[..., None], axis=-1)[..., 0]
     return picked - lse
+
+
+#: positions per slice of :func:`token_log_probs`
+_ROWS = 64
 
 
 def log_likelihood(model, ids, batch_size: int | None = None) -> np.ndarray:
