@@ -1,0 +1,585 @@
+"""The sequence operations of :mod:`nbssm.ops` on dask arrays, chunked along batch and time.
+
+Batch (and, for the linear scan, channel) chunks are independent: every block
+calls the single-machine operation with the strategy and chunk length resolved
+from the *whole* array's shape, so the result is bitwise the single-machine
+result.
+
+Time chunks are parallel in time. With ``strategy="chunked"`` and time blocks
+that start on the kernel's chunk boundaries (every block but the last a
+multiple of ``chunk_length``; :func:`nbssm.dask.time_chunks` makes such
+chunks), the graph runs the three phases of
+``nbssm.spec.algorithms.chunked_diagonal_scan`` across the blocks
+(reference: ``nbssm.spec.distributed.distributed_diagonal_scan``):
+
+1. every block but the last computes the summaries ``(P_k, Q_k)`` of its
+   kernel chunks (in parallel, where its data lives);
+2. ``combine="serial"`` (default): the carry ``H <- P_k * H + Q_k`` runs over the
+   chunk summaries block after block, in the kernel's order, on states of
+   ``batch x channels (x state)`` numbers only; the result is **bitwise equal**
+   to ``nbssm.ops`` with ``strategy="chunked"`` on the whole sequence.
+   ``combine="tree"``: block summaries (compositions of the chunk summaries)
+   are combined by a tree of depth ``ceil(log2(blocks))`` (the spec's
+   ``summarizeScalarAffine_append``), then applied to the initial state; this
+   reassociates the products, so it equals the chunked result only up to
+   rounding (float64: relative differences of a few ``1e-16`` per level,
+   tested at ``1e-12``; float32 ``1e-5``);
+3. every block re-runs itself from its carried-in state by calling the
+   single-machine operation with ``initial_state`` (in parallel).
+
+With ``strategy="sequential"`` over several time blocks each block starts
+from the final state of the previous one (pieces equal the whole bit for bit;
+parallel over batch chunks only).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from functools import partial
+
+from .. import ops
+from ._common import as_dask, require_dask, small
+
+COMBINES = ("serial", "tree")
+#: relative tolerance (to the largest magnitude) of ``combine="tree"`` against the chunked
+#: single-machine scan, per dtype (tested for up to 16 blocks of contracting scans)
+TREE_RTOL = {"float64": 1e-12, "float32": 1e-5}
+
+
+# --------------------------------------------------------------------------- kernel rule probe
+_ZERO_STATE_RULE: bool | None = None
+
+
+def _zero_state_rule() -> bool:
+    """Whether the installed chunked kernel re-runs a chunk from a zero carried state when
+    its product ``P`` overflowed (so that ``inf * 0`` does not turn the carry into NaN).
+
+    Probed once per process on a 4-step scan, so the distributed carry applies the same
+    rule as the kernel it must equal.
+    """
+    global _ZERO_STATE_RULE
+    if _ZERO_STATE_RULE is None:
+        a = np.array([[[1e200], [1e200], [0.5], [0.5]]])
+        out = ops.linear_scan(a, np.zeros_like(a), strategy="chunked", chunk_length=2)
+        _ZERO_STATE_RULE = not bool(np.isnan(out[0, 2, 0]))
+    return _ZERO_STATE_RULE
+
+
+# --------------------------------------------------------------------------- block tasks
+def _negzero(shape, dtype):
+    return np.full(shape, -0.0, dtype=dtype)
+
+
+def _linear_summaries(a, b, chunk_length):
+    """Summaries of the kernel chunks of one time block: ``(P, Q, Zp, Zm)``, ``(b, k, d)`` each.
+
+    ``P = a_0 * ... `` and ``Q`` are ``chunk_summary`` of every chunk, obtained from the
+    sequential scan (``P``: offsets ``-0.0``, exact; ``Q``: from ``b_0``). ``Zp``/``Zm`` (the
+    chunk run from ``+0``/``-0``) only when some ``P`` is not finite, else None.
+    """
+    a = np.ascontiguousarray(a)
+    b = np.ascontiguousarray(b)
+    bat, length, ch = a.shape
+    nch = length // chunk_length
+    ar = a.reshape(bat * nch, chunk_length, ch)
+    br = b.reshape(bat * nch, chunk_length, ch)
+    if chunk_length == 1:
+        P, Q = ar[:, 0].copy(), br[:, 0].copy()
+    else:
+        _, P = ops.linear_scan(ar[:, 1:], _negzero(ar[:, 1:].shape, a.dtype), initial_state=ar[:, 0],
+                               return_final_state=True, strategy="sequential")
+        _, Q = ops.linear_scan(ar[:, 1:], br[:, 1:], initial_state=br[:, 0],
+                               return_final_state=True, strategy="sequential")
+    Zp = Zm = None
+    if not np.isfinite(P).all():
+        _, Zp = ops.linear_scan(ar, br, initial_state=np.zeros((bat * nch, ch), a.dtype),
+                                return_final_state=True, strategy="sequential")
+        _, Zm = ops.linear_scan(ar, br, initial_state=_negzero((bat * nch, ch), a.dtype),
+                                return_final_state=True, strategy="sequential")
+        Zp, Zm = Zp.reshape(bat, nch, ch), Zm.reshape(bat, nch, ch)
+    return P.reshape(bat, nch, ch), Q.reshape(bat, nch, ch), Zp, Zm
+
+
+def _selective_summaries(u, delta, A, Bm, delta_bias, delta_softplus, chunk_length):
+    """Summaries ``(P, Q, Zp, Zm)``, ``(b, k, d, n)`` each, of the kernel chunks of one block.
+
+    ``P``: the sequential scan from ones with ``u = B = C = 0`` (the offsets are signed
+    zeros: exact while ``delta`` is finite); ``Q``: from ``-0.0`` (exact while the
+    transition ``exp(delta * A)`` is finite).
+    """
+    u = np.ascontiguousarray(u)
+    delta = np.ascontiguousarray(delta)
+    Bm = np.ascontiguousarray(Bm)
+    bat, length, ch = u.shape
+    n = A.shape[1]
+    nch = length // chunk_length
+    ur = u.reshape(bat * nch, chunk_length, ch)
+    dr = delta.reshape(bat * nch, chunk_length, ch)
+    Br = Bm.reshape(bat * nch, chunk_length, n)
+    zeros_n = np.zeros_like(Br)
+    kw = dict(delta_bias=delta_bias, delta_softplus=delta_softplus, return_final_state=True,
+              strategy="sequential")
+    _, P = ops.selective_scan(np.zeros_like(ur), dr, A, zeros_n, zeros_n,
+                              initial_state=np.ones((bat * nch, ch, n), u.dtype), **kw)
+    _, Q = ops.selective_scan(ur, dr, A, Br, zeros_n, initial_state=_negzero((bat * nch, ch, n), u.dtype), **kw)
+    Zp = Zm = None
+    if not np.isfinite(P).all():
+        _, Zp = ops.selective_scan(ur, dr, A, Br, zeros_n, initial_state=np.zeros((bat * nch, ch, n), u.dtype), **kw)
+        _, Zm = ops.selective_scan(ur, dr, A, Br, zeros_n, initial_state=_negzero((bat * nch, ch, n), u.dtype), **kw)
+        Zp, Zm = Zp.reshape(bat, nch, ch, n), Zm.reshape(bat, nch, ch, n)
+    return P.reshape(bat, nch, ch, n), Q.reshape(bat, nch, ch, n), Zp, Zm
+
+
+def _carry(summaries, h, rule):
+    """The kernel's serial carry over one block's chunk summaries, from the state ``h``.
+
+    ``H <- P_k * H + Q_k`` chunk by chunk (two roundings, the kernel's order). With
+    ``rule`` (the installed kernel's zero-state rule), a chunk whose ``P`` is not finite
+    entered with a zero state gives the chunk's run from that zero (``Zp``/``Zm``).
+    """
+    P, Q, Zp, Zm = summaries
+    h = np.array(h, dtype=P.dtype, copy=True)
+    with np.errstate(all="ignore"):
+        for k in range(P.shape[1]):
+            new = P[:, k] * h + Q[:, k]
+            if rule and Zp is not None:
+                mask = ~np.isfinite(P[:, k]) & (h == 0)
+                if mask.any():
+                    z = np.where(np.signbit(h), Zm[:, k], Zp[:, k])
+                    new = np.where(mask, z, new)
+            h = new
+    return h
+
+
+def _block_summary(summaries):
+    """The block's chunk summaries composed into one ``(P, Q)``, first chunk first
+    (``compose(next, acc)``: ``(P_k * P, P_k * Q + Q_k)``)."""
+    P, Q = summaries[0], summaries[1]
+    p, q = P[:, 0].copy(), Q[:, 0].copy()
+    with np.errstate(all="ignore"):
+        for k in range(1, P.shape[1]):
+            p, q = P[:, k] * p, P[:, k] * q + Q[:, k]
+    return p, q
+
+
+def _compose(later, earlier):
+    """``compose(later, earlier)``: first ``earlier`` then ``later``."""
+    with np.errstate(all="ignore"):
+        return later[0] * earlier[0], later[0] * earlier[1] + later[1]
+
+
+def _apply(summary, h):
+    with np.errstate(all="ignore"):
+        return summary[0] * np.asarray(h, summary[0].dtype) + summary[1]
+
+
+def _split(lo: int, hi: int) -> int:
+    """Split point of ``[lo, hi)`` (``hi - lo >= 2``): the largest power of two below the
+    length from ``lo``, so that prefixes ``[0, j)`` share their left subtrees."""
+    p = 1
+    while p * 2 < hi - lo:
+        p *= 2
+    return lo + p
+
+
+def _tree_prefixes(delayed, block_summaries, combine=_compose):
+    """Delayed summaries of the prefixes ``[0, j)`` for ``j = 1 .. len(block_summaries)``,
+    combined by a tree of depth ``ceil(log2 j)`` with shared segments."""
+    memo = {}
+
+    def seg(lo, hi):
+        if (lo, hi) not in memo:
+            if hi - lo == 1:
+                memo[(lo, hi)] = block_summaries[lo]
+            else:
+                mid = _split(lo, hi)
+                memo[(lo, hi)] = delayed(combine, pure=True)(seg(mid, hi), seg(lo, mid))
+        return memo[(lo, hi)]
+
+    return [seg(0, j) for j in range(1, len(block_summaries) + 1)]
+
+
+def _linear_block(a, b, h, strategy, chunk_length):
+    return ops.linear_scan(a, b, initial_state=h, return_final_state=True, strategy=strategy,
+                           chunk_length=chunk_length)
+
+
+def _selective_block(u, delta, z, Bm, Cm, h, A, D, delta_bias, delta_softplus, strategy, chunk_length):
+    return ops.selective_scan(u, delta, A, Bm, Cm, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                              initial_state=h, return_final_state=True, strategy=strategy,
+                              chunk_length=chunk_length)
+
+
+def _selective_summarize_args(*seqs, has_z, A, delta_bias, delta_softplus, chunk_length):
+    u, delta, Bm = seqs[0], seqs[1], seqs[3 if has_z else 2]
+    return _selective_summaries(u, delta, A, Bm, delta_bias, delta_softplus, chunk_length)
+
+
+def _selective_run_args(*args, has_z, A, D, delta_bias, delta_softplus, strategy, chunk_length):
+    if has_z:
+        u, delta, z, Bm, Cm, h = args
+    else:
+        (u, delta, Bm, Cm, h), z = args, None
+    return _selective_block(u, delta, z, Bm, Cm, h, A, D, delta_bias, delta_softplus, strategy, chunk_length)
+
+
+def _first(pair):
+    return pair[0]
+
+
+def _second(pair):
+    return pair[1]
+
+
+# --------------------------------------------------------------------------- graph
+def _check_time_blocks(time_chunks, chunk_length, name):
+    for j, c in enumerate(time_chunks[:-1]):
+        if c % chunk_length:
+            raise ValueError(
+                f"{name}: expected time chunks that are multiples of chunk_length={chunk_length} (all but the "
+                f"last), got {time_chunks} (block {j} has {c} steps); rechunk with "
+                f"nbssm.dask.time_chunks(length, n_blocks, chunk_length)")
+
+
+def _carry_all(rule, h0, *sums):
+    """The serial carry over every block but the last, in one task: the states entering
+    blocks ``1 .. len(sums)`` (few numbers: one state per block)."""
+    out, h = [], h0
+    for s in sums:
+        h = _carry(s, h, rule)
+        out.append(h)
+    return out
+
+
+def _run(run_block, want_final, *args):
+    """``run_block(*inputs, state)`` where the last two arguments are the entering state (or
+    a list of them) and its index (None: the state itself); the output only, unless
+    ``want_final``."""
+    *inputs, entering, index = args
+    h = entering if index is None else entering[index]
+    out, final = run_block(*inputs, h)
+    return (out, final) if want_final else out
+
+
+def _time_parallel(seqs, h0_blocks, summarize, run_block, strategy, chunk_length, combine, name):
+    """Shared graph of the time-parallel scans.
+
+    ``seqs``: dask arrays whose blocks ``[i, j, 0]`` (batch chunk i, time block j) are the
+    inputs of ``summarize``/``run_block``; ``h0_blocks[i]``: the initial state of batch
+    chunk i. Returns ``results[i][j]``: delayed outputs, the last block's a pair
+    ``(out, final_state)``.
+    """
+    import dask
+
+    delayed = dask.delayed
+    if combine not in COMBINES:
+        raise ValueError(f"combine: expected one of {COMBINES}, got {combine!r}")
+    nb, nt = seqs[0].numblocks[0], seqs[0].numblocks[1]
+    blocks = [s.to_delayed() for s in seqs]
+    chunked = strategy == "chunked"
+    if chunked and nt > 1:
+        _check_time_blocks(seqs[0].chunks[1], chunk_length, name)
+    rule = _zero_state_rule() if chunked and nt > 1 and combine == "serial" else False
+    results = []
+    for i in range(nb):
+        args = [[blk[i, j, 0] for blk in blocks] for j in range(nt)]
+        entering = [(h0_blocks[i], None)]
+        if not chunked:
+            # sequential: each block from the final state of the previous one
+            row = []
+            for j in range(nt):
+                pair = delayed(_run, pure=True, nout=2)(run_block, True, *args[j], *entering[-1])
+                entering.append((pair[1], None))
+                row.append(pair[0] if j < nt - 1 else pair)
+            results.append(row)
+            continue
+        sums = [delayed(summarize, pure=True)(*args[j]) for j in range(nt - 1)]
+        if combine == "serial" and nt > 1:
+            carries = delayed(_carry_all, pure=True)(rule, h0_blocks[i], *sums)
+            entering += [(carries, j) for j in range(nt - 1)]
+        elif nt > 1:
+            bsum = [delayed(_block_summary, pure=True)(s) for s in sums]
+            prefixes = _tree_prefixes(delayed, bsum)
+            entering += [(delayed(_apply, pure=True)(p, h0_blocks[i]), None) for p in prefixes]
+        results.append([delayed(_run, pure=True)(run_block, j == nt - 1, *args[j], *entering[j]) for j in range(nt)])
+    return results
+
+
+def _assemble(results, chunks, dtype, state_of_chunk, return_final_state):
+    da = require_dask()
+    nb, nt = len(results), len(results[0])
+    rows = []
+    for i in range(nb):
+        row = []
+        for j in range(nt):
+            d = results[i][j]
+            if j == nt - 1:
+                d = _first_delayed(d)
+            row.append([da.from_delayed(d, shape=(chunks[0][i], chunks[1][j], chunks[2][0]), dtype=dtype)])
+        rows.append(row)
+    out = da.block(rows)
+    if not return_final_state:
+        return out
+    finals = [da.from_delayed(_second_delayed(results[i][-1]), shape=state_of_chunk(chunks[0][i]), dtype=dtype)
+              for i in range(nb)]
+    return out, da.concatenate(finals, axis=0)
+
+
+def _first_delayed(pair):
+    import dask
+
+    return dask.delayed(_first, pure=True)(pair)
+
+
+def _second_delayed(pair):
+    import dask
+
+    return dask.delayed(_second, pure=True)(pair)
+
+
+def _h0_blocks(initial_state, batch_chunks, shape_tail, dtype, name):
+    """Per-batch-chunk initial states (numpy), zeros when omitted."""
+    total = sum(batch_chunks)
+    if initial_state is None:
+        h0 = np.zeros((total,) + shape_tail, dtype=dtype)
+    else:
+        h0 = small(initial_state, name)
+        if h0.shape != (total,) + shape_tail:
+            raise ValueError(f"{name}: expected shape {(total,) + shape_tail}, got {h0.shape}")
+        h0 = np.ascontiguousarray(h0, dtype=dtype)
+    out, start = [], 0
+    for c in batch_chunks:
+        out.append(h0[start:start + c])
+        start += c
+    return out
+
+
+def _dtype_of(*arrs):
+    dts = [np.dtype(x.dtype) for x in arrs]
+    if any(dt == np.float64 or np.issubdtype(dt, np.integer) for dt in dts):
+        return np.dtype(np.float64)
+    return np.dtype(np.float32)
+
+
+def linear_scan(a, b, initial_state=None, return_final_state=False, strategy="auto", chunk_length=None,
+                combine="serial"):
+    """:func:`nbssm.ops.linear_scan` on dask arrays chunked along batch, time and channels.
+
+    Parameters
+    ----------
+    a, b : dask or numpy arrays, shape (batch, length, channels)
+        ``b`` is rechunked like ``a``.
+    initial_state : array_like, shape (batch, channels), optional
+    return_final_state : bool
+    strategy : {"auto", "sequential", "chunked"}
+        Resolved from the whole array's ``batch * channels`` (as ``nbssm.ops`` does), never
+        from a block's.
+    chunk_length : int, optional
+        The kernel's chunk length (default ``nbssm.ops.LINEAR_CHUNK_LENGTH``). For the
+        chunked strategy every time chunk but the last must be a multiple of it.
+    combine : {"serial", "tree"}
+        How the time blocks' summaries are combined (module docstring): "serial" is bitwise
+        equal to the single-machine chunked scan, "tree" has logarithmic depth and equals
+        it up to rounding.
+
+    Returns
+    -------
+    h : dask array, shape (batch, length, channels), chunked like ``a``
+    final_state : dask array, shape (batch, channels)
+        Only with ``return_final_state``.
+    """
+    a = as_dask(a, "a", 3)
+    b = as_dask(b, "b", 3)
+    if b.shape != a.shape:
+        raise ValueError(f"b: expected shape {a.shape} (the shape of a), got {b.shape}")
+    batch, length, channels = a.shape
+    if strategy not in ops.STRATEGIES:
+        raise ValueError(f"strategy: expected one of {ops.STRATEGIES}, got {strategy!r}")
+    strat = ops.default_strategy("linear", batch, channels) if strategy == "auto" else strategy
+    cl = ops.default_chunk_length("linear", batch, channels) if chunk_length is None else int(chunk_length)
+    if cl < 1:
+        raise ValueError(f"chunk_length: expected an integer >= 1, got {chunk_length}")
+    dt = _dtype_of(a, b)
+    b = b.rechunk(a.chunks)
+    # channels are independent: one time-parallel graph per channel chunk
+    outs, finals = [], []
+    start = 0
+    for k, cw in enumerate(a.chunks[2]):
+        ak = a[:, :, start:start + cw]
+        bk = b[:, :, start:start + cw]
+        h0k = None if initial_state is None else small(initial_state, "initial_state")[:, start:start + cw]
+        if initial_state is not None and small(initial_state, "initial_state").shape != (batch, channels):
+            raise ValueError(f"initial_state: expected shape {(batch, channels)}, got "
+                             f"{small(initial_state, 'initial_state').shape}")
+        h0b = _h0_blocks(h0k, a.chunks[0], (cw,), dt, "initial_state")
+        res = _time_parallel(
+            [ak, bk], h0b, partial(_linear_summaries, chunk_length=cl),
+            partial(_linear_block, strategy=strat, chunk_length=cl), strat, cl, combine, "a")
+        o = _assemble(res, (a.chunks[0], a.chunks[1], (cw,)), dt, lambda nbat: (nbat, cw), True)
+        outs.append(o[0])
+        finals.append(o[1])
+        start += cw
+    da = require_dask()
+    out = da.concatenate(outs, axis=2) if len(outs) > 1 else outs[0]
+    if not return_final_state:
+        return out
+    final = da.concatenate(finals, axis=1) if len(finals) > 1 else finals[0]
+    return out, final
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None,
+                   return_final_state=False, strategy="auto", chunk_length=None, combine="serial"):
+    """:func:`nbssm.ops.selective_scan` on dask arrays chunked along batch and time.
+
+    Parameters
+    ----------
+    u, delta, z : dask or numpy arrays, shape (batch, length, channels)
+        ``delta`` and ``z`` are rechunked like ``u``; channels are one chunk.
+    A : array_like, shape (channels, state); D, delta_bias : (channels,)
+        Small parameters, sent with the graph.
+    B, C : dask or numpy arrays, shape (batch, length, state)
+        Rechunked along batch and time like ``u``.
+    initial_state : array_like, shape (batch, channels, state), optional
+    strategy, chunk_length, combine
+        As :func:`linear_scan` (defaults from ``nbssm.ops`` for the selective scan, from the
+        whole array's shape). The bitwise equality of ``combine="serial"`` with the
+        single-machine chunked scan holds while ``delta`` (after bias and softplus) and the
+        transitions ``exp(delta * A)`` are finite.
+
+    Returns
+    -------
+    y : dask array, shape (batch, length, channels)
+    final_state : dask array, shape (batch, channels, state)
+        Only with ``return_final_state``.
+    """
+    u = as_dask(u, "u", 3)
+    batch, length, channels = u.shape
+    u = u.rechunk({2: channels})
+    delta = as_dask(delta, "delta", 3)
+    if delta.shape != u.shape:
+        raise ValueError(f"delta: expected shape {u.shape} (the shape of u), got {delta.shape}")
+    A_ = small(A, "A")
+    if A_ is None or A_.ndim != 2 or A_.shape[0] != channels:
+        raise ValueError(f"A: expected shape ({channels}, state), got {None if A_ is None else A_.shape}")
+    n = A_.shape[1]
+    Bm = as_dask(B, "B", 3)
+    Cm = as_dask(C, "C", 3)
+    for arr, name in ((Bm, "B"), (Cm, "C")):
+        if arr.shape != (batch, length, n):
+            raise ValueError(f"{name}: expected shape {(batch, length, n)}, got {arr.shape}")
+    if strategy not in ops.STRATEGIES:
+        raise ValueError(f"strategy: expected one of {ops.STRATEGIES}, got {strategy!r}")
+    strat = ops.default_strategy("selective", batch, channels) if strategy == "auto" else strategy
+    cl = ops.default_chunk_length("selective", batch, channels) if chunk_length is None else int(chunk_length)
+    if cl < 1:
+        raise ValueError(f"chunk_length: expected an integer >= 1, got {chunk_length}")
+    dt = _dtype_of(u, delta)
+    delta = delta.rechunk(u.chunks)
+    Bm = Bm.rechunk((u.chunks[0], u.chunks[1], (n,)))
+    Cm = Cm.rechunk((u.chunks[0], u.chunks[1], (n,)))
+    seqs = [u, delta]
+    has_z = z is not None
+    if has_z:
+        z = as_dask(z, "z", 3)
+        if z.shape != u.shape:
+            raise ValueError(f"z: expected shape {u.shape} (the shape of u), got {z.shape}")
+        seqs.append(z.rechunk(u.chunks))
+    seqs += [Bm, Cm]
+    D_ = small(D, "D")
+    bias_ = small(delta_bias, "delta_bias")
+    sp = bool(delta_softplus)
+    h0b = _h0_blocks(initial_state, u.chunks[0], (channels, n), dt, "initial_state")
+
+    summarize = partial(_selective_summarize_args, has_z=has_z, A=A_, delta_bias=bias_, delta_softplus=sp,
+                        chunk_length=cl)
+    run = partial(_selective_run_args, has_z=has_z, A=A_, D=D_, delta_bias=bias_, delta_softplus=sp,
+                  strategy=strat, chunk_length=cl)
+
+    res = _time_parallel(seqs, h0b, summarize, run, strat, cl, combine, "u")
+    return _assemble(res, u.chunks, dt, lambda nbat: (nbat, channels, n), return_final_state)
+
+
+def _tail(x, keep):
+    return np.ascontiguousarray(x[:, max(x.shape[1] - keep, 0):, :])
+
+
+def _next_history(hist, tail, keep):
+    both = np.concatenate([hist, tail.astype(hist.dtype)], axis=1)
+    return np.ascontiguousarray(both[:, both.shape[1] - keep:, :])
+
+
+def _conv_block(x, hist, weight, bias, activation):
+    return ops.causal_conv1d(x, weight, bias, history=hist, activation=activation)
+
+
+def causal_conv1d(x, weight, bias=None, history=None, return_history=False, activation=None):
+    """:func:`nbssm.ops.causal_conv1d` on a dask array chunked along batch, time and channels.
+
+    Each time block receives the ``width - 1`` tokens before it (a chain of small tasks
+    over the blocks' tails), so the result is bitwise the single-machine one.
+
+    Parameters
+    ----------
+    x : dask or numpy array, shape (batch, length, channels)
+    weight : array_like, shape (channels, width) or (channels, 1, width)
+    bias : array_like, shape (channels,), optional
+    history : array_like, shape (batch, width-1, channels), optional
+    return_history : bool
+    activation : {None, "silu"}
+
+    Returns
+    -------
+    out : dask array, shape (batch, length, channels)
+    history : dask array, shape (batch, width-1, channels)
+        Only with ``return_history``.
+    """
+    import dask
+
+    da = require_dask()
+    x = as_dask(x, "x", 3)
+    batch, length, channels = x.shape
+    w = small(weight, "weight")
+    if w is not None and w.ndim == 3 and w.shape[1] == 1:
+        w = w[:, 0, :]
+    if w is None or w.ndim != 2 or w.shape[0] != channels:
+        raise ValueError(f"weight: expected shape ({channels}, width), got {None if w is None else w.shape}")
+    if activation not in (None, "silu"):
+        raise ValueError(f"activation: expected None or 'silu', got {activation!r}")
+    keep = max(w.shape[1] - 1, 0)
+    dt = _dtype_of(x)
+    bias_ = small(bias, "bias")
+    h_all = (np.zeros((batch, keep, channels), dt) if history is None
+             else np.ascontiguousarray(small(history, "history"), dtype=dt))
+    if h_all.shape != (batch, keep, channels):
+        raise ValueError(f"history: expected shape {(batch, keep, channels)}, got {h_all.shape}")
+    blocks = x.to_delayed()
+    nb, nt, nc = blocks.shape
+    rows, hists = [], []
+    b0 = 0
+    for i in range(nb):
+        row_blocks, c0 = [], 0
+        hist_row = []
+        for k in range(nc):
+            cw = x.chunks[2][k]
+            hist = h_all[b0:b0 + x.chunks[0][i], :, c0:c0 + cw]
+            wk, bk = w[c0:c0 + cw], (None if bias_ is None else bias_[c0:c0 + cw])
+            col = []
+            for j in range(nt):
+                out = dask.delayed(_conv_block, pure=True)(blocks[i, j, k], hist, wk, bk, activation)
+                col.append(da.from_delayed(out, shape=(x.chunks[0][i], x.chunks[1][j], cw), dtype=dt))
+                tail = dask.delayed(_tail, pure=True)(blocks[i, j, k], keep)
+                hist = dask.delayed(_next_history, pure=True)(hist, tail, keep)
+            row_blocks.append(col)
+            hist_row.append(da.from_delayed(hist, shape=(x.chunks[0][i], keep, cw), dtype=dt)
+                            if not isinstance(hist, np.ndarray) else da.from_array(hist))
+            c0 += cw
+        rows.append(row_blocks)
+        hists.append(hist_row)
+        b0 += x.chunks[0][i]
+    # rows[i][k][j] -> block grid [i][j][k]
+    grid = [[[rows[i][k][j] for k in range(nc)] for j in range(nt)] for i in range(nb)]
+    out = da.block(grid)
+    if not return_history:
+        return out
+    return out, da.block([[list(hists[i])] for i in range(nb)])
