@@ -2,7 +2,8 @@
 
 :func:`external_checks` runs the kernel refinement checks
 (:func:`nbssm.verify.refinement.refinement_checks`) and the linear-CDE checks
-(:func:`nbssm.spec.checks.linear_cde.cde_checks`). A group whose module is
+(:func:`nbssm.spec.checks.linear_cde.cde_checks`) and the distributed time-parallel scan's
+checks (:func:`nbssm.spec.distributed.distributed_checks`). A group whose module is
 missing, that raises, or that returns nothing gives one ``unknown`` row: never
 a pass.
 """
@@ -20,6 +21,7 @@ from nbssm.spec.verdict import BEYOND, UNKNOWN, CheckResult
 GROUPS: list[tuple[str, str, str]] = [
     ("refinement_checks", "nbssm.verify.refinement", "refinement_checks"),
     ("cde_checks", "nbssm.spec.checks.linear_cde", "cde_checks"),
+    ("distributed_checks", "nbssm.spec.distributed", "distributed_checks"),
 ]
 
 #: budget of the CDE group when the per-check budget is unlimited
@@ -56,6 +58,7 @@ def external_checks(budget_s: float | None, seed: int = 0) -> list[CheckResult]:
     calls = {
         "refinement_checks": lambda fn: fn(seed=seed),
         "cde_checks": lambda fn: fn(cde_budget),
+        "distributed_checks": lambda fn: fn(budget_s),
     }
     results: list[CheckResult] = []
     for label, module, attr in GROUPS:
@@ -67,4 +70,6 @@ def external_checks(budget_s: float | None, seed: int = 0) -> list[CheckResult]:
 GROUP_LISTING = [
     ("refinement_checks", "beyond, external: nbssm.verify.refinement", "kernels vs spec on random inputs"),
     ("cde_checks", "external: nbssm.spec.checks.linear_cde", "linear-CDE prefix causality and its control"),
+    ("distributed_checks", "beyond, external: nbssm.spec.distributed",
+     "the distributed time-parallel scan (nbssm.dask) equals diagonalSelectiveScan; swapped-compose control"),
 ]
