@@ -11,91 +11,19 @@ import math
 
 import numpy as np
 import pytest
-from naive import naive_causal_conv1d, naive_linear_scan, naive_selective_scan
-from nbssm.spec import algorithms
-from nbssm.spec.context import DOUBLE
-from nbssm.spec.models import causal_conv_step, selective_recurrence_step
-from nbssm.spec.scan import DiagonalTransition, diagonal_selective_scan
-from ops_inputs import conv_inputs, linear_inputs, selective_inputs
-from tolerances import max_rel_err, tol
 
 import nbssm
-
-
-# ----------------------------------------------------------------------------- spec adapters
-def spec_selective(kw):
-    """The selective scan through the spec's ``selective_recurrence_step`` on doubles.
-
-    A_spec = -A (the spec's positive rates); delta = softplus(delta + bias) with the
-    context's (plain, List family) softplus; gate y * silu(z).
-    """
-    u, delta, A, B, C = (np.asarray(kw[k], dtype=np.float64) for k in ("u", "delta", "A", "B", "C"))
-    batch, length, channels = u.shape
-    nstate = A.shape[1]
-    D = kw.get("D")
-    z = kw.get("z")
-    bias = kw.get("delta_bias")
-    h0 = kw.get("initial_state")
-    A_spec = [[-float(A[d, n]) for n in range(nstate)] for d in range(channels)]
-    d_skip = [0.0] * channels if D is None else [float(v) for v in D]
-    ys = np.zeros((batch, length, channels))
-    hs = np.zeros((batch, channels, nstate))
-    for i in range(batch):
-        H = [[0.0] * nstate for _ in range(channels)] if h0 is None else [list(map(float, r)) for r in h0[i]]
-        for t in range(length):
-            dl = [float(v) for v in delta[i, t]]
-            if bias is not None:
-                dl = [DOUBLE.add(dl[d], float(bias[d])) for d in range(channels)]
-            if kw.get("delta_softplus"):
-                dl = [DOUBLE.softplus(v) for v in dl]
-            H, y = selective_recurrence_step(DOUBLE, H, [float(v) for v in u[i, t]], dl, A_spec,
-                                             [float(v) for v in B[i, t]], [float(v) for v in C[i, t]], d_skip)
-            if z is not None:
-                y = [DOUBLE.mul(y[d], DOUBLE.silu(float(z[i, t, d]))) for d in range(channels)]
-            ys[i, t] = y
-        hs[i] = H
-    return ys, hs
-
-
-def spec_linear(a, b, h0):
-    """``diagonalSelectiveScan`` of the transitions ``(a_t, b_t)`` per batch element."""
-    batch, length, channels = a.shape
-    out = np.zeros((batch, length, channels))
-    for i in range(batch):
-        trs = [DiagonalTransition(list(map(float, a[i, t])), list(map(float, b[i, t]))) for t in range(length)]
-        states = diagonal_selective_scan(DOUBLE, list(map(float, h0[i])), trs)
-        if states:
-            out[i] = np.array(states)
-    return out
-
-
-def reference_chunked_selective(kw, chunk_length):
-    """The generic chunked reference evaluated on Python floats for the selective transitions.
-
-    a_t[d, n] = exp(dl * A) with libm exp, b_t = (dl * B) * u; the readout as in the spec.
-    """
-    u, delta, A, B, C = (np.asarray(kw[k], dtype=np.float64) for k in ("u", "delta", "A", "B", "C"))
-    batch, length, channels = u.shape
-    nstate = A.shape[1]
-    D, z, bias, h0 = kw["D"], kw["z"], kw["delta_bias"], kw["initial_state"]
-    ys = np.zeros((batch, length, channels))
-    for i in range(batch):
-        a_seq, b_seq, dls = [], [], []
-        for t in range(length):
-            dl = [DOUBLE.softplus(float(delta[i, t, d]) + float(bias[d])) for d in range(channels)]
-            dls.append(dl)
-            a_seq.append([math.exp(dl[d] * float(A[d, n])) for d in range(channels) for n in range(nstate)])
-            b_seq.append([(dl[d] * float(B[i, t, n])) * float(u[i, t, d]) for d in range(channels) for n in range(nstate)])
-        states = algorithms.chunked_diagonal_scan([float(v) for v in h0[i].reshape(-1)], a_seq, b_seq, chunk_length,
-                                                  carry_ok=algorithms.ieee_carry_ok)
-        for t in range(length):
-            for d in range(channels):
-                acc = float(D[d]) * float(u[i, t, d])
-                for n in range(nstate):
-                    acc = acc + states[t][d * nstate + n] * float(C[i, t, n])
-                ys[i, t, d] = acc * DOUBLE.silu(float(z[i, t, d]))
-    return ys
-
+from naive import naive_causal_conv1d, naive_linear_scan, naive_selective_scan
+from nbssm.verify.spec_adapters import (
+    causal_conv1d_spec,
+    causal_conv1d_streaming_reference,
+    linear_scan_chunked_reference,
+    linear_scan_spec,
+    selective_scan_chunked_reference,
+    selective_scan_spec,
+)
+from ops_inputs import conv_inputs, linear_inputs, selective_inputs
+from tolerances import max_rel_err, tol
 
 # ----------------------------------------------------------------------------- selective scan
 # state sizes 64 / 65 / 130: one, two and three slabs of the kernel's stack scratch
@@ -108,7 +36,7 @@ SELECTIVE_SHAPES = [(2, 13, 20, 4), (1, 5, 3, 2), (1, 1, 16, 1), (2, 9, 33, 3), 
 def test_selective_float64_bitwise_vs_spec(shape, strategy):
     kw = selective_inputs(1, *shape)
     y, h = nbssm.selective_scan(**kw, return_final_state=True, strategy="sequential")
-    y_ref, h_ref = spec_selective(kw)
+    y_ref, h_ref = selective_scan_spec(**kw)
     assert np.array_equal(y, y_ref)
     assert np.array_equal(h, h_ref)
     if strategy == "chunked":  # chunk_length >= length is exactly the sequential algorithm
@@ -120,7 +48,7 @@ def test_selective_float64_bitwise_vs_spec(shape, strategy):
 def test_selective_without_optional_arguments_vs_spec():
     kw = selective_inputs(2, 2, 7, 18, 3, extras=False)
     y, h = nbssm.selective_scan(**kw, return_final_state=True)
-    y_ref, h_ref = spec_selective(kw)
+    y_ref, h_ref = selective_scan_spec(**kw)
     assert np.array_equal(y, y_ref) and np.array_equal(h, h_ref)
 
 
@@ -129,7 +57,7 @@ def test_selective_without_optional_arguments_vs_spec():
 def test_selective_chunked_float64_bitwise_vs_generic_reference(chunk_length, nstate):
     kw = selective_inputs(3, 2, 11, 17, nstate)
     y = nbssm.selective_scan(**kw, strategy="chunked", chunk_length=chunk_length)
-    assert np.array_equal(y, reference_chunked_selective(kw, chunk_length))
+    assert np.array_equal(y, selective_scan_chunked_reference(**kw, chunk_length=chunk_length)[0])
     y_seq = nbssm.selective_scan(**kw, strategy="sequential")
     assert max_rel_err(y, y_seq) <= tol("float64_chunked_vs_sequential")
 
@@ -166,9 +94,9 @@ def test_selective_runtime_A_is_exact_negation_of_spec_A():
 def test_linear_float64_bitwise_vs_spec(shape):
     a, b, h0 = linear_inputs(7, *shape)
     out, hT = nbssm.linear_scan(a, b, h0, return_final_state=True, strategy="sequential")
-    ref = spec_linear(a, b, h0)
+    ref, ref_hT = linear_scan_spec(a, b, h0)
     assert np.array_equal(out, ref)
-    assert np.array_equal(hT, ref[:, -1])
+    assert np.array_equal(hT, ref_hT)
     naive, _ = naive_linear_scan(a, b, h0)
     assert np.array_equal(out, naive)  # no transcendental functions: the oracle is bitwise too
 
@@ -178,11 +106,9 @@ def test_linear_float64_bitwise_vs_spec(shape):
 def test_linear_chunked_float64_bitwise_vs_generic_reference(chunk_length, channels):
     a, b, h0 = linear_inputs(8, 2, 29 if chunk_length < 7 else 80, channels)
     out, hT = nbssm.linear_scan(a, b, h0, return_final_state=True, strategy="chunked", chunk_length=chunk_length)
-    for i in range(2):
-        ref = algorithms.chunked_diagonal_scan(list(map(float, h0[i])), a[i].tolist(), b[i].tolist(), chunk_length,
-                                               carry_ok=algorithms.ieee_carry_ok)
-        assert np.array_equal(out[i], np.array(ref))
-        assert np.array_equal(hT[i], np.array(ref[-1]))
+    ref, ref_hT = linear_scan_chunked_reference(a, b, h0, chunk_length=chunk_length)
+    assert np.array_equal(out, ref)
+    assert np.array_equal(hT, ref_hT)
 
 
 def test_linear_float32_vs_float64():
@@ -200,19 +126,12 @@ def test_linear_float32_vs_float64():
 def test_conv_float64_bitwise_vs_spec_and_reference(width):
     x, w, bias, hist = conv_inputs(10, 2, 9, 70, width)
     out, new_hist = nbssm.causal_conv1d(x, w, bias=bias, initial_state=hist, return_final_state=True)
-    # spec: kernel newest first is the checkpoint weight reversed
-    kernel = [[float(w[d, width - 1 - k]) for d in range(70)] for k in range(width)]
-    for i in range(2):
-        window = [list(map(float, v)) for v in hist[i][::-1]]  # newest first
-        for t in range(9):
-            window = [list(map(float, x[i, t]))] + window
-            c = causal_conv_step(DOUBLE, kernel, list(map(float, bias)), window)
-            assert np.array_equal(out[i, t], np.array(c))
-        ref_out, ref_hist = algorithms.streaming_causal_conv(
-            kernel, list(map(float, bias)), [list(map(float, v)) for v in hist[i][::-1]],
-            [x[i, :4].tolist(), x[i, 4:].tolist()])
-        assert np.array_equal(out[i], np.array(ref_out).reshape(9, 70))
-        assert np.array_equal(new_hist[i][::-1].reshape(-1), np.array(ref_hist).reshape(-1))
+    ref_out, ref_hist = causal_conv1d_spec(x, w, bias=bias, initial_state=hist)
+    assert np.array_equal(out, ref_out)
+    assert np.array_equal(new_hist, ref_hist)
+    s_out, s_hist = causal_conv1d_streaming_reference(x, w, bias=bias, initial_state=hist, splits=(4,))
+    assert np.array_equal(out, s_out)
+    assert np.array_equal(new_hist, s_hist)
     naive_out, naive_hist = naive_causal_conv1d(x, w, bias, hist)
     assert max_rel_err(out, naive_out) <= tol("float64_vs_oracle")
     assert np.array_equal(new_hist, naive_hist)
