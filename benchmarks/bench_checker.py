@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_checker.md"))
     args = ap.parse_args(argv)
     rows: list[dict] = []
-    lines = [f"# nbssm checker timings", "", f"machine: {machine()}", ""]
+    lines = ["# nbssm checker timings", "", f"machine: {machine()}", ""]
 
     # 1. targets
     lines += ["## Targets (selectiveMamba_runList_append_outputs_prefix, everything symbolic)", "",

@@ -34,7 +34,6 @@ What it writes (all small; no pickle anywhere):
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 

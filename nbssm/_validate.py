@@ -19,7 +19,7 @@ NaN policy in :mod:`nbssm.ops`).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

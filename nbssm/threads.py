@@ -177,6 +177,6 @@ class _CallableModule(type(os)):
         return threads(n)
 
 
-import sys as _sys
+import sys as _sys  # noqa: E402 - the module object is made callable once it is complete
 
 _sys.modules[__name__].__class__ = _CallableModule

@@ -32,8 +32,9 @@ the updated state.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from .context import Context
 from .models import ShapeError, check_shape, run_list_steps, vec_mat

@@ -5,7 +5,7 @@ This module stays one release as an alias of that package's public names.
 
 import warnings
 
-from .checks import *
+from .checks import *  # noqa: F403 - the alias re-exports the package's public names
 from .checks import __all__  # noqa: F401
 from .checks.base import REGISTRY  # noqa: F401
 

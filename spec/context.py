@@ -29,7 +29,8 @@ of the Lean code mixes plain sigmoid with branched softplus.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 PLAIN = "plain"
 BRANCHED = "branched"

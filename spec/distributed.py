@@ -36,7 +36,8 @@ Spec: ``diagonalSelectiveScan`` (the checks prove equality over the reals),
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .algorithms import chunk_bounds, chunked_diagonal_scan
 from .context import DOUBLE, SYMPY, Context
@@ -213,10 +214,10 @@ class Op:
         self.op, self.left, self.right = op, left, right
         self._hash = hash((op, id(left) if isinstance(left, Op) else left, id(right) if isinstance(right, Op) else right))
 
-    def __add__(self, other: "Op") -> "Op":
+    def __add__(self, other: Op) -> Op:
         return Op("+", self, other)
 
-    def __mul__(self, other: "Op") -> "Op":
+    def __mul__(self, other: Op) -> Op:
         return Op("*", self, other)
 
 

@@ -24,8 +24,9 @@ the expected and the actual shape.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from .context import Context
 from .scan import DiagonalTransition, diagonal_selective_scan, scan_array

@@ -11,8 +11,9 @@ order (Python's recursion limit would otherwise cap the length).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .context import Context
 
@@ -31,7 +32,7 @@ class ScalarAffineTransition:
     b: Any
 
     @staticmethod
-    def id(ctx: Context) -> "ScalarAffineTransition":
+    def id(ctx: Context) -> ScalarAffineTransition:
         """Spec: ``ScalarAffineTransition.id = (1, 0)``."""
         return ScalarAffineTransition(ctx.one, ctx.zero)
 
@@ -40,7 +41,7 @@ class ScalarAffineTransition:
         return ctx.add(ctx.mul(self.a, h), self.b)
 
     @staticmethod
-    def compose(ctx: Context, t2: "ScalarAffineTransition", t1: "ScalarAffineTransition") -> "ScalarAffineTransition":
+    def compose(ctx: Context, t2: ScalarAffineTransition, t1: ScalarAffineTransition) -> ScalarAffineTransition:
         """First ``t1``, then ``t2``: ``(a2*a1, a2*b1 + b2)``.
 
         Spec: ``ScalarAffineTransition.compose t2 t1``.
@@ -113,7 +114,7 @@ class DiagonalTransition:
         return len(self.a)
 
     @staticmethod
-    def id(ctx: Context, dim: int) -> "DiagonalTransition":
+    def id(ctx: Context, dim: int) -> DiagonalTransition:
         """Spec: ``DiagonalTransition.id``: ones and zeros."""
         return DiagonalTransition([ctx.one] * dim, [ctx.zero] * dim)
 
@@ -124,7 +125,7 @@ class DiagonalTransition:
         return [ctx.add(ctx.mul(ai, hi), bi) for ai, hi, bi in zip(self.a, h, self.b)]
 
     @staticmethod
-    def compose(ctx: Context, t2: "DiagonalTransition", t1: "DiagonalTransition") -> "DiagonalTransition":
+    def compose(ctx: Context, t2: DiagonalTransition, t1: DiagonalTransition) -> DiagonalTransition:
         """First ``t1``, then ``t2``, channelwise: ``(a2⊙a1, a2⊙b1 + b2)``.
 
         Spec: ``DiagonalTransition.compose t2 t1``.

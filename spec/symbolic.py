@@ -29,8 +29,9 @@ import signal
 import threading
 import time
 import zlib
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import sympy
 from sympy.core.cache import clear_cache
@@ -161,7 +162,7 @@ def dag_equal(a: Any, b: Any, seen: set | None = None) -> bool:
         if key in seen:
             continue
         seen.add(key)
-        if type(x) != type(y) or hash(x) != hash(y):
+        if type(x) is not type(y) or hash(x) != hash(y):
             return False
         xa = x.args
         ya = y.args

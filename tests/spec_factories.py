@@ -6,8 +6,6 @@ S4/compact diagonal multipliers in (-1, 1), selective rates A in (0.1, 2).
 
 from __future__ import annotations
 
-import numpy as np
-
 from nbssm.spec.models import DiagonalS4Spec, DiagonalSSM, MambaBlockSpec, SelectiveMambaBlockSpec
 
 

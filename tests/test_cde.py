@@ -6,13 +6,12 @@ import math
 
 import numpy as np
 import pytest
-from naive import expm_reference
-from tolerances import max_rel_err, tol
 
+from naive import expm_reference
 from nbssm.cde import diagonal_cde_scan, increments, linear_cde_scan, taylor_error_bound
 from nbssm.spec.cde import LinearCDESpec
 from nbssm.spec.context import DOUBLE
-
+from tolerances import max_rel_err, tol
 
 
 def _dense_inputs(seed, b=3, T=6, n=5, dw=3, dx=2, scale=0.3):

@@ -10,9 +10,9 @@ import math
 
 import numpy as np
 import pytest
-from tolerances import max_rel_err, tol
 
 from nbssm.cde import diagonal_cde_scan, increments, linear_cde_scan, taylor_error_bound
+from tolerances import max_rel_err, tol
 
 ARGS = ("A", "B", "domega", "dxi", "initial_state")
 

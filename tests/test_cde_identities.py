@@ -12,12 +12,12 @@ import math
 
 import numpy as np
 import pytest
-from signature_naive import signature_dict
 
 from nbssm.cde import diagonal_cde_scan, linear_cde_scan
 from nbssm.signatures import signature, word_index
 from nbssm.spec.cde import LinearCDESpec
 from nbssm.spec.context import SYMPY
+from signature_naive import signature_dict
 
 
 def _word_matrix(A, word, reverse=False):

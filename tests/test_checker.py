@@ -16,6 +16,8 @@ import pytest
 import sympy
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sympy.core.cache import clear_cache
+
 from nbssm.spec import algorithms as ALG
 from nbssm.spec import checks as C
 from nbssm.spec import models as M
@@ -35,7 +37,6 @@ from nbssm.spec.symbolic import (
     dag_symbols,
 )
 from nbssm.spec.verdict import CONTROL, PROVED, REFUTED, UNKNOWN
-from sympy.core.cache import clear_cache
 
 MINIMAL = C.PRESETS["minimal"]
 LEAN_NAMES = Path(__file__).resolve().parent / "data" / "lean_names.txt"

@@ -22,8 +22,8 @@ distributed = pytest.importorskip("distributed", reason="nbssm.dask needs dask.d
 import dask.array as da  # noqa: E402
 import dask.bag as db  # noqa: E402
 
-from nbssm import ops  # noqa: E402
 import nbssm.dask as nd  # noqa: E402
+from nbssm import ops  # noqa: E402
 from nbssm.dask.lm import log_likelihood  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))

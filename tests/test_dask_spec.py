@@ -72,7 +72,7 @@ def test_bad_blocks_and_splits_raise():
 
 def test_dask_tree_combine_is_the_reference_bit_for_bit():
     """nbssm.dask's combine="tree" computes the reference's tree (split "pow2") exactly."""
-    dask = pytest.importorskip("dask", reason="nbssm.dask needs dask (pip install 'nbssm[dask]')")
+    pytest.importorskip("dask", reason="nbssm.dask needs dask (pip install 'nbssm[dask]')")
     da = pytest.importorskip("dask.array", reason="nbssm.dask needs dask (pip install 'nbssm[dask]')")
     import nbssm.dask as nd
 

@@ -9,10 +9,10 @@ import sys
 
 import numpy as np
 import pytest
-from ops_inputs import conv_inputs, linear_inputs, selective_inputs
 
 import nbssm
 from nbssm import threads as T
+from ops_inputs import conv_inputs, linear_inputs, selective_inputs
 
 
 def _results():

@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from signature_naive import signature_dict
 
 from nbssm.experiments import signature_tasks as st
+from signature_naive import signature_dict
 
 
 def test_make_data_protocol():

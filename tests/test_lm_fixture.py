@@ -14,9 +14,9 @@ import pytest
 
 pytest.importorskip("safetensors")
 from safetensors.numpy import load_file
-from tolerances import tol
 
 from nbssm.lm import MambaLM, load_checkpoint
+from tolerances import tol
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURE = os.path.join(HERE, "fixtures", "mamba_tiny")

@@ -15,9 +15,8 @@ import pytest
 pytest.importorskip("safetensors")
 
 from lm_naive import naive_lm
-from tolerances import tol
-
 from nbssm.lm import MambaLM, MambaLMConfig, ModelState, StateMismatchError, sample_next
+from tolerances import tol
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TIED = os.path.join(HERE, "fixtures", "mamba_tiny", "tied")

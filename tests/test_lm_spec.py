@@ -14,11 +14,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import sympy
+
+from nbssm.models import MambaMixer, spec_fields
 from nbssm.spec.context import DOUBLE, SYMPY
 from nbssm.spec.models import SelectiveMambaBlockSpec
 from tolerances import max_rel_err, tol
-
-from nbssm.models import MambaMixer, spec_fields
 
 
 def _sym_array(name, shape):

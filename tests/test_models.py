@@ -13,10 +13,6 @@ import zlib
 import numba
 import numpy as np
 import pytest
-from nbssm.spec.context import DOUBLE
-from nbssm.spec.models import vec_mat
-from spec_factories import random_compact, random_inputs, random_s4, random_selective
-from tolerances import MODEL_F32_RTOL, MODEL_F64_RTOL, max_rel_err
 
 from nbssm.models import (
     CompactMamba,
@@ -25,6 +21,10 @@ from nbssm.models import (
     SelectiveMamba,
     StateMismatchError,
 )
+from nbssm.spec.context import DOUBLE
+from nbssm.spec.models import vec_mat
+from spec_factories import random_compact, random_inputs, random_s4, random_selective
+from tolerances import MODEL_F32_RTOL, MODEL_F64_RTOL, max_rel_err
 
 CLASSES = {"s4": DiagonalS4, "compact": CompactMamba, "selective": SelectiveMamba}
 

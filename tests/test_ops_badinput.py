@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+import nbssm
 from naive import naive_selective_scan
 from ops_inputs import conv_inputs, linear_inputs, selective_inputs
 from tolerances import max_rel_err, tol
-
-import nbssm
 
 SEQ = ("u", "delta", "z", "B", "C")
 

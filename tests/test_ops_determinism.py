@@ -5,10 +5,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pytest
-from ops_inputs import conv_inputs, linear_inputs, selective_inputs
 
 import nbssm
 from nbssm import ops
+from ops_inputs import conv_inputs, linear_inputs, selective_inputs
 
 
 @pytest.fixture

@@ -15,15 +15,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
+import nbssm
+from nbssm.reference import selective_scan_ref
 from nbssm.spec.algorithms import (
     chunked_diagonal_scan,
     ieee_carry_ok,
     sequential_diagonal_scan,
 )
 from tolerances import max_rel_err, tol
-
-import nbssm
-from nbssm.reference import selective_scan_ref
 
 # ----------------------------------------------------------------------------- huge state size
 _CHILD = r"""

@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 from numba import njit
-from tolerances import tol
 
 from nbssm._kernels.fastmath import exp32, sigmoid32, softplus32
+from tolerances import tol
 
 
 @njit(error_model="numpy")

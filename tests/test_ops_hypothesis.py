@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from naive import naive_causal_conv1d, naive_linear_scan, naive_selective_scan
-from ops_inputs import conv_inputs, linear_inputs, selective_inputs
-from tolerances import max_rel_err, tol
 
 import nbssm
+from naive import naive_causal_conv1d, naive_linear_scan, naive_selective_scan
 from nbssm.spec import algorithms
+from ops_inputs import conv_inputs, linear_inputs, selective_inputs
+from tolerances import max_rel_err, tol
 
 dtypes = st.sampled_from([np.float32, np.float64])
 strategies = st.sampled_from(["auto", "sequential", "chunked"])

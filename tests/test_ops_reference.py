@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from naive import naive_causal_conv1d, naive_linear_scan, naive_selective_scan
-from tolerances import max_rel_err, tol
 
 import nbssm
+from naive import naive_causal_conv1d, naive_linear_scan, naive_selective_scan
 from nbssm.reference import (
     causal_conv1d_ref,
     linear_scan_ref,
     random_inputs,
     selective_scan_ref,
 )
+from tolerances import max_rel_err, tol
 
 OPS = {
     "linear": (nbssm.linear_scan, linear_scan_ref, (3, 150, 5)),

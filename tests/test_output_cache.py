@@ -10,10 +10,10 @@ import threading
 
 import numpy as np
 import pytest
-from ops_inputs import conv_inputs, linear_inputs, selective_inputs
 
 import nbssm
 from nbssm import _config, _memory
+from ops_inputs import conv_inputs, linear_inputs, selective_inputs
 
 
 @pytest.fixture

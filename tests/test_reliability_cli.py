@@ -4,11 +4,11 @@ JSON on stdout under ``--json`` even for errors, no tracebacks, the NaN/Inf poli
 from __future__ import annotations
 
 import json
-from importlib import import_module
 import os
 import subprocess
 import sys
 import types
+from importlib import import_module
 
 import numpy as np
 import pytest

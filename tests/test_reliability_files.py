@@ -24,10 +24,20 @@ from hypothesis import strategies as st  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from nbssm.lm import CheckpointError, MambaLM, UnsupportedConfigError, parse_config  # noqa: E402
-from nbssm.lm.config import MAX_DIM, read_config as nb_read_config  # noqa: E402
+from nbssm.lm.config import MAX_DIM  # noqa: E402
+from nbssm.lm.config import read_config as nb_read_config
 from nbssm.lm.loading import load_checkpoint, read_safetensors_header  # noqa: E402
-from reliability_files import (TIED, UNTIED, copy_checkpoint, join_file, load_in_child, read_config,  # noqa: E402
-                               split_file, tensor_spans, write_config)
+from reliability_files import (  # noqa: E402
+    TIED,
+    UNTIED,
+    copy_checkpoint,
+    join_file,
+    load_in_child,
+    read_config,
+    split_file,
+    tensor_spans,
+    write_config,
+)
 
 FILE_ERRORS = (CheckpointError, UnsupportedConfigError)
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from signature_naive import signature_dict, signature_flat, words
-from tolerances import max_rel_err, tol
 
 from nbssm.signatures import signature, signature_length, word_index
+from signature_naive import signature_dict, signature_flat, words
+from tolerances import max_rel_err, tol
 
 PAPER_PATH = [[1, 1], [3, 4], [5, 2], [8, 6]]
 

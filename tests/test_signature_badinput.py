@@ -10,10 +10,10 @@ import math
 
 import numpy as np
 import pytest
-from signature_naive import segment_signature, signature_flat, words
-from tolerances import max_rel_err, tol
 
 from nbssm.signatures import signature, signature_length, word_index
+from signature_naive import segment_signature, signature_flat, words
+from tolerances import max_rel_err, tol
 
 
 class TestSizes:

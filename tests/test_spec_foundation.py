@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from nbssm.spec.context import DOUBLE, DOUBLE_ARRAY, SYMPY, BRANCHED, PLAIN, make_context
+from nbssm.spec.context import BRANCHED, DOUBLE, DOUBLE_ARRAY, PLAIN, make_context
 from nbssm.spec.models import (
     DiagonalS4Spec,
     DiagonalSSM,
@@ -31,7 +31,7 @@ from nbssm.spec.scan import (
     scan_array,
     summarize_scalar_affine,
 )
-from spec_factories import random_compact, random_inputs, random_s4, random_selective
+from spec_factories import random_inputs, random_s4, random_selective
 
 
 def one_channel_s4():

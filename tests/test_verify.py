@@ -11,11 +11,11 @@ import types
 from pathlib import Path
 
 import pytest
+
+from nbssm.cli import main
 from nbssm.spec import checks as C
 from nbssm.spec.checks import base as checks_base
 from nbssm.spec.verdict import CheckResult
-
-from nbssm.cli import main
 from nbssm.verify import cli as verify_cli
 from nbssm.verify import ledger as LG
 from nbssm.verify.external import external_checks
@@ -159,8 +159,9 @@ def _fake_module(monkeypatch, name, **attrs):
 def test_external_groups_missing_are_unknown(monkeypatch):
     monkeypatch.setitem(sys.modules, "nbssm.verify.refinement", None)  # import raises ImportError
     monkeypatch.setitem(sys.modules, "nbssm.spec.checks.linear_cde", None)
+    monkeypatch.setitem(sys.modules, "nbssm.spec.distributed", None)
     res = external_checks(5)
-    assert [r.verdict for r in res] == ["unknown", "unknown"]
+    assert [r.verdict for r in res] == ["unknown", "unknown", "unknown"]
     assert not any(r.passed for r in res)
 
 

@@ -20,9 +20,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from ._jit import njit, prange
 
 from nbssm import _config
+
+from ._jit import njit, prange
 
 
 @njit(cache=_config.CACHE, nogil=True)

@@ -26,9 +26,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from ._jit import njit, prange
 
 from .. import _config
+from ._jit import njit, prange
 
 #: rows per output tile (every weight row loaded once per tile)
 _ROWS = 8

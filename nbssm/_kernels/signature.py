@@ -13,9 +13,10 @@ Kernels take float64 paths and write into a caller-provided ``out``; validation 
 from __future__ import annotations
 
 import numpy as np
-from ._jit import njit, prange
 
 from nbssm import _config
+
+from ._jit import njit, prange
 
 
 @njit(cache=_config.CACHE, nogil=True)

@@ -34,9 +34,9 @@ parallel over batch chunks only).
 
 from __future__ import annotations
 
-import numpy as np
-
 from functools import partial
+
+import numpy as np
 
 from .. import ops
 from ._common import as_dask, require_dask, small

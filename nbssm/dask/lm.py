@@ -36,12 +36,12 @@ class ModelSource:
     dims: tuple = field(default_factory=tuple)
 
     @classmethod
-    def pretrained(cls, path, dtype="float32") -> "ModelSource":
+    def pretrained(cls, path, dtype="float32") -> ModelSource:
         """A checkpoint directory (``MambaLM.from_pretrained``); it must exist on every worker."""
         return cls("pretrained", path=str(path), dtype=np.dtype(dtype).name)
 
     @classmethod
-    def random(cls, seed: int = 0, dtype="float32", **dims) -> "ModelSource":
+    def random(cls, seed: int = 0, dtype="float32", **dims) -> ModelSource:
         """``MambaLM.random(seed=seed, dtype=dtype, **dims)`` (e.g. ``d_model``, ``n_layer``,
         ``vocab_size``, ``d_state``)."""
         return cls("random", seed=int(seed), dtype=np.dtype(dtype).name, dims=tuple(sorted(dims.items())))

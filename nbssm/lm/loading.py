@@ -19,7 +19,7 @@ import os
 import re
 import stat
 import struct
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

@@ -23,7 +23,8 @@ uninterpreted node is a fixed non-symmetric polynomial.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import sympy
 
