@@ -13,6 +13,26 @@ Language models (``nbssm.lm``): ``MambaLM``.
 Paper objects: ``signature`` (module ``nbssm.signatures``), linear CDE scans (``nbssm.cde``).
 Numpy references of the kernels: ``nbssm.reference``; the tolerance table: ``nbssm.tolerances``.
 Specification mirror: ``nbssm.spec``.
+Threads: ``threads`` (context manager), ``set_threads``, ``get_threads``.
+
+Glossary (the names every public function uses; mamba_ssm's vocabulary)
+-----------------------------------------------------------------------
+``b`` batch, ``l`` length, ``d`` channels (``d_inner`` in a Mamba block, ``d_model`` outside
+it), ``n`` state size (``d_state``), ``w`` convolution width, ``r`` ``dt_rank``.
+Sequences are ``(b, l, d)``; a 2-D ``(l, d)`` array is one sequence, with 2-D outputs and
+unbatched states.
+
+``u``: the scan input. ``delta``: the step size, ``softplus(delta + delta_bias)`` when
+``delta_softplus``. ``A``: the diagonal transition as used in ``exp(delta * A)``, negative
+for decay (a checkpoint's ``-exp(A_log)``; the Lean spec stores the positive rates ``-A``).
+``B``, ``C``: input and readout, ``(b, l, n)`` for the selective scan. ``D``: the skip
+connection ``D * u``. ``z``: the gate, ``y * silu(z)``. Convolution weights are ``(d, w)``,
+oldest tap first. ``initial_state=`` / ``return_final_state=``: the state carried in and out
+of every sequence operation (the convolution's state is its history ``(b, w-1, d)``);
+``model.initial_state(batch)`` is a model's zero state (:class:`nbssm.ModelState`).
+
+Errors read ``"<argument or file>: expected <what>, got <actual>"`` (``TypeError`` for types
+and dtypes, ``ValueError`` for values and shapes); inputs are never modified.
 """
 
 import os

@@ -185,7 +185,7 @@ def _blas_scan(A, B, domega, dxi, z0, order, euler, return_states, block_size, d
         if g is None or g.shape[0] != bs:
             g = np.empty((bs, dw * n), dtype=dtype)
         mr = np.empty((bs, n), dtype=dtype)
-        if return_states:
+        if states is not None:
             states[s:e, 0] = z
 
         for k in range(T):
@@ -202,7 +202,7 @@ def _blas_scan(A, B, domega, dxi, z0, order, euler, return_states, block_size, d
                     mr += v * invfact[j + 1]
                     r, mr = mr, r
                 z = r
-            if return_states:
+            if states is not None:
                 states[s:e, k + 1] = z
         final[s:e] = z
     return final, states

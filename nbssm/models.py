@@ -869,9 +869,10 @@ class MambaMixer(_Model):
         W = arrs["conv_weight"].shape[1]
         R = arrs["dt_proj_weight"].shape[1]
         if params["conv_bias"] is None:
-            params["conv_bias"] = np.zeros(E, dt)
+            zeros = np.zeros(E, dt)
             if not copy:
-                params["conv_bias"].flags.writeable = False
+                zeros.flags.writeable = False
+            params["conv_bias"] = zeros
         for name, shape in mixer_param_shapes(Dm, E, N, W, R).items():
             setattr(self, name, _param(params[name], name, dt, shape, copy))
         super().__init__({"d_model": Dm, "d_inner": E, "d_state": N, "d_conv": W, "dt_rank": R}, dt, strategy)
@@ -934,6 +935,7 @@ class MambaMixer(_Model):
             x3 = x_[None] if single else x_
             b = x3.shape[0]
             zero = self.initial_state(b)
+            assert zero.conv is not None  # a Mamba block always has a convolution history
             hist0 = zero.conv[0] if initial_state is None else np.asarray(initial_state, self.dtype)
             h0 = zero.ssm[0] if ssm_state is None else np.asarray(ssm_state, self.dtype)
             out, hist, h = self.mix(x3, hist0, h0)

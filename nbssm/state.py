@@ -119,7 +119,7 @@ def weights_digest(arrays: Iterable[np.ndarray]) -> str:
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype.str}{a.shape};".encode())
         if a.size:
-            h.update(memoryview(a).cast("B"))
+            h.update(memoryview(a).cast("B"))  # type: ignore[arg-type]  # ndarray exports a buffer
     return h.hexdigest()
 
 
@@ -331,7 +331,7 @@ class ModelState:
         }
         if self.conv is not None:
             arrays["conv"] = self.conv
-        np.savez(path, **arrays)
+        np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy stubs type **kwds as allow_pickle
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: Any = None) -> ModelState:

@@ -44,7 +44,7 @@ _blas_limit = None  # threadpoolctl limiter currently applied by set_threads
 
 def max_threads() -> int:
     """The most threads a kernel may use in this process (Numba's pool size)."""
-    return int(numba.config.NUMBA_NUM_THREADS)
+    return int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]  # set at runtime
 
 
 def _affinity() -> int:
@@ -139,7 +139,7 @@ def _apply_environment() -> None:
 
     if not parallel._is_initialized:
         # process-wide (every Python thread): shrink the pool before it starts
-        numba.config.NUMBA_NUM_THREADS = n
+        numba.config.NUMBA_NUM_THREADS = n  # type: ignore[attr-defined]
         parallel.NUM_THREADS = n
     else:
         numba.set_num_threads(n)
@@ -170,7 +170,7 @@ def apply_threads_argument(args) -> None:
         set_threads(n)
 
 
-class _CallableModule(type(os)):
+class _CallableModule(type(os)):  # type: ignore[misc]  # the module type, made callable
     """``nbssm.threads(n)`` is the same as ``nbssm.threads.threads(n)``."""
 
     def __call__(self, n):

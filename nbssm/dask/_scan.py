@@ -35,6 +35,7 @@ parallel over batch chunks only).
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -284,7 +285,7 @@ def _time_parallel(seqs, h0_blocks, summarize, run_block, strategy, chunk_length
     results = []
     for i in range(nb):
         args = [[blk[i, j, 0] for blk in blocks] for j in range(nt)]
-        entering = [(h0_blocks[i], None)]
+        entering: list[tuple[Any, int | None]] = [(h0_blocks[i], None)]
         if not chunked:
             # sequential: each block from the final state of the previous one
             row = []

@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{prog}: error: {args.model_dir}: not enough memory to load and run this checkpoint", file=err)
         return 1
     as_text = tok is not None and not args.print_ids
-    if as_text:
+    if tok is not None and as_text:
         out.write(args.prompt if args.prompt is not None else tok.decode(ids))
     else:
         out.write(" ".join(str(int(i)) for i in ids) + " |")
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         for token in gen:
             produced.append(token)
-            if as_text:
+            if tok is not None and as_text:
                 text = tok.decode(produced)  # decode the whole tail: multi-token characters come out whole
                 out.write(text[len(shown):])
                 shown = text

@@ -206,7 +206,7 @@ def checkpoint_files(directory: str) -> list[tuple[str, list[str] | None]]:
                 raise CheckpointError(f"{index}: shard {shard!r} is a PyTorch pickle, which nbssm never loads; "
                                       f"{CONVERT_HINT}")
             shards.setdefault(shard, []).append(name)
-        out = []
+        out: list[tuple[str, list[str] | None]] = []
         for shard, names in sorted(shards.items()):
             path = os.path.join(directory, shard)
             if not os.path.isfile(path):

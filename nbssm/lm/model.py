@@ -235,7 +235,7 @@ class MambaLM:
         """
         from .loading import load_checkpoint
 
-        config, tensors = load_checkpoint(path, dtype)
+        config, tensors = load_checkpoint(os.fspath(path), dtype)
         model = cls(config, tensors, dtype)
         if tokenizer:
             from .tokenizer import load_tokenizer
@@ -380,6 +380,7 @@ class MambaLM:
         if l == 0:
             logits = np.zeros((b, 0, V), self.dtype)
             return (logits[0] if single else logits), st.copy()
+        assert st.conv is not None  # every layer of the LM has a convolution history
         conv = np.empty_like(st.conv)
         ssm = np.empty_like(st.ssm)
         hidden = self.embed[ids]                                               # (b, l, Dm)
