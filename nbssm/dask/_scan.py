@@ -75,31 +75,31 @@ def _negzero(shape, dtype):
 def _linear_summaries(a, b, chunk_length):
     """Summaries of the kernel chunks of one time block: ``(P, Q, Zp, Zm)``, ``(b, k, d)`` each.
 
-    ``P = a_0 * ... `` and ``Q`` are ``chunk_summary`` of every chunk, obtained from the
-    sequential scan (``P``: offsets ``-0.0``, exact; ``Q``: from ``b_0``). ``Zp``/``Zm`` (the
-    chunk run from ``+0``/``-0``) only when some ``P`` is not finite, else None.
+    ``(P, Q)``: ``chunk_summary`` of every chunk (:mod:`nbssm.dask._summary`). ``Zp``/``Zm``
+    (the chunk run from ``+0``/``-0`` by the sequential scan) only when some ``P`` is not
+    finite, else None.
     """
-    a = np.ascontiguousarray(a)
-    b = np.ascontiguousarray(b)
+    from ._summary import chunk_summaries
+
+    dt = np.float64 if (a.dtype == np.float64 or b.dtype == np.float64
+                        or np.issubdtype(a.dtype, np.integer) or np.issubdtype(b.dtype, np.integer)) else np.float32
+    a = np.ascontiguousarray(a, dtype=dt)
+    b = np.ascontiguousarray(b, dtype=dt)
     bat, length, ch = a.shape
     nch = length // chunk_length
-    ar = a.reshape(bat * nch, chunk_length, ch)
-    br = b.reshape(bat * nch, chunk_length, ch)
-    if chunk_length == 1:
-        P, Q = ar[:, 0].copy(), br[:, 0].copy()
-    else:
-        _, P = ops.linear_scan(ar[:, 1:], _negzero(ar[:, 1:].shape, a.dtype), initial_state=ar[:, 0],
-                               return_final_state=True, strategy="sequential")
-        _, Q = ops.linear_scan(ar[:, 1:], br[:, 1:], initial_state=br[:, 0],
-                               return_final_state=True, strategy="sequential")
+    P = np.empty((bat, nch, ch), dt)
+    Q = np.empty((bat, nch, ch), dt)
+    chunk_summaries(a, b, chunk_length, P, Q)
     Zp = Zm = None
     if not np.isfinite(P).all():
-        _, Zp = ops.linear_scan(ar, br, initial_state=np.zeros((bat * nch, ch), a.dtype),
+        ar = a.reshape(bat * nch, chunk_length, ch)
+        br = b.reshape(bat * nch, chunk_length, ch)
+        _, Zp = ops.linear_scan(ar, br, initial_state=np.zeros((bat * nch, ch), dt),
                                 return_final_state=True, strategy="sequential")
-        _, Zm = ops.linear_scan(ar, br, initial_state=_negzero((bat * nch, ch), a.dtype),
+        _, Zm = ops.linear_scan(ar, br, initial_state=_negzero((bat * nch, ch), dt),
                                 return_final_state=True, strategy="sequential")
         Zp, Zm = Zp.reshape(bat, nch, ch), Zm.reshape(bat, nch, ch)
-    return P.reshape(bat, nch, ch), Q.reshape(bat, nch, ch), Zp, Zm
+    return P, Q, Zp, Zm
 
 
 def _selective_summaries(u, delta, A, Bm, delta_bias, delta_softplus, chunk_length):
