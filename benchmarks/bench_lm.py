@@ -1,4 +1,4 @@
-"""Language-model benchmarks on a mamba-130m-shaped model (issue 7).
+"""Language-model benchmarks on a mamba-130m-shaped model.
 
 One command (2 threads by default; wrap timing runs in the shared lock)::
 

@@ -1,7 +1,7 @@
 """Benchmark: nbssm.signature against iisignature (or esig) in the same run.
 
 Run (one command):  flock /tmp/nbssm-bench.lock python benchmarks/bench_signature.py
-Target (issue 8): nbssm at least as fast as iisignature for batch 1000, length 100, dim 3,
+Target: nbssm at least as fast as iisignature for batch 1000, length 100, dim 3,
 depth 4. iisignature is not in the test extra (it builds from source:
 ``pip install --no-build-isolation iisignature`` after numpy, setuptools and wheel); when it is
 absent the script compares with esig and says so. Writes
