@@ -194,7 +194,7 @@ def test_bad_environment_values_are_clear_errors(name, value):
 
 
 def test_serial_and_parallel_compilations_use_distinct_entries():
-    from nbssm._kernels import _jit, cde, conv, decode, dense, scan, signature  # noqa: F401  (registers kernels)
+    from nbssm._kernels import _jit, cde, conv, decode, dense, linear_scan, selective_scan, signature  # noqa: F401
 
     tags = {}
     for disp, options, cached in _jit.kernels():
