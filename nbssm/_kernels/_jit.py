@@ -375,6 +375,8 @@ class KernelCache(_caching._Cache):
 
 def _make(func, sigs, cache, options):
     disp = numba.njit(*sigs, **options)(func) if sigs else numba.njit(**options)(func)
+    if not hasattr(disp, "py_func"):  # NUMBA_DISABLE_JIT=1: the plain Python function
+        return disp
     if cache:
         disp._cache = KernelCache(disp.py_func, options)
     _KERNELS.append((disp, dict(options), bool(cache)))
