@@ -105,7 +105,8 @@ def ieee_carry_ok(p: float, q: float, h: float, c: float,
                   tiny: float = sys.float_info.min, huge: float = sys.float_info.max) -> bool:
     """The kernels' rule for IEEE numbers: may the summary ``(p, q)`` carry the state ``h``?
 
-    True when ``p`` is a normal finite number (``tiny <= |p| <= huge``) and
+    True when ``p`` is a normal finite number (``tiny <= |p| <= huge``), or an underflowed one
+    (``|p| < tiny``) carrying a state with ``|h| <= 2**52``, and
     ``q``, ``h`` and ``c = p * h + q`` are finite. Otherwise (a product of
     transitions that overflowed, underflowed or is 0, an infinite or NaN
     summary, state or result) the chunk is re-run from ``h`` one transition
@@ -116,7 +117,10 @@ def ieee_carry_ok(p: float, q: float, h: float, c: float,
     kernels use float32's).
     """
     ap = abs(p)
-    return tiny <= ap <= huge and abs(q) <= huge and abs(h) <= huge and abs(c) <= huge
+    # an underflowed product (|p| < tiny) times a moderate state contributes less than
+    # tiny * 2**52 ~ 1e-292 in either order of evaluation: the summary stands for the re-run
+    return (tiny <= ap <= huge or (ap < tiny and abs(h) <= 2.0**52)) \
+        and abs(q) <= huge and abs(h) <= huge and abs(c) <= huge
 
 
 def chunked_diagonal_scan(h0: Vector, a: Sequence[Vector], b: Sequence[Vector], chunk_length: int,

@@ -23,4 +23,8 @@ def carry_ok(p, q, h, c, tiny, huge):
     none. NaN fails every comparison, so it always re-runs.
     """
     ap = abs(p)
-    return ap >= tiny and ap <= huge and abs(q) <= huge and abs(h) <= huge and abs(c) <= huge
+    ah = abs(h)
+    # an underflowed product (|p| < tiny) times a moderate state contributes less than
+    # tiny * 2**52 ~ 1e-292 in either order of evaluation: the summary stands for the re-run
+    return ((ap >= tiny and ap <= huge) or (ap < tiny and ah <= 4503599627370496.0)) \
+        and abs(q) <= huge and ah <= huge and abs(c) <= huge
