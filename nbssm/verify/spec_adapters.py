@@ -167,13 +167,24 @@ def linear_scan_spec(a, b, initial_state=None):
     states : ndarray, shape (b, l, d)
     state : ndarray, shape (b, d)
     """
+    def one(h0, a_i, b_i):
+        trs = [DiagonalTransition(_floats(a_t), _floats(b_t)) for a_t, b_t in zip(a_i, b_i)]
+        return diagonal_selective_scan(DOUBLE, h0, trs)
+
+    return _per_sequence(one, a, b, initial_state)
+
+
+def _per_sequence(scan_one, a, b, initial_state):
+    """Run ``scan_one(h0 list, a_i (l, d), b_i (l, d)) -> list of l states`` per batch element.
+
+    Returns ``(states (b, l, d), final state (b, d))`` like :func:`nbssm.linear_scan`.
+    """
     a, b = _f64(a), _f64(b)
     batch, length, channels = a.shape
     h0 = np.zeros((batch, channels)) if initial_state is None else _f64(initial_state)
     out = np.zeros((batch, length, channels))
     for i in range(batch):
-        trs = [DiagonalTransition(_floats(a[i, t]), _floats(b[i, t])) for t in range(length)]
-        states = diagonal_selective_scan(DOUBLE, _floats(h0[i]), trs)
+        states = scan_one(_floats(h0[i]), a[i], b[i])
         if states:
             out[i] = np.array(states)
     return out, (out[:, -1].copy() if length else h0.copy())
@@ -194,16 +205,11 @@ def linear_scan_chunked_reference(a, b, initial_state=None, *, chunk_length):
     states : ndarray, shape (b, l, d)
     state : ndarray, shape (b, d)
     """
-    a, b = _f64(a), _f64(b)
-    batch, length, channels = a.shape
-    h0 = np.zeros((batch, channels)) if initial_state is None else _f64(initial_state)
-    out = np.zeros((batch, length, channels))
-    for i in range(batch):
-        states = algorithms.chunked_diagonal_scan(_floats(h0[i]), a[i].tolist(), b[i].tolist(), chunk_length,
-                                                  carry_ok=algorithms.ieee_carry_ok)
-        if states:
-            out[i] = np.array(states)
-    return out, (out[:, -1].copy() if length else h0.copy())
+    def one(h0, a_i, b_i):
+        return algorithms.chunked_diagonal_scan(h0, a_i.tolist(), b_i.tolist(), chunk_length,
+                                                carry_ok=algorithms.ieee_carry_ok)
+
+    return _per_sequence(one, a, b, initial_state)
 
 
 def _conv_setup(x, weight, bias, initial_state):
