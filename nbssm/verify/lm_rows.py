@@ -601,7 +601,9 @@ def _lm_checks(seed: int) -> list[CheckResult]:
                             {**DIMS, "checkpoint": "hf BF16 untied"}, converted_control))
 
     # ---- decode after prefill = prefill of the longer sequence
-    cfg = MambaLMConfig(vocab_size=HF_VOCAB, norm_eps=EPS, tie_embeddings=False, **DIMS)
+    cfg = MambaLMConfig(d_model=DIMS["d_model"], n_layer=DIMS["n_layer"], vocab_size=HF_VOCAB,
+                        d_state=DIMS["d_state"], d_conv=DIMS["d_conv"], d_inner=DIMS["d_inner"],
+                        dt_rank=DIMS["dt_rank"], norm_eps=EPS, tie_embeddings=False)
     dec_rng = next(rngs)
     dec_tensors = random_tensors(dec_rng, HF_VOCAB, tied=False, conv_bias=True)
     dec_ids = _ids(dec_rng, HF_VOCAB)
