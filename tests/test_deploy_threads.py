@@ -129,3 +129,15 @@ def test_environment_variable_out_of_range_is_a_clear_error():
                 NBSSM_NUM_THREADS="100000")
     assert proc.returncode != 0
     assert "NBSSM_NUM_THREADS: expected a number of threads between 1 and" in proc.stderr
+
+
+def test_openmp_waits_passively_unless_the_user_chose():
+    code = ("import os; import nbssm.threads; from nbssm import _config; "
+            "print(os.environ['OMP_WAIT_POLICY'], _config.OMP_WAIT_POLICY)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["PASSIVE", "PASSIVE"]
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "active"}, capture_output=True,
+                         text=True, timeout=300)
+    assert out.stdout.split() == ["active", "active"]
