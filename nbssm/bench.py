@@ -904,7 +904,7 @@ def run(args) -> int:
         res["selective"] = bench_selective(repeats, threads, shapes, numpy_ref="numpy" not in skip)
     if "decode" not in skip:
         print("decode (batch 1, random weights):")
-        res["decode"] = bench_decode(16 if quick else 64, threads, ("small",) if quick else ("small", "130m"))
+        res["decode"] = bench_decode(16 if quick else 32, threads, ("small",) if quick else ("small", "130m"))
     if "scaling" not in skip:
         print("length scaling:")
         res["length_scaling"] = bench_length_scaling(repeats, max(threads))
