@@ -756,8 +756,9 @@ def to_markdown(res):
         lines.append(
             f"| {r['shape']} ({dims}) | {r.get('gelem_s_1thr', float('nan')):.2f} ({r.get('t_1thr_ms', float('nan')):.1f} ms) "
             f"| {r.get('gelem_s_2thr', float('nan')):.2f} ({r.get('t_2thr_ms', float('nan')):.1f} ms) "
-            f"| {r.get('gelem_s_numpy', float('nan')):.3f} ({r.get('t_numpy_ms', float('nan')):.0f} ms) "
-            f"| {r.get('speedup_vs_numpy', float('nan')):.1f}x | {r['rel_err_vs_float64']:.1e} |")
+            + (f"| {r['gelem_s_numpy']:.3f} ({r['t_numpy_ms']:.0f} ms) | {r['speedup_vs_numpy']:.1f}x "
+               if "gelem_s_numpy" in r else "| not run | not run ")
+            + f"| {r['rel_err_vs_float64']:.1e} |")
     lines.append("")
     if "length_scaling" in res:
         s = res["length_scaling"]
