@@ -148,6 +148,17 @@ def nbssm_main(args) -> dict:
             per.append(time.perf_counter() - t)
         windows = [sum(per[i:i + 16]) / 16 for i in range(0, len(per) - 15, 16)]
         res[f"decode_b{batch}_s_per_step"] = dict(_stats(per), best_16_window=min(windows), mean=sum(per) / len(per))
+    # the machine's own limit, in the same run: triad bandwidth at the same thread count, and the
+    # weight-streaming floor of decode (bytes of weights one step reads / bandwidth)
+    from nbssm import bench
+
+    bw = bench.bench_bandwidth(5, [res["threads"]], log=lambda *a: None)
+    res["limits"] = {"triad_gbs": bw[f"gbs_{res['threads']}thr"], "triad_array_bytes": bw["array_bytes"],
+                     "isa": bench.isa_info()["isa"], "load_average": bench.load_average()}
+    res["weight_bytes_per_token"] = bench.decode_weight_bytes(model)
+    floor = res["limits"]["triad_gbs"] * 1e9 / res["weight_bytes_per_token"]
+    res["decode_floor_tok_s"] = floor
+    res["decode_b1_frac_of_floor"] = 1.0 / res["decode_b1_s_per_step"]["median"] / floor
     return res
 
 
@@ -176,6 +187,12 @@ def _markdown(r: dict) -> str:
         row(f"decode, batch {b} (tokens/s; best 16-token window {b / d['best_16_window']:.0f})", ours, theirs, "tok/s", invert=True)
     p = n["prefill_s"]
     row(f"prefill, batch 1, length {L} (tokens/s)", L / p["median"], L / t["prefill_s"] if t else None, "tok/s", invert=True)
+    if "limits" in n:
+        lim = n["limits"]
+        lines += ["", f"Machine limit in the same run ({lim['isa']}, load average {lim['load_average']}): triad bandwidth "
+                  f"{lim['triad_gbs']:.1f} GB/s, so the weight-streaming floor of decode is "
+                  f"{n['weight_bytes_per_token'] / 1e6:.0f} MB / {lim['triad_gbs']:.1f} GB/s = "
+                  f"{n['decode_floor_tok_s']:.1f} tokens/s; batch-1 decode reaches {n['decode_b1_frac_of_floor']:.0%} of it."]
     lines += ["", "Ratio: how many times faster nbssm is. Decode is greedy, steady state over "
               f"{n['decode_b1_s_per_step']['n']} tokens after 8 warm-up tokens.", ""]
     return "\n".join(lines)

@@ -12,9 +12,20 @@ NBSSM_NUM_THREADS: threads used by kernels and BLAS (default: the CPUs this proc
 run on, ``os.sched_getaffinity``); a whole number >= 1. See :mod:`nbssm.threads`.
 NBSSM_OUTPUT_CACHE_MB: how many MiB of released large output buffers nbssm keeps for
 reuse (default 512; 0 disables the output cache). See :mod:`nbssm._memory`.
+OMP_WAIT_POLICY: set to ``PASSIVE`` when unset (a value set by the user is kept), before
+Numba's OpenMP threading layer loads libgomp. With libgomp's default, a thread that reaches
+the end of a parallel region spins for up to ~300000 iterations before sleeping; decode runs
+two parallel regions per layer and token, so on a machine where another process holds a core
+the spinning thread takes the CPU that the late thread needs, and 2 threads ran 4-30x slower
+than 1 (decode of a mamba-130m-shaped model: 1.5 vs 5.4 tokens/s). Passive waiting (sleep at
+once, woken by a futex) removes that; see ``benchmarks/results/contention.md``.
 """
 
 import os
+
+#: OpenMP wait policy for Numba's OpenMP threading layer (libgomp reads it when it is loaded,
+#: at the first parallel kernel call; this module is imported before any kernel runs)
+OMP_WAIT_POLICY: str = os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")

@@ -115,3 +115,71 @@ def warmup(verbose: bool = False, models: bool = True) -> dict:
         _cde_and_signature()
         done("linear CDEs and signatures")
     return {"seconds": time.perf_counter() - t0}
+
+
+_DECODE_CHILD = r"""
+import sys
+import numpy as np
+from nbssm.lm import MambaLM
+lm = MambaLM.random(seed=0, dtype=np.dtype(sys.argv[1]), d_model=4, n_layer=1, vocab_size=8, d_state=2, d_conv=2)
+lm.step(np.zeros(1, dtype=np.int64))
+"""
+
+
+def compile_decode_aside(dtype):
+    """Start compiling the fused decode step for ``dtype`` in a child process (into the shared cache).
+
+    Numba compiles one function at a time per process; the decode step and the prefill
+    kernels are independent, so on a machine with a free core a cold start compiles them at
+    the same time: the child fills the kernel cache with the decode step (the types of its
+    arguments do not depend on the model's sizes, so a tiny random model compiles the same
+    specialisation) while this process compiles the prefill kernels. Returns the
+    :class:`subprocess.Popen` (wait for it before the first decode step), or None when there is
+    no kernel cache to share or only one CPU.
+    """
+    import os
+    import subprocess
+    import sys
+
+    from ._kernels._jit import cache_directory
+    from .threads import _affinity
+
+    if cache_directory() is None or _affinity() < 2:
+        return None
+    try:
+        return subprocess.Popen([sys.executable, "-c", _DECODE_CHILD, np.dtype(dtype).name], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+    except OSError:
+        return None
+
+
+def warmup_generate(model, aside=None) -> None:
+    """Compile (or load from the cache) exactly the kernels ``model.generate`` calls.
+
+    A one-token prefill and one decode step of ``model`` itself (batch 1, the model's
+    dtype only, the specialisations its shapes select), on a fresh state; nothing else
+    compiles. ``nbssm generate`` calls it before the prefill, so that the prefill time it
+    reports excludes compiling and cache loading.
+
+    Parameters
+    ----------
+    model : nbssm.lm.MambaLM
+    aside : subprocess.Popen, optional
+        A child compiling the decode step (:func:`compile_decode_aside`); waited for after
+        the prefill kernels, so the decode step then loads from the cache.
+    """
+    ids = np.zeros((1, 1), dtype=np.int64)
+    try:
+        model.forward(ids, last_only=True)
+    except BaseException:
+        if aside is not None:
+            aside.kill()
+            aside.wait()
+        raise
+    if aside is not None:
+        try:
+            aside.wait(timeout=600)
+        except Exception:  # noqa: BLE001  # a stuck child: compile here instead
+            aside.kill()
+            aside.wait()
+    model.step(np.zeros(1, dtype=np.int64))

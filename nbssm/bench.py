@@ -15,7 +15,16 @@ Measures, on this machine, with the machine, thread counts and versions recorded
   chunked on 1 thread, chunked on 2 threads;
 * peak memory above inputs plus outputs (``ru_maxrss`` in a fresh process);
 * cold start (empty Numba cache) and warm start (cache filled): a fresh
-  process imports nbssm and finishes its first S1 call.
+  process imports nbssm and finishes its first S1 call;
+* the machine's own limits, in the same run (:func:`bench_limits`): memory bandwidth (a
+  STREAM triad over float64 arrays at least 4x the last-level cache), the throughput of
+  the kernels' own ``exp`` (float32 polynomial, float64 libm), the instruction set (AVX-512
+  or AVX2) and the load average; every figure is then also reported as a fraction of its
+  limit: S1 float32 against the exp throughput (one exp per (t, d, n) element), decode
+  tokens/s against the weight-streaming floor (measured bandwidth / bytes of weights);
+* decode tokens/s of a small model and of a mamba-130m-shaped one (random weights);
+* with ``--contention`` (:func:`bench_contention`): S1 and decode quiet, then beside one
+  CPU-bound process per core but one, at the default thread count and at 1 thread.
 
 Every timing is the median of ``--repeats`` runs (at least 5) after a warm-up
 run. Results go to ``kernels.json`` and ``kernels.md`` in ``--out`` (default
@@ -28,6 +37,7 @@ never edits the README or any committed file. Run timing jobs under
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -95,7 +105,25 @@ def machine_info():
         "nbssm": __version__,
         "platform": platform.platform(),
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "isa": isa_info()["isa"],
+        "cpus_usable": _usable_cpus(),
+        "default_threads": _default_threads(),
+        "load_average": load_average(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
     }
+
+
+def _usable_cpus():
+    from .threads import _affinity
+
+    return _affinity()
+
+
+def _default_threads():
+    from .threads import default_threads
+
+    return default_threads()
 
 
 def _threading_started():
@@ -310,6 +338,404 @@ def bench_startup(log=print):
             "warm_runs_s": [w["import_and_first_call_s"] for w in warm]}
 
 
+# ----------------------------------------------------------------------------- limits
+def load_average():
+    """``os.getloadavg()`` as a list (1, 5, 15 minutes), or None where it does not exist."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):  # pragma: no cover - not Unix
+        return None
+
+
+def cache_sizes():
+    """CPU caches of cpu0 from ``/sys`` (else ``lscpu -B``): ``{"L1d": bytes, ..., "llc": bytes}``."""
+    sizes = {}
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    try:
+        for idx in sorted(base.glob("index*")):
+            level = (idx / "level").read_text().strip()
+            kind = (idx / "type").read_text().strip()
+            text = (idx / "size").read_text().strip()
+            size = int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+            name = f"L{level}" + {"Data": "d", "Instruction": "i"}.get(kind, "")
+            sizes[name] = size
+    except (OSError, ValueError, KeyError):
+        sizes = {}
+    if not sizes:
+        try:
+            out = subprocess.run(["lscpu", "-B"], capture_output=True, text=True, timeout=10).stdout
+            for line in out.splitlines():
+                key, _, val = line.partition(":")
+                if key.strip().endswith("cache") and val.strip().split()[0].isdigit():
+                    sizes[key.strip().split()[0]] = int(val.strip().split()[0])
+        except (OSError, subprocess.SubprocessError, IndexError):
+            pass
+    data = {k: v for k, v in sizes.items() if not k.endswith("i")}
+    sizes["llc"] = max(data.values()) if data else None
+    return sizes
+
+
+def isa_info():
+    """The vector ISA: ``"avx512"`` (AVX-512F), ``"avx2"`` (AVX2 + FMA, no AVX-512) or ``"other"``.
+
+    Both the CPU's flags (``/proc/cpuinfo``) and what Numba compiles for (LLVM's host
+    features, or ``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES`` when set) are recorded: a VM or an
+    override can hide AVX-512 from the compiler although the CPU has it.
+    """
+    import numba
+    from llvmlite import binding as ll
+
+    flags = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    try:
+        feats = {k for k, v in ll.get_host_cpu_features().items() if v}
+        cpu_name = ll.get_host_cpu_name()
+    except Exception:  # noqa: BLE001  # pragma: no cover
+        feats, cpu_name = set(), "unknown"
+    override = os.environ.get("NUMBA_CPU_FEATURES") or getattr(numba.config, "CPU_FEATURES", None)
+    if override:
+        feats = {f[1:] for f in str(override).split(",") if f.startswith("+")}
+    cpu_name = os.environ.get("NUMBA_CPU_NAME") or getattr(numba.config, "CPU_NAME", None) or cpu_name
+
+    def kind(s):
+        if "avx512f" in s:
+            return "avx512"
+        if "avx2" in s and "fma" in s:
+            return "avx2"
+        return "other"
+
+    vec = sorted(f for f in feats if f.startswith(("avx", "fma", "sse4")))
+    return {"isa": kind(feats) if feats else kind(flags), "isa_cpuinfo": kind(flags),
+            "llvm_cpu": cpu_name, "llvm_vector_features": vec}
+
+
+def triad_elements(llc_bytes=None):
+    """Elements per triad array: each array at least 4x the last-level cache, 256 MiB in all at least."""
+    llc = llc_bytes if llc_bytes else 0
+    per_array = max(4 * llc, (256 << 20) // 3)
+    return int(per_array // 8)
+
+
+def bench_bandwidth(repeats, threads, elements=None, log=print):
+    """STREAM triad ``a = b + s*c`` (float64): GB/s per thread count.
+
+    Bytes counted: 3 arrays x 8 bytes per element (STREAM's convention: the write-allocate
+    read of ``a``, which a CPU without streaming stores also does, is *not* counted; the
+    figure with it is 4/3 of this and is recorded as ``gbs_write_allocate_*``).
+    """
+    from ._kernels.limits import triad
+    from .threads import threads as use_threads
+
+    n = int(elements or triad_elements(cache_sizes().get("llc")))
+    a = np.zeros(n)
+    b = np.full(n, 1.0)
+    c = np.full(n, 2.0)
+    out = {"elements": n, "array_bytes": 8 * n, "bytes_per_element": 24, "write_allocate_counted": False}
+    for th in threads:
+        with use_threads(th):
+            med, _ = _median_time(lambda: triad(a, b, c, 3.0), repeats)
+        out[f"t_{th}thr_ms"] = med * 1e3
+        out[f"gbs_{th}thr"] = 24 * n / med / 1e9
+        out[f"gbs_write_allocate_{th}thr"] = 32 * n / med / 1e9
+        log(f"  triad ({3 * 8 * n / 2**20:.0f} MiB), {th} thread(s): {out[f'gbs_{th}thr']:.1f} GB/s")
+    return out
+
+
+def bench_exp(repeats, threads, dtypes=(np.float32, np.float64), target_s=0.05, log=print):
+    """Throughput of the kernels' exp (G exp/s) per dtype and thread count (:func:`exp_sum`)."""
+    from ._kernels.limits import EXP_LANES, exp_sum
+    from .threads import threads as use_threads
+
+    rows, blocks = 8, 64
+    out = {"lanes": EXP_LANES, "rows": rows, "blocks": blocks}
+    for dt in dtypes:
+        name = np.dtype(dt).name
+        x = np.random.default_rng(0).uniform(-8.0, 0.0, (rows, EXP_LANES)).astype(dt)
+        res = np.empty((blocks, EXP_LANES), dt)
+        with use_threads(max(threads)):
+            exp_sum(x, 1, res)  # compile / load
+            t0 = time.perf_counter()
+            exp_sum(x, 16, res)
+            t = max(time.perf_counter() - t0, 1e-6)
+        reps = max(16, int(16 * target_s / t * max(threads)))
+        count = reps * rows * EXP_LANES * blocks
+        out[f"reps_{name}"] = reps
+        for th in threads:
+            with use_threads(th):
+                med, _ = _median_time(lambda: exp_sum(x, reps, res), repeats)
+            out[f"gexp_s_{name}_{th}thr"] = count / med / 1e9
+            log(f"  exp {name}, {th} thread(s): {count / med / 1e9:.2f} G exp/s")
+    return out
+
+
+def bench_limits(repeats, threads, triad_elements=None, log=print):
+    """Memory bandwidth, exp throughput, ISA, caches and load average of this machine, now."""
+    out = {"load_average_before": load_average(), "isa": isa_info(), "caches": cache_sizes()}
+    log(f"  ISA {out['isa']['isa']} (cpuinfo: {out['isa']['isa_cpuinfo']}, LLVM cpu {out['isa']['llvm_cpu']}); "
+        f"last-level cache {(out['caches'].get('llc') or 0) / 2**20:.0f} MiB; load average {out['load_average_before']}")
+    out["bandwidth"] = bench_bandwidth(repeats, threads, elements=triad_elements, log=log)
+    out["exp"] = bench_exp(repeats, threads, log=log)
+    out["load_average_after"] = load_average()
+    return out
+
+
+# ----------------------------------------------------------------------------- decode
+DECODE_SHAPES = {
+    "small": dict(d_model=256, n_layer=4, vocab_size=2048, d_state=16, d_conv=4),
+    "130m": dict(d_model=768, n_layer=24, vocab_size=50280, d_state=16, d_conv=4),
+}
+
+
+def decode_weight_bytes(model):
+    """Bytes of weights one decode step reads: every layer weight, the final norm, the head.
+
+    Taken from the model's decode weights (whatever their format); of the embedding only
+    one row per token is read, so it counts only when it is also the (tied) head.
+    """
+    w = getattr(model, "_decode_weights", None)
+    if w is None:  # pragma: no cover - older models
+        return int(sum(a.nbytes for a in model.parameters().values()))
+    total = 0
+    fields = getattr(w, "_fields", ())
+    for name in fields:
+        a = getattr(w, name)
+        if name == "embed":
+            continue
+        for part in (a if isinstance(a, tuple) else (a,)):
+            if isinstance(part, np.ndarray):
+                total += part.nbytes
+    return int(total)
+
+
+def make_decode(dims, seed=0):
+    """``(step, model)``: ``step()`` advances a batch-1 greedy decode by one token (state kept)."""
+    from .lm import MambaLM
+
+    model = MambaLM.random(seed=seed, dtype=np.float32, **dims)
+    state = model.initial_state(1)
+    tok = np.zeros(1, np.int64)
+    box = {"tok": tok}
+
+    def step():
+        logits, _ = model.step(box["tok"], state, inplace=True)
+        box["tok"] = np.asarray([int(np.argmax(logits[0]))], np.int64)
+
+    return step, model
+
+
+def _tokens_per_second(step, tokens):
+    for _ in range(4):  # warm-up (caches, first call)
+        step()
+    per = []
+    for _ in range(tokens):
+        t0 = time.perf_counter()
+        step()
+        per.append(time.perf_counter() - t0)
+    return 1.0 / float(np.median(per))
+
+
+def bench_decode(tokens, threads, shapes=("small", "130m"), log=print):
+    """Batch-1 greedy decode tokens/s (median per-token time) per model shape and thread count."""
+    from .threads import threads as use_threads
+
+    out = {}
+    for name in shapes:
+        step, model = make_decode(DECODE_SHAPES[name])
+        row = {"dims": DECODE_SHAPES[name], "weight_bytes_per_token": decode_weight_bytes(model), "tokens": tokens}
+        for th in threads:
+            with use_threads(th):
+                row[f"tok_s_{th}thr"] = _tokens_per_second(step, tokens)
+            log(f"  decode {name} ({row['weight_bytes_per_token'] / 1e6:.1f} MB of weights), {th} thread(s): "
+                f"{row[f'tok_s_{th}thr']:.1f} tokens/s")
+        out[name] = row
+        del step, model
+    return out
+
+
+def add_fractions(res):
+    """Every figure as a fraction of its limit, measured in the same run (in place; returns ``res``).
+
+    * ``selective`` rows: G elements/s over the float32 G exp/s at the same thread count
+      (one exp per (b, l, d, n) element: the kernel's dominant cost);
+    * ``decode`` rows: tokens/s over the weight-streaming floor, measured triad bandwidth /
+      bytes of weights per token (above 1 when the weights fit in the cache).
+    """
+    lim = res.get("limits")
+    if not lim:
+        return res
+    ex, bw = lim.get("exp", {}), lim.get("bandwidth", {})
+    for row in res.get("selective", []):
+        for th in res.get("threads", []):
+            g, e = row.get(f"gelem_s_{th}thr"), ex.get(f"gexp_s_float32_{th}thr")
+            if g and e:
+                row[f"frac_of_exp_{th}thr"] = g / e
+    for row in res.get("decode", {}).values():
+        for th in res.get("threads", []):
+            tps, gbs = row.get(f"tok_s_{th}thr"), bw.get(f"gbs_{th}thr")
+            if tps and gbs:
+                floor = gbs * 1e9 / row["weight_bytes_per_token"]
+                row[f"floor_tok_s_{th}thr"] = floor
+                row[f"frac_of_floor_{th}thr"] = tps / floor
+    return res
+
+
+# ----------------------------------------------------------------------------- contention
+_BURNER = r"""
+import os, sys
+parent = int(sys.argv[1])
+sys.stdout.write("r")
+sys.stdout.flush()
+while os.getppid() == parent:  # exits by itself within ms once its parent is gone
+    for _ in range(100000):
+        pass
+"""
+
+
+class Burners:
+    """Context manager: ``n`` CPU-bound busy-loop processes for the duration of the block.
+
+    Each is a Python busy loop (not pinned: the scheduler places it, as other users' work).
+    They are killed and reaped on leaving the block, also when it raises (``KeyboardInterrupt``
+    included), at interpreter exit (``atexit``), and each one exits by itself once its parent
+    process is gone (it polls its parent's pid), so none outlives the benchmark.
+    """
+
+    def __init__(self, n: int):
+        self.n = int(n)
+        self.procs: list = []
+
+    def start(self):
+        import atexit
+
+        atexit.register(self.stop)
+        try:
+            for _ in range(self.n):
+                p = subprocess.Popen([sys.executable, "-c", _BURNER, str(os.getpid())], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                self.procs.append(p)
+            for p in self.procs:
+                if p.stdout.read(1) != b"r":  # running its loop
+                    raise RuntimeError("a burner process did not start")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                pass
+            if p.stdout is not None:
+                p.stdout.close()
+        self.procs = []
+
+    @property
+    def pids(self):
+        return [p.pid for p in self.procs]
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+
+def bench_contention(figures, default_threads, rounds=3, burners=None, log=print):
+    """Each figure quiet and beside ``burners`` CPU-bound processes, at the default threads and at 1.
+
+    Parameters
+    ----------
+    figures : dict
+        ``name -> (measure, unit)``: ``measure()`` returns a throughput (higher is better)
+        under the current thread setting.
+    default_threads : int
+    rounds : int
+        The four conditions (quiet/contended x default/1 thread) are measured in turn, round
+        after round, and each figure's median over the rounds is reported (interleaving makes
+        every condition see the same machine drift).
+    burners : int, optional
+        Default: the CPUs this process may use, minus one (at least one).
+
+    Returns
+    -------
+    dict
+        Per figure the medians and the ratios ``contended / quiet`` (each thread count) and
+        ``contended default / contended 1-thread``, plus the load average before and after.
+    """
+    from .threads import _affinity
+    from .threads import threads as use_threads
+
+    nburn = max(1, _affinity() - 1) if burners is None else int(burners)
+    th = {"default": int(default_threads), "1thr": 1}
+    out = {"burners": nburn, "default_threads": th["default"], "rounds": rounds, "load_average_before": load_average(),
+           "burner": "Python busy loop, not pinned", "figures": {}}
+    samples = {name: {f"{c}_{t}": [] for c in ("quiet", "contended") for t in th} for name in figures}
+    for _ in range(rounds):
+        for cond in ("quiet", "contended"):
+            ctx = Burners(nburn) if cond == "contended" else contextlib.nullcontext()
+            with ctx:
+                if cond == "contended":
+                    out["load_average_contended"] = load_average()
+                    out.setdefault("burner_pids", []).extend(ctx.pids)
+                for name, (measure, _unit) in figures.items():
+                    for key, n in th.items():
+                        with use_threads(n):
+                            samples[name][f"{cond}_{key}"].append(float(measure()))
+    for name, (_measure, unit) in figures.items():
+        med = {k: float(np.median(v)) for k, v in samples[name].items()}
+        fig = {"unit": unit, **med, "samples": samples[name]}
+        fig["contended_over_quiet_default"] = med["contended_default"] / med["quiet_default"]
+        fig["contended_over_quiet_1thr"] = med["contended_1thr"] / med["quiet_1thr"]
+        fig["contended_default_over_contended_1thr"] = med["contended_default"] / med["contended_1thr"]
+        fig["meets_target"] = bool(fig["contended_over_quiet_default"] >= 0.4
+                                   and fig["contended_default_over_contended_1thr"] >= 1.0)
+        out["figures"][name] = fig
+        log(f"  {name}: quiet {med['quiet_default']:.3g} ({th['default']} thr) / {med['quiet_1thr']:.3g} (1 thr); "
+            f"contended {med['contended_default']:.3g} / {med['contended_1thr']:.3g} {unit}; contended/quiet "
+            f"{fig['contended_over_quiet_default']:.2f}, contended default/1-thread "
+            f"{fig['contended_default_over_contended_1thr']:.2f}")
+    out["load_average_after"] = load_average()
+    return out
+
+
+def contention_figures(quick=False):
+    """The figures ``--contention`` measures: S1 (or S3 when quick) and decode of the small model (and 130m)."""
+    from . import ops
+
+    name = "S3" if quick else "S1"
+    kw = make_inputs(SHAPES[name])
+    elements = int(np.prod(SHAPES[name]))
+
+    def scan():
+        ops.selective_scan(**kw)  # warm
+        t = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            ops.selective_scan(**kw)
+            t.append(time.perf_counter() - t0)
+        return elements / float(np.median(t)) / 1e9
+
+    figs = {f"selective_scan {name} float32": (scan, "G elements/s")}
+    for shape in (("small",) if quick else ("small", "130m")):
+        step, _model = make_decode(DECODE_SHAPES[shape])
+        n = 32 if shape == "small" else 16
+        figs[f"decode {shape} batch 1"] = (lambda step=step, n=n: _tokens_per_second(step, n), "tokens/s")
+    return figs
+
+
 # ----------------------------------------------------------------------------- report
 def to_markdown(res):
     """The Markdown tables of a result dict (what the README shows)."""
@@ -330,8 +756,9 @@ def to_markdown(res):
         lines.append(
             f"| {r['shape']} ({dims}) | {r.get('gelem_s_1thr', float('nan')):.2f} ({r.get('t_1thr_ms', float('nan')):.1f} ms) "
             f"| {r.get('gelem_s_2thr', float('nan')):.2f} ({r.get('t_2thr_ms', float('nan')):.1f} ms) "
-            f"| {r.get('gelem_s_numpy', float('nan')):.3f} ({r.get('t_numpy_ms', float('nan')):.0f} ms) "
-            f"| {r.get('speedup_vs_numpy', float('nan')):.1f}x | {r['rel_err_vs_float64']:.1e} |")
+            + (f"| {r['gelem_s_numpy']:.3f} ({r['t_numpy_ms']:.0f} ms) | {r['speedup_vs_numpy']:.1f}x "
+               if "gelem_s_numpy" in r else "| not run | not run ")
+            + f"| {r['rel_err_vs_float64']:.1e} |")
     lines.append("")
     if "length_scaling" in res:
         s = res["length_scaling"]
@@ -370,7 +797,69 @@ def to_markdown(res):
         lines.append(f"Start-up, a fresh process importing nbssm and finishing its first S1 call: "
                      f"cold (empty Numba cache) {st['cold_import_and_first_S1_call_s']:.2f} s, "
                      f"warm (cache filled) {st['warm_import_and_first_S1_call_s']:.2f} s.")
+        lines.append("")
+    if res.get("limits"):
+        lines.append(limits_markdown(res))
     return "\n".join(lines).rstrip() + "\n"
+
+
+def limits_markdown(res):
+    """The machine's limits and every figure as a fraction of its limit (Markdown)."""
+    lim = res.get("limits")
+    if not lim:
+        return ""
+    ths = res.get("threads", [])
+    bw, ex, isa = lim["bandwidth"], lim["exp"], lim["isa"]
+    llc = lim["caches"].get("llc")
+    lines = [f"Machine limits, measured in the same run (ISA {isa['isa']}: cpuinfo {isa['isa_cpuinfo']}, "
+             f"LLVM cpu {isa['llvm_cpu']}; last-level cache {(llc or 0) / 2**20:.0f} MiB; load average "
+             f"{lim['load_average_before']} before, {lim['load_average_after']} after; default threads "
+             f"{res.get('default_threads')}):", "",
+             "| limit | " + " | ".join(f"{t} thread{'s' if t > 1 else ''}" for t in ths) + " |",
+             "|---|" + "---|" * len(ths),
+             f"| memory bandwidth, triad over 3 x {bw['array_bytes'] / 2**20:.0f} MiB float64 (GB/s, 24 B/element, "
+             "write-allocate not counted) | " + " | ".join(f"{bw.get(f'gbs_{t}thr', float('nan')):.1f}" for t in ths) + " |"]
+    for dt in ("float32", "float64"):
+        lines.append(f"| kernels' exp, {dt} (G exp/s) | "
+                     + " | ".join(f"{ex.get(f'gexp_s_{dt}_{t}thr', float('nan')):.2f}" for t in ths) + " |")
+    sel = [r for r in res.get("selective", []) if any(f"frac_of_exp_{t}thr" in r for t in ths)]
+    dec = res.get("decode", {})
+    if sel or dec:
+        lines += ["", "Figures as fractions of their limits (figure / limit at the same thread count):", "",
+                  "| figure | " + " | ".join(f"{t} thread{'s' if t > 1 else ''}" for t in ths) + " |",
+                  "|---|" + "---|" * len(ths)]
+        for r in sel:
+            lines.append(f"| selective_scan {r['shape']} float32, G elements/s / G exp/s | "
+                         + " | ".join(f"{r.get(f'gelem_s_{t}thr', float('nan')):.2f} = "
+                                      f"{r.get(f'frac_of_exp_{t}thr', float('nan')):.0%}" for t in ths) + " |")
+        for name, r in dec.items():
+            fits = llc and r["weight_bytes_per_token"] < llc
+            lines.append(f"| decode {name} batch 1, tokens/s / floor ({r['weight_bytes_per_token'] / 1e6:.1f} MB of "
+                         f"weights{', fits in the LLC' if fits else ''}) | "
+                         + " | ".join(f"{r.get(f'tok_s_{t}thr', float('nan')):.1f} / "
+                                      f"{r.get(f'floor_tok_s_{t}thr', float('nan')):.1f} = "
+                                      f"{r.get(f'frac_of_floor_{t}thr', float('nan')):.0%}" for t in ths) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def contention_markdown(c, machine=None):
+    """The ``--contention`` table (Markdown)."""
+    d = c["default_threads"]
+    head = (f"Contention: each figure quiet and beside {c['burners']} CPU-bound process(es) ({c['burner']}), "
+            f"at the default {d} threads and at 1 thread; median of {c['rounds']} interleaved rounds. Load average "
+            f"{c['load_average_before']} before, {c.get('load_average_contended')} while contended, "
+            f"{c['load_average_after']} after")
+    if machine:
+        head += f"; {machine.get('cpu')}, {machine.get('cores')} cores"
+    lines = [head + ".", "",
+             f"| figure | quiet, {d} thr | quiet, 1 thr | contended, {d} thr | contended, 1 thr | contended / quiet "
+             f"({d} thr) | contended {d} thr / contended 1 thr | target (>= 40%, >= 1-thread) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, f in c["figures"].items():
+        lines.append(f"| {name} ({f['unit']}) | {f['quiet_default']:.3g} | {f['quiet_1thr']:.3g} | "
+                     f"{f['contended_default']:.3g} | {f['contended_1thr']:.3g} | {f['contended_over_quiet_default']:.2f} | "
+                     f"{f['contended_default_over_contended_1thr']:.2f} | {'met' if f['meets_target'] else 'missed'} |")
+    return "\n".join(lines) + "\n"
 
 
 def add_arguments(parser):
@@ -379,28 +868,44 @@ def add_arguments(parser):
                         help="directory for kernels.json and kernels.md (default: nbssm-bench in the temp directory)")
     parser.add_argument("--quick", action="store_true", help="S3 only, no numpy reference, no subprocess parts")
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["selective", "scaling", "linear", "memory", "startup", "numpy"],
+                        choices=["selective", "scaling", "linear", "memory", "startup", "numpy", "limits", "decode"],
                         help="parts to leave out")
+    parser.add_argument("--contention", action="store_true",
+                        help="also run S1 and decode quiet and beside one CPU-bound process per core but one, "
+                             "at the default threads and at 1 thread (contention.json / contention.md)")
+    parser.add_argument("--contention-rounds", type=int, default=3, help="interleaved rounds of --contention (median)")
+    parser.add_argument("--triad-mib", type=int, default=None,
+                        help="MiB of each triad array (default: 4x the last-level cache, 256 MiB in all at least)")
 
 
 def run(args) -> int:
-    import numba
+    from .threads import default_threads, max_threads
 
     repeats = max(5, int(args.repeats))
-    threads = [t for t in (1, 2) if t <= numba.config.NUMBA_NUM_THREADS]
+    dflt = default_threads()
+    threads = sorted({t for t in (1, 2, dflt) if t <= max_threads()})
 
     print("warming up (compiling or loading the kernels)...")
     from ._warmup import warmup
 
     warmup(models=False)
-    res = {"machine": machine_info(), "repeats": repeats, "threads": threads}
+    res = {"machine": machine_info(), "repeats": repeats, "threads": threads, "default_threads": dflt,
+           "load_average_start": load_average()}
     skip = set(args.skip)
-    if args.quick:
+    quick = bool(getattr(args, "quick", False))
+    if quick:
         skip |= {"scaling", "linear", "memory", "startup", "numpy"}
+    if "limits" not in skip:
+        print("machine limits:")
+        mib = getattr(args, "triad_mib", None)
+        res["limits"] = bench_limits(repeats, threads, triad_elements=(mib << 20) // 8 if mib else None)
     if "selective" not in skip:
         print("selective_scan:")
-        shapes = {"S3": SHAPES["S3"]} if args.quick else SHAPES
+        shapes = {"S3": SHAPES["S3"]} if quick else SHAPES
         res["selective"] = bench_selective(repeats, threads, shapes, numpy_ref="numpy" not in skip)
+    if "decode" not in skip:
+        print("decode (batch 1, random weights):")
+        res["decode"] = bench_decode(16 if quick else 32, threads, ("small",) if quick else ("small", "130m"))
     if "scaling" not in skip:
         print("length scaling:")
         res["length_scaling"] = bench_length_scaling(repeats, max(threads))
@@ -413,12 +918,25 @@ def run(args) -> int:
     if "startup" not in skip:
         print("start-up:")
         res["startup"] = bench_startup()
+    add_fractions(res)
+    if getattr(args, "contention", False):
+        print("contention:")
+        res["contention"] = bench_contention(contention_figures(quick), dflt,
+                                             rounds=max(1, int(getattr(args, "contention_rounds", 3))))
     res["machine"] = machine_info()
+    res["load_average_end"] = load_average()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "kernels.json").write_text(json.dumps(res, indent=2) + "\n")
-    md = to_markdown(res) if "selective" in res else ""
+    md = to_markdown(res) if "selective" in res else limits_markdown(res)
     (out / "kernels.md").write_text(md)
-    print(f"wrote {out / 'kernels.json'} and {out / 'kernels.md'}")
+    written = [out / "kernels.json", out / "kernels.md"]
+    if "contention" in res:
+        (out / "contention.json").write_text(json.dumps({"machine": res["machine"], **res["contention"]}, indent=2) + "\n")
+        (out / "contention.md").write_text(contention_markdown(res["contention"], res["machine"]))
+        written += [out / "contention.json", out / "contention.md"]
+    print("wrote " + ", ".join(str(w) for w in written))
     print(md)
+    if "contention" in res:
+        print(contention_markdown(res["contention"], res["machine"]))
     return 0

@@ -143,3 +143,15 @@ def test_threads_before_a_nested_subcommand_is_kept():
     assert parser.parse_args(["--threads", "1", name]).threads == 1
     assert parser.parse_args([name, "--threads", "2"]).threads == 2
     assert getattr(parser.parse_args([name]), "threads", None) is None
+
+
+def test_openmp_waits_passively_unless_the_user_chose():
+    code = ("import os; import nbssm.threads; from nbssm import _config; "
+            "print(os.environ['OMP_WAIT_POLICY'], _config.OMP_WAIT_POLICY)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["PASSIVE", "PASSIVE"]
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "active"}, capture_output=True,
+                         text=True, timeout=300)
+    assert out.stdout.split() == ["active", "active"]

@@ -49,3 +49,70 @@ def test_generate_errors(capsys, tmp_path):
     assert "argument --ids" in capsys.readouterr().err
     assert main(["generate", UNTIED, "--ids", "1000"]) == 2
     assert "[0, 96)" in capsys.readouterr().err
+
+
+def test_generate_timings_split_the_first_token(capsys):
+    import json
+
+    assert main(["generate", UNTIED, "--ids", "5,9", "-n", "2", "--timings"]) == 0
+    err = capsys.readouterr().err
+    line = [ln for ln in err.splitlines() if ln.startswith("[nbssm] timings:")]
+    assert len(line) == 1
+    t = json.loads(line[0].split(":", 1)[1])
+    assert {"import_s", "load_s", "kernels_s", "kernels", "prefill_s", "first_token_s", "decode_s"} <= set(t)
+    assert t["tokens"] == 2 and t["prompt_tokens"] == 2 and t["kernels"] in ("from cache", "compiled", "compiled, no cache")
+    assert t["first_token_after_load_s"] >= t["load_s"] + t["kernels_s"] + t["prefill_s"]
+    assert "kernels" in err and "first token" in err
+
+
+def test_compiling_message_only_when_the_cache_is_cold(capsys, monkeypatch):
+    from nbssm.lm import cli
+
+    for state, shown in (("cold", True), ("cached", False), ("no cache", False)):
+        monkeypatch.setattr(cli, "kernel_cache_state", lambda dtype, s=state: s)
+        assert main(["generate", UNTIED, "--ids", "5", "-n", "1"]) == 0
+        err = capsys.readouterr().err
+        assert (cli.COMPILING_MESSAGE in err) is shown and err.count(cli.COMPILING_MESSAGE) <= 1
+        assert ("no kernel cache" in err) is (state == "no cache")
+
+
+def test_kernel_cache_state_reads_the_index_files():
+    from nbssm._kernels._jit import cache_directory, cached_signatures
+    from nbssm._kernels.limits import triad
+    from nbssm.lm.cli import kernel_cache_state
+
+    triad(np.zeros(3), np.ones(3), np.ones(3), 2.0)  # compiled (or loaded) and saved to the cache
+    sigs = cached_signatures(triad)
+    if cache_directory() is None:
+        assert sigs is None and kernel_cache_state(np.float32) == "no cache"
+        return
+    assert any("float64" in s for s in sigs)
+    main(["generate", UNTIED, "--ids", "5", "-n", "1"])  # generate's kernels are now in the cache
+    assert kernel_cache_state(np.float32) == "cached"
+    assert cached_signatures(len) is None  # not a kernel
+
+
+COLD_CODE = """
+import sys
+from nbssm.cli import main
+sys.exit(main(["generate", sys.argv[1], "--ids", "5,9", "-n", "2"]))
+"""
+
+
+@pytest.mark.slow
+def test_cold_start_message_once_with_a_fresh_cache(tmp_path):
+    import subprocess
+    import sys
+
+    from nbssm.lm.cli import COMPILING_MESSAGE
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), NBSSM_CACHE_DIR=str(tmp_path / "nbssm"))
+    env.pop("NBSSM_CACHE", None)
+    errs = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", COLD_CODE, UNTIED], env=env, capture_output=True, text=True,
+                              timeout=1800)
+        assert proc.returncode == 0, proc.stderr
+        errs.append(proc.stderr)
+    assert errs[0].count(COMPILING_MESSAGE) == 1 and "compiled" in errs[0]
+    assert COMPILING_MESSAGE not in errs[1] and "from cache" in errs[1]

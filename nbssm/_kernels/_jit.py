@@ -51,7 +51,7 @@ from numba.core import caching as _caching
 
 from .. import _config
 
-__all__ = ["cache_directory", "in_serial_fork", "kernels", "njit", "prange"]
+__all__ = ["cache_directory", "cached_signatures", "in_serial_fork", "kernels", "njit", "prange"]
 
 _KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))
 _MAGIC = b"NBSSM-CACHE-1\n"
@@ -404,6 +404,26 @@ def njit(*args, **options):
 def kernels():
     """Every dispatcher made by :func:`njit`, with its options: list of (dispatcher, options, cached)."""
     return list(_KERNELS)
+
+
+def cached_signatures(dispatcher) -> list[str] | None:
+    """The argument types the on-disk cache holds compiled code of ``dispatcher`` for, as text.
+
+    Cheap: reads one small index file, compiles and loads nothing. An empty list means
+    the first call with any argument types compiles; None means there is no cache (the
+    kernel is not cached, or caching is off or impossible here).
+    """
+    cache = getattr(dispatcher, "_cache", None)
+    if not isinstance(cache, KernelCache):
+        return None
+    disk = cache._get()
+    if disk is None:
+        return None
+    try:
+        overloads = disk._cache_file._load_index()
+    except Exception:  # noqa: BLE001  # a damaged index reads as empty, as when loading
+        return []
+    return [str(key[0]) for key in overloads]
 
 
 # --------------------------------------------------------------------------- fork

@@ -4,14 +4,24 @@ Every option is validated by the argument parser before the checkpoint is read (
 exits with status 2 and an argparse-style message). Exit status: 0 done, 2 bad arguments or a
 checkpoint that cannot be used (the message names the file), 1 generation failed midway (e.g.
 non-finite logits), 130 interrupted.
+
+On stderr: one line ``compiling kernels, first run only; ...`` when the kernel cache holds no
+compiled decode/prefill kernels for the model's dtype (checked cheaply from the cache's index
+files, before anything compiles), and at the end the decode rate with the time to the first
+token split into Python imports, checkpoint load, kernels (compiled, or loaded from the cache)
+and prefill; ``--timings`` adds the same as one JSON line (``[nbssm] timings: {...}``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import sys
 import time
+
+COMPILING_MESSAGE = "compiling kernels, first run only; later runs load them from the cache"
 
 
 def _finite_nonneg(text: str) -> float:
@@ -63,6 +73,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-at-eos", action="store_true", help="stop at the config's eos_token_id")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="compute dtype (default float32)")
     parser.add_argument("--print-ids", action="store_true", help="print token ids even when a tokenizer is present")
+    parser.add_argument("--timings", action="store_true",
+                        help="also print the time to the first token, split into imports, checkpoint load, kernels "
+                             "(compile or cache load) and prefill, as one JSON line on stderr")
+
+
+def _since_process_start() -> float | None:
+    """Seconds since this process started (Linux ``/proc``), or None."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        start = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # starttime, field 22
+        with open("/proc/uptime") as f:
+            return max(float(f.read().split()[0]) - start, 0.0)
+    except (OSError, ValueError, IndexError, AttributeError):  # pragma: no cover - not Linux
+        return None
+
+
+def kernel_cache_state(dtype) -> str:
+    """``"cached"``, ``"cold"`` (the first call compiles) or ``"no cache"`` for generate's kernels.
+
+    Reads the kernel cache's index files of the decode step and the prefill scan and
+    convolution (no compiling, no loading): cold when one of them holds no compilation for
+    ``dtype``.
+    """
+    import numpy as np
+
+    from .._kernels._jit import cached_signatures
+    from .._kernels.conv import causal_conv1d_kernel
+    from .._kernels.decode import decode_step
+    from .._kernels.selective_scan import selective_scan_kernel
+
+    name = np.dtype(dtype).name
+    state = "cached"
+    for disp in (decode_step, selective_scan_kernel, causal_conv1d_kernel):
+        sigs = cached_signatures(disp)
+        if sigs is None:
+            return "no cache"
+        if not any(name in sig for sig in sigs):
+            state = "cold"
+    return state
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -95,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         print(f"{prog}: error: {exc}", file=err)
         return 2
+    t_import = _since_process_start()
     try:
         t0 = time.perf_counter()
         model = MambaLM.from_pretrained(args.model_dir, dtype=np.dtype(args.dtype))
@@ -116,6 +167,18 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{prog}: error: --ids: token ids must lie in [0, {V}), got {int(ids.max())}", file=err)
                 return 2
         eos = model.config.eos_token_id if args.stop_at_eos else None
+        cache_state = kernel_cache_state(model.dtype)
+        if cache_state == "cold":
+            print(f"[nbssm] {COMPILING_MESSAGE}", file=err, flush=True)
+        elif cache_state == "no cache":
+            print("[nbssm] compiling kernels (no kernel cache here: every run compiles; set NBSSM_CACHE_DIR to a "
+                  "writable directory)", file=err, flush=True)
+        from .._warmup import compile_decode_aside, warmup_generate
+
+        t1 = time.perf_counter()
+        aside = compile_decode_aside(model.dtype) if cache_state == "cold" else None
+        warmup_generate(model, aside)  # compile or load exactly what generate calls, so prefill is timed alone
+        kernels_s = time.perf_counter() - t1
         t1 = time.perf_counter()
         gen = model.generate(ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                              seed=args.seed, eos_token_id=eos)
@@ -134,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
     out.flush()
     produced: list[int] = []
     shown = ""
+    first_s = None
     try:
         for token in gen:
             produced.append(token)
@@ -144,6 +208,8 @@ def run(args: argparse.Namespace) -> int:
             else:
                 out.write(f" {token}")
             out.flush()
+            if first_s is None:
+                first_s = time.perf_counter() - t0
             if eos is not None and token == eos:
                 break
     except (ValueError, MemoryError) as exc:
@@ -153,6 +219,15 @@ def run(args: argparse.Namespace) -> int:
         return 1
     out.write("\n")
     out.flush()
+    kernels = {"cached": "from cache", "cold": "compiled", "no cache": "compiled, no cache"}[cache_state]
+    first = "" if first_s is None else f"; first token {first_s + (t_import or 0.0):.2f} s after start"
     print(f"[nbssm] {len(produced)} tokens in {gen.decode_seconds:.3f} s decode: {gen.tokens_per_second:.1f} tokens/s "
-          f"(prompt {ids.size} tokens, prefill {prefill_s:.3f} s, load {load_s:.2f} s)", file=err)
+          f"(prompt {ids.size} tokens, imports {t_import or float('nan'):.2f} s, load {load_s:.2f} s, kernels "
+          f"{kernels_s:.2f} s {kernels}, prefill {prefill_s:.3f} s{first})", file=err)
+    if getattr(args, "timings", False):
+        timings = {"import_s": t_import, "load_s": load_s, "kernels_s": kernels_s, "kernels": kernels,
+                   "prefill_s": prefill_s, "first_token_after_load_s": first_s,
+                   "first_token_s": None if first_s is None else first_s + (t_import or 0.0),
+                   "decode_s": gen.decode_seconds, "tokens": len(produced), "prompt_tokens": int(ids.size)}
+        print(f"[nbssm] timings: {json.dumps(timings)}", file=err)
     return 0
