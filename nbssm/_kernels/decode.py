@@ -106,35 +106,35 @@ def f16_to_f32(typingctx, bits):
     return sig, codegen
 
 
-def _wval(w, i, s):
-    """Weight ``i`` of a stored row segment ``w`` as a float (``s``: its int8 block scale)."""
+def _wval(w, r, i, s):
+    """Weight ``(r, i)`` of a stored matrix ``w`` as a float (``s``: its int8 block scale)."""
     raise NotImplementedError
 
 
-def _wscale(w, sc, blk):
-    """The scale of block ``blk`` of a row segment (int8), else 1 (unused)."""
+def _wscale(w, sc, r, blk):
+    """The scale of block ``blk`` of row ``r`` (int8), else 1 (unused)."""
     raise NotImplementedError
 
 
 @overload(_wval)
-def _ov_wval(w, i, s):
+def _ov_wval(w, r, i, s):
     dt = w.dtype
     if dt in (types.float32, types.float64):
-        return lambda w, i, s: w[i]
+        return lambda w, r, i, s: w[r, i]
     if dt == types.uint16:
-        return lambda w, i, s: bf16_to_f32(w[i])
+        return lambda w, r, i, s: bf16_to_f32(w[r, i])
     if dt == types.int16:
-        return lambda w, i, s: f16_to_f32(w[i])
+        return lambda w, r, i, s: f16_to_f32(w[r, i])
     if dt == types.int8:
-        return lambda w, i, s: np.float32(w[i]) * s
+        return lambda w, r, i, s: np.float32(w[r, i]) * s
     return None
 
 
 @overload(_wscale)
-def _ov_wscale(w, sc, blk):
+def _ov_wscale(w, sc, r, blk):
     if w.dtype == types.int8:
-        return lambda w, sc, blk: sc[blk]
-    return lambda w, sc, blk: np.float32(1.0)
+        return lambda w, sc, r, blk: sc[r, blk]
+    return lambda w, sc, r, blk: np.float32(1.0)
 
 
 @njit(cache=_config.CACHE, fastmath=_DOT_FASTMATH)
@@ -151,44 +151,63 @@ def _fold(acc, q):
     return acc[q, 0] + acc[q, 1]
 
 
+# Indices below are unsigned (np.uint64): Numba then emits no negative-index wrap-around, the
+# addresses of a lane step are visibly consecutive, and no array views (with their reference
+# counts, atomic operations on a line shared by the threads) are made per row.
+_U0 = np.uint64(0)
+_U1 = np.uint64(1)
+_ULANES = np.uint64(LANES)
+_UQB = np.uint64(QBLOCK)
+
+
 @njit(cache=_config.CACHE, fastmath=_DOT_FASTMATH)
-def _dot1(w, sc, x0, n):
-    """``w[:n] . x0[:n]`` in the lane order; ``w`` a stored row segment that starts on a scale
-    block, ``sc`` its scales (int8), ``x0`` contiguous activations."""
-    acc = carray(stack_buffer(LANES, x0.dtype), (1, LANES))
+def _dot1(data, scale, r, c0, n, x, b0):
+    """``W[r, c0:c0+n] . x[b0, c0:c0+n]`` in the lane order (``c0`` a multiple of ``QBLOCK``)."""
+    acc = carray(stack_buffer(LANES, x.dtype), (1, LANES))
     for l in range(LANES):
         acc[0, l] = 0.0
-    nfull = (n // LANES) * LANES
-    for k in range(0, nfull, LANES):
-        s = _wscale(w, sc, k // QBLOCK)
+    ur, uc, ub = np.uint64(r), np.uint64(c0), np.uint64(b0)
+    nfull = np.uint64((n // LANES) * LANES)
+    uk = _U0
+    while uk < nfull:
+        i0 = uc + uk
+        s = _wscale(data, scale, ur, i0 // _UQB)
         for l in range(LANES):
-            acc[0, l] += _wval(w, k + l, s) * x0[k + l]
-    for l in range(n - nfull):
-        s = _wscale(w, sc, (nfull + l) // QBLOCK)
-        acc[0, l] += _wval(w, nfull + l, s) * x0[nfull + l]
+            i = i0 + np.uint64(l)
+            acc[0, l] += _wval(data, ur, i, s) * x[ub, i]
+        uk += _ULANES
+    for l in range(n - (n // LANES) * LANES):
+        i = uc + nfull + np.uint64(l)
+        acc[0, l] += _wval(data, ur, i, _wscale(data, scale, ur, i // _UQB)) * x[ub, i]
     return _fold(acc, 0)
 
 
 @njit(cache=_config.CACHE, fastmath=_DOT_FASTMATH)
-def _dot2(w, sc, x0, x1, n):
-    """:func:`_dot1` for two activation vectors at once: each weight is loaded and converted
-    once; each sequence's sum is bitwise the one :func:`_dot1` gives."""
-    acc = carray(stack_buffer(2 * LANES, x0.dtype), (2, LANES))
+def _dot2(data, scale, r, c0, n, x, b0):
+    """:func:`_dot1` for sequences ``b0`` and ``b0 + 1`` at once: each weight is loaded and
+    converted once; each sequence's sum is bitwise the one :func:`_dot1` gives."""
+    acc = carray(stack_buffer(2 * LANES, x.dtype), (2, LANES))
     for l in range(LANES):
         acc[0, l] = 0.0
         acc[1, l] = 0.0
-    nfull = (n // LANES) * LANES
-    for k in range(0, nfull, LANES):
-        s = _wscale(w, sc, k // QBLOCK)
+    ur, uc, ub = np.uint64(r), np.uint64(c0), np.uint64(b0)
+    ub1 = ub + _U1
+    nfull = np.uint64((n // LANES) * LANES)
+    uk = _U0
+    while uk < nfull:
+        i0 = uc + uk
+        s = _wscale(data, scale, ur, i0 // _UQB)
         for l in range(LANES):
-            v = _wval(w, k + l, s)
-            acc[0, l] += v * x0[k + l]
-            acc[1, l] += v * x1[k + l]
-    for l in range(n - nfull):
-        s = _wscale(w, sc, (nfull + l) // QBLOCK)
-        v = _wval(w, nfull + l, s)
-        acc[0, l] += v * x0[nfull + l]
-        acc[1, l] += v * x1[nfull + l]
+            i = i0 + np.uint64(l)
+            v = _wval(data, ur, i, s)
+            acc[0, l] += v * x[ub, i]
+            acc[1, l] += v * x[ub1, i]
+        uk += _ULANES
+    for l in range(n - (n // LANES) * LANES):
+        i = uc + nfull + np.uint64(l)
+        v = _wval(data, ur, i, _wscale(data, scale, ur, i // _UQB))
+        acc[0, l] += v * x[ub, i]
+        acc[1, l] += v * x[ub1, i]
     return _fold(acc, 0), _fold(acc, 1)
 
 
@@ -196,22 +215,21 @@ def _dot2(w, sc, x0, x1, n):
 def _rows(data, scale, r0, r1, c0, n, x, out, oc):
     """``out[bb, oc + r - r0] = W[r, c0:c0+n] . x[bb, c0:c0+n]`` for rows ``r0 <= r < r1``, all bb.
 
-    ``W`` the 2-D :data:`QMat` ``(data, scale)``; ``c0`` a multiple of ``QBLOCK``. Rows outer, sequences inner in
-    blocks of :data:`BLOCK` (a row segment is read from memory once for the whole batch).
+    ``W`` the 2-D :data:`QMat` ``(data, scale)``; ``c0`` a multiple of ``QBLOCK``. Rows outer,
+    sequences inner in blocks of :data:`BLOCK` (a row segment is read from memory once for the
+    whole batch, and converted once per block).
     """
     nb = x.shape[0]
     for r in range(r0, r1):
-        w = data[r, c0:c0 + n]
-        sc = scale[r, c0 // QBLOCK:]
         j = oc + r - r0
         b0 = 0
         while b0 + 2 <= nb:
-            v0, v1 = _dot2(w, sc, x[b0, c0:c0 + n], x[b0 + 1, c0:c0 + n], n)
+            v0, v1 = _dot2(data, scale, r, c0, n, x, b0)
             out[b0, j] = v0
             out[b0 + 1, j] = v1
             b0 += 2
         if b0 < nb:
-            out[b0, j] = _dot1(w, sc, x[b0, c0:c0 + n], n)
+            out[b0, j] = _dot1(data, scale, r, c0, n, x, b0)
 
 
 @njit(cache=_config.CACHE)
@@ -308,13 +326,11 @@ def _layer_step(hidden, norm_w, eps, in_proj, conv_w, conv_b, x_proj, dt_w, dt_b
         d0 = c * CHUNK
         d1 = min(d0 + CHUNK, e_dim)
         for d in range(d0, d1):
-            wdt = dt_d[d]
-            sdt = dt_s[d]
             for bb in range(nb):
                 # Δ (low rank), the scan step, the D skip and the gate
                 s = zero
                 for r in range(rank):
-                    s += _wval(wdt, r, _wscale(wdt, sdt, r // QBLOCK)) * xdbl[bb, r]
+                    s += _wval(dt_d, d, r, _wscale(dt_d, dt_s, d, r // QBLOCK)) * xdbl[bb, r]
                 dt = _softplus(s + dt_b[d])
                 ud = u[bb, d]
                 acc = zero
@@ -372,10 +388,9 @@ def decode_step(tokens, weights, state, work):
     embed = w.embed
     dm = k.hidden.shape[1]
     for bb in range(nb):
-        row = embed.data[tokens[bb]]
-        sc = embed.scale[tokens[bb]]
+        tok = tokens[bb]
         for i in range(dm):
-            k.hidden[bb, i] = _wval(row, i, _wscale(row, sc, i // QBLOCK))
+            k.hidden[bb, i] = _wval(embed.data, tok, i, _wscale(embed.data, embed.scale, tok, i // QBLOCK))
     for layer in range(n_layer):
         _layer_step(k.hidden, w.norm_w[layer], w.eps, _layer(w.in_proj, layer), w.conv_w[layer], w.conv_b[layer],
                     _layer(w.x_proj, layer), _layer(w.dt_w, layer), w.dt_b[layer], w.A[layer], w.D[layer],
