@@ -8,11 +8,19 @@ Python runs between layers.
 
 Decode is memory-bandwidth bound (every weight is read once per token), so the projections
 are matrix-vector products over weights kept in the checkpoint's ``[out, in]`` row-major
-layout: one output row is one contiguous dot product, done by one thread for every sequence
-of the batch while the row sits in L1. The dot products may be reassociated by the compiler
-(fastmath flags ``reassoc`` and ``contract`` only: NaN and Inf still propagate) so that they
-vectorise; the order of a row's sum depends only on the compiled code, never on the thread
-count or the batch size, so a sequence gets the same bits alone or in any batch.
+layout, in one of several storage formats (:data:`QMat`: float32/float64, bfloat16 or IEEE
+half bit patterns, or int8 with one float32 scale per 32 inputs of a row). Each weight is
+converted to float in registers (exactly: a shift, ``vcvtph2ps``, ``float(q) * scale``), and
+state and accumulation stay in the compute dtype. The loops are rows outer and sequences
+inner (:func:`_rows`): a row segment is read from memory once for the whole batch, and each
+weight vector is loaded and converted once per register block of :data:`BLOCK` sequences.
+
+The dot products fold in an order written out in the code, not left to the compiler (no
+``reassoc`` flag): element ``i`` goes into lane ``i % LANES`` in order, then the lanes are summed
+by a fixed tree. That order depends on nothing else: not the weight format (so a bf16 model
+gives bit for bit what a float32 model of the dequantized weights gives), not the batch block
+(a sequence gets the same bits alone or in any batch), not the thread count (a row is done by
+one thread; partial sums over channel chunks of a fixed width are reduced in chunk order).
 
 Arguments come as three named tuples, :class:`DecodeWeights` (built once per model),
 :class:`DecodeState` and :class:`DecodeWork`, so the signature does not depend on the number of

@@ -31,7 +31,7 @@ __all__ = ["FORMATS", "QBLOCK", "dequantize", "encode", "from_bf16", "from_fp16"
            "to_fp16"]
 
 #: the storage formats of the decode weights, by name, with their data dtype
-FORMATS = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64), "bf16": np.dtype(np.uint16),
+FORMATS: dict[str, np.dtype] = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64), "bf16": np.dtype(np.uint16),
            "fp16": np.dtype(np.int16), "int8": np.dtype(np.int8)}
 
 
