@@ -16,6 +16,14 @@ tied head, vocab 50280; 516 MB of weights):
   a subprocess of the same run with the same thread count.
 
 Writes ``benchmarks/results/bench_lm.json`` and ``benchmarks/results/bench_lm.md``.
+
+``--weights float32,bf16,int8`` (the decode weight formats, see :mod:`nbssm.lm.quant`) runs
+the decode comparison instead: one model per format, decode at batch 1 and 8, the formats
+and batch sizes interleaved over ``--rounds`` rounds (the machine may be shared: medians over
+rounds, the load average recorded), with the weight bytes read per token and the
+weight-streaming floor (those bytes / the memory bandwidth, measured here with a numpy triad
+and a BLAS matrix-vector product over arrays larger than the last-level cache). Writes
+``benchmarks/results/bench_lm_quant.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -162,6 +170,123 @@ def nbssm_main(args) -> dict:
     return res
 
 
+# ----------------------------------------------------------------------------- weight formats
+def _bandwidth(repeat: int = 5) -> dict:
+    """Memory bandwidth (bytes/s): numpy triad ``a = b + s * c`` (3 x 64 MiB float64, counted as
+    3 arrays moved; numpy runs it in two passes, so this undercounts) and a BLAS float32
+    matrix-vector product over a 256 MiB matrix (read once: the decode access pattern)."""
+    import numpy as np
+
+    n = 8 * 2**20
+    b = np.random.default_rng(0).standard_normal(n)
+    c = np.random.default_rng(1).standard_normal(n)
+    a = np.empty(n)
+    tri, tri_cpu = [], []
+    for _ in range(repeat):
+        t, tc = time.perf_counter(), time.process_time()
+        np.multiply(c, 3.0, out=a)
+        a += b
+        tri.append(time.perf_counter() - t)
+        tri_cpu.append(time.process_time() - tc)
+    del a, b, c
+    m = np.random.default_rng(2).standard_normal((8192, 8192), dtype=np.float32)
+    x = np.ones(8192, np.float32)
+    m @ x
+    gemv = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        m @ x
+        gemv.append(time.perf_counter() - t)
+    out = {"triad_numpy_Bps": 3 * n * 8 / min(tri), "gemv_blas_Bps": m.nbytes / min(gemv),
+           "triad_numpy_cpu_Bps": 3 * n * 8 / max(min(tri_cpu), 1e-9)}
+    out["floor_Bps"] = max(out.values())
+    return out
+
+
+def quant_main(args) -> dict:
+    import numba
+    import numpy as np
+
+    import nbssm
+    from nbssm.lm import MambaLM, MambaLMConfig
+
+    formats = [f.strip() for f in args.weights.split(",") if f.strip()]
+    res = {"threads": numba.get_num_threads(), "numpy": np.__version__, "numba": numba.__version__,
+           "nbssm": nbssm.__version__, "formats": formats, "rounds": args.rounds, "tokens": args.tokens,
+           "loadavg_start": os.getloadavg()}
+    models = {}
+    for fmt in formats:
+        t = time.perf_counter()
+        models[fmt] = MambaLM.random(MambaLMConfig(**SHAPE), seed=0, weights=fmt)
+        res[f"build_s_{fmt}"] = time.perf_counter() - t
+        res[f"weight_bytes_{fmt}"] = models[fmt].weight_bytes
+    res["bandwidth"] = _bandwidth()
+    batches = (1, 8)
+    states = {}
+    for fmt, model in models.items():
+        for batch in batches:
+            state = model.initial_state(batch)
+            tok = np.zeros(batch, np.int64)
+            for _ in range(4):  # warm-up (compilation, caches)
+                logits, state = model.step(tok, state, inplace=True)
+                tok = logits.argmax(1)
+            states[fmt, batch] = (state, tok)
+    per: dict = {key: [] for key in states}
+    cpu: dict = {key: [] for key in states}
+    for _ in range(args.rounds):
+        for key in states:
+            model = models[key[0]]
+            state, tok = states[key]
+            for _ in range(args.tokens):
+                t, tc = time.perf_counter(), time.process_time()
+                logits, state = model.step(tok, state, inplace=True)
+                tok = logits.argmax(1)
+                per[key].append(time.perf_counter() - t)
+                cpu[key].append(time.process_time() - tc)
+            states[key] = (state, tok)
+    res["loadavg_end"] = os.getloadavg()
+    for (fmt, batch), ts in per.items():
+        s = _stats(ts)
+        s["tokens_per_s"] = batch / s["median"]
+        c = _stats(cpu[(fmt, batch)])
+        s["cpu_s_median"] = c["median"]
+        s["tokens_per_cpu_s"] = batch / c["median"]  # per CPU-second of this process (all its threads)
+        res[f"decode_{fmt}_b{batch}"] = s
+    return res
+
+
+def _quant_markdown(r: dict) -> str:
+    n = r["nbssm"]
+    bw = n["bandwidth"]
+    fl = bw["floor_Bps"]
+    base = n.get("decode_float32_b1")
+    lines = [f"# Decode by weight format (mamba-130m shape, {n['threads']} threads)", "",
+             f"Machine: {r['machine']}; Python {r['python']}; numpy {n['numpy']}, numba {n['numba']}, nbssm {n['nbssm']}.",
+             f"Load average (1, 5, 15 min) at start {tuple(round(x, 2) for x in n['loadavg_start'])}, at end "
+             f"{tuple(round(x, 2) for x in n['loadavg_end'])} (the machine is shared: figures are medians of "
+             f"per-token times over {n['rounds']} interleaved rounds of {n['tokens']} tokens).",
+             f"Bandwidth: numpy triad {bw['triad_numpy_Bps'] / 1e9:.1f} GB/s (per CPU-second of the process: "
+             f"{bw['triad_numpy_cpu_Bps'] / 1e9:.1f} GB/s), BLAS float32 gemv {bw['gemv_blas_Bps'] / 1e9:.1f} GB/s; "
+             "the floor uses the largest.", "",
+             "Wall-clock figures, then (in brackets) tokens per CPU-second of this process, which a shared machine "
+             "distorts less (time waiting for a core is not counted; spinning at a barrier is).", "",
+             "| weights | bytes/token | floor tok/s | batch 1 tok/s | of floor | vs float32 b1 | batch 8 tok/s (aggregate) | b8 / b1 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for fmt in n["formats"]:
+        b1, b8 = n[f"decode_{fmt}_b1"], n[f"decode_{fmt}_b8"]
+        wb = n[f"weight_bytes_{fmt}"]
+        floor = fl / wb
+        rel = f"{b1['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else ""
+        crel = f" [{b1['tokens_per_cpu_s'] / base['tokens_per_cpu_s']:.2f}x]" if base else ""
+        lines.append(f"| {fmt} | {wb / 1e6:.1f} MB | {floor:.1f} | {b1['tokens_per_s']:.1f} [{b1['tokens_per_cpu_s']:.1f}] | "
+                     f"{b1['tokens_per_s'] / floor:.0%} [{b1['tokens_per_cpu_s'] / floor:.0%}] | {rel}{crel} | "
+                     f"{b8['tokens_per_s']:.1f} [{b8['tokens_per_cpu_s']:.1f}] | "
+                     f"{b8['tokens_per_s'] / b1['tokens_per_s']:.2f}x [{b8['tokens_per_cpu_s'] / b1['tokens_per_cpu_s']:.2f}x] |")
+    lines += ["", "Targets (issue 15): bf16 >= 1.8x float32, int8 >= 3x, batch 8 >= 5x batch 1, float32 batch 1 "
+              ">= 90% of the floor.", ""]
+    return "\n".join(lines)
+
+
 def _markdown(r: dict) -> str:
     n, t = r["nbssm"], r.get("transformers")
     L = r["length"]
@@ -209,12 +334,26 @@ def main() -> int:
     ap.add_argument("--mixer-only", action="store_true", help="only the one-layer comparison")
     ap.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--weights", default=None,
+                    help="comma-separated decode weight formats (float32,bf16,fp16,int8): the format comparison only")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the --weights comparison")
     args = ap.parse_args()
     _threads_env(args.threads)
     if args.torch_only:
         return torch_main(args)
     result = {"machine": f"{platform.machine()} {_cpu_name()} ({os.cpu_count()} cpus)", "python": platform.python_version(),
               "length": args.length, "shape": SHAPE}
+    if args.weights:
+        result["nbssm"] = quant_main(args)
+        os.makedirs(args.out, exist_ok=True)
+        tag = "" if args.threads == 2 else f"_t{args.threads}"
+        with open(os.path.join(args.out, f"bench_lm_quant{tag}.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        md = _quant_markdown(result)
+        with open(os.path.join(args.out, f"bench_lm_quant{tag}.md"), "w") as f:
+            f.write(md)
+        print(md)
+        return 0
     result["nbssm"] = nbssm_main(args)
     if args.torch_python:
         cmd = [args.torch_python, os.path.abspath(__file__), "--torch-only", "--threads", str(args.threads),

@@ -83,6 +83,16 @@ TOLERANCES: dict[str, tuple[float, str]] = {
                                        "chunked partial sums) vs the BLAS prefill path, absolute on logits"),
     "lm_mixer_spec_float64": (1e-10, "float64 mixer (low-rank dt, reference's order of sums) vs the "
                                      "spec double runner on the multiplied-out dtProj, relative"),
+    # decode weights stored in bf16 / int8 (tests/test_lm_quant.py, a 4-layer random model with
+    # logits up to |29|, 256 steps): the error of storing the weights, not of the kernel (which
+    # is bitwise a float32 model of the dequantized weights). Measured 0.0017 (bf16) and
+    # 0.0056 (int8) relative to the largest logit; about twice that.
+    "lm_bf16_vs_float32_rel": (0.004, "bf16 weights (8 significant bits, relative rounding 2**-9 per "
+                                      "weight) vs float32, max logit error relative to the largest logit"),
+    "lm_int8_vs_float32_rel": (0.012, "q8_0-like int8 weights (error <= scale/2 = max|w|/254 per block "
+                                      "of 32) vs float32, max logit error relative to the largest logit"),
+    "lm_quant_greedy_agreement": (0.99, "fraction of 256 greedy steps where bf16/int8 pick float32's "
+                                        "token (the issue's target; measured 256/256)"),
     "lm_mixer_spec_float32": (1e-4, "float32 mixer vs the spec double runner, relative: float32 "
                                     "projections then the scan (as model_float32)"),
 }

@@ -8,11 +8,19 @@ Python runs between layers.
 
 Decode is memory-bandwidth bound (every weight is read once per token), so the projections
 are matrix-vector products over weights kept in the checkpoint's ``[out, in]`` row-major
-layout: one output row is one contiguous dot product, done by one thread for every sequence
-of the batch while the row sits in L1. The dot products may be reassociated by the compiler
-(fastmath flags ``reassoc`` and ``contract`` only: NaN and Inf still propagate) so that they
-vectorise; the order of a row's sum depends only on the compiled code, never on the thread
-count or the batch size, so a sequence gets the same bits alone or in any batch.
+layout, in one of several storage formats (:data:`QMat`: float32/float64, bfloat16 or IEEE
+half bit patterns, or int8 with one float32 scale per 32 inputs of a row). Each weight is
+converted to float in registers (exactly: a shift, ``vcvtph2ps``, ``float(q) * scale``), and
+state and accumulation stay in the compute dtype. The loops are rows outer and sequences
+inner (:func:`_rows`): a row segment is read from memory once for the whole batch, and each
+weight vector is loaded and converted once per register block of :data:`BLOCK` sequences.
+
+The dot products fold in an order written out in the code, not left to the compiler (no
+``reassoc`` flag): element ``i`` goes into lane ``i % LANES`` in order, then the lanes are summed
+by a fixed tree. That order depends on nothing else: not the weight format (so a bf16 model
+gives bit for bit what a float32 model of the dequantized weights gives), not the batch block
+(a sequence gets the same bits alone or in any batch), not the thread count (a row is done by
+one thread; partial sums over channel chunks of a fixed width are reduced in chunk order).
 
 Arguments come as three named tuples, :class:`DecodeWeights` (built once per model),
 :class:`DecodeState` and :class:`DecodeWork`, so the signature does not depend on the number of
@@ -32,16 +40,43 @@ from __future__ import annotations
 import math
 from collections import namedtuple
 
+import numpy as np
+from llvmlite import ir as _ir
+from numba import carray, types
+from numba.extending import intrinsic, overload
+
 from .. import _config
 from ._jit import njit, prange
 from .fastmath import exp_, softplus_
+from .intrinsics import stack_buffer
 
 _FASTMATH = {"reassoc", "contract"}
+#: the projections' dot products: no reassociation (their fold order is written out below, so
+#: it is the same for every weight format, batch block and thread count); ``contract`` lets
+#: ``acc + w * x`` be one fused multiply-add, the same instruction in every variant
+_DOT_FASTMATH = {"contract"}
 
-#: The model's weights, stacked over layers (read-only arrays, one dtype) and the RMSNorm eps.
-#: embed, head (V, Dm); norm_w (L, Dm); in_proj (L, 2E, Dm); conv_w (L, E, W); conv_b (L, E);
-#: x_proj (L, R+2N, E); dt_w (L, E, R); dt_b (L, E); A (L, E, N) = -exp(A_log); D (L, E);
-#: out_proj (L, Dm, E); norm_f (Dm,); eps float.
+#: accumulator lanes of one dot product: element ``i`` of a row segment is added into lane
+#: ``i % LANES`` (in order of ``i``), then the lanes are summed by a fixed pairwise tree
+#: (:func:`_fold`). Four AVX2 vectors of float32: enough independent chains to hide the FMA latency.
+LANES = 32
+#: elements per int8 scale block along the input dimension (q8_0-like); equal to ``LANES``, so
+#: one step of a dot product uses one scale
+QBLOCK = 32
+#: sequences per register block: each weight vector is loaded (and converted) once for this
+#: many sequences of the batch (2 x 4 accumulator vectors + the weights fit the 16 AVX2 registers)
+BLOCK = 2
+
+#: A projection matrix in its storage format. ``data`` (..., rows, n): float32/float64 values,
+#: uint16 (bfloat16 bit patterns), int16 (IEEE half bit patterns) or int8 (quantized values);
+#: ``scale`` (..., rows, ceil(n / QBLOCK)) float32 for int8 (``w = data * scale`` per block of
+#: ``QBLOCK`` along ``n``), else (..., rows, 0) (unused).
+QMat = namedtuple("QMat", "data scale")
+
+#: The model's weights, stacked over layers, and the RMSNorm eps. QMat: embed, head (V, Dm);
+#: in_proj (L, 2E, Dm); x_proj (L, R+2N, E); dt_w (L, E, R); out_proj (L, Dm, E). Arrays of the
+#: compute dtype: norm_w (L, Dm); conv_w (L, E, W); conv_b (L, E); dt_b (L, E);
+#: A (L, E, N) = -exp(A_log); D (L, E); norm_f (Dm,). eps float.
 DecodeWeights = namedtuple("DecodeWeights", "embed norm_w in_proj conv_w conv_b x_proj dt_w dt_b A D out_proj "
                                             "norm_f head eps")
 #: The recurrent state, updated in place: conv (L, b, W-1, E) oldest first; ssm (L, b, E, N).
@@ -50,13 +85,159 @@ DecodeState = namedtuple("DecodeState", "conv ssm")
 DecodeWork = namedtuple("DecodeWork", "logits hidden hn xz u xdbl y part_x part_o")
 
 
-@njit(cache=_config.CACHE, fastmath=_FASTMATH, inline="always")
-def _dot(w, x, n):
-    """``sum_i w[i] * x[i]`` for contiguous 1-D ``w``, ``x`` (reassociated: vectorises)."""
-    acc = w.dtype.type(0.0)
-    for i in range(n):
-        acc += w[i] * x[i]
-    return acc
+# ----------------------------------------------------------------------------- weight formats
+@intrinsic
+def bf16_to_f32(typingctx, bits):
+    """float32 of a bfloat16 bit pattern (uint16): the pattern shifted into the upper half (exact)."""
+    if bits != types.uint16:
+        return None
+    sig = types.float32(types.uint16)
+
+    def codegen(context, builder, signature, args):
+        i32 = _ir.IntType(32)
+        wide = builder.shl(builder.zext(args[0], i32), i32(16))
+        return builder.bitcast(wide, _ir.FloatType())
+
+    return sig, codegen
+
+
+@intrinsic
+def f16_to_f32(typingctx, bits):
+    """float32 of an IEEE half bit pattern (int16), exact (``fpext``: ``vcvtph2ps`` with F16C)."""
+    if bits != types.int16:
+        return None
+    sig = types.float32(types.int16)
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], _ir.HalfType()), _ir.FloatType())
+
+    return sig, codegen
+
+
+def _wval(w, r, i, s):
+    """Weight ``(r, i)`` of a stored matrix ``w`` as a float (``s``: its int8 block scale)."""
+    raise NotImplementedError
+
+
+def _wscale(w, sc, r, blk):
+    """The scale of block ``blk`` of row ``r`` (int8), else 1 (unused)."""
+    raise NotImplementedError
+
+
+@overload(_wval)
+def _ov_wval(w, r, i, s):
+    dt = w.dtype
+    if dt in (types.float32, types.float64):
+        return lambda w, r, i, s: w[r, i]
+    if dt == types.uint16:
+        return lambda w, r, i, s: bf16_to_f32(w[r, i])
+    if dt == types.int16:
+        return lambda w, r, i, s: f16_to_f32(w[r, i])
+    if dt == types.int8:
+        return lambda w, r, i, s: np.float32(w[r, i]) * s
+    return None
+
+
+@overload(_wscale)
+def _ov_wscale(w, sc, r, blk):
+    if w.dtype == types.int8:
+        return lambda w, sc, r, blk: sc[r, blk]
+    return lambda w, sc, r, blk: np.float32(1.0)
+
+
+@njit(cache=_config.CACHE, fastmath=_DOT_FASTMATH)
+def _fold(acc, q):
+    """``sum(acc[q, :LANES])`` by a fixed pairwise tree (in place; LANES = 32)."""
+    for l in range(16):
+        acc[q, l] += acc[q, l + 16]
+    for l in range(8):
+        acc[q, l] += acc[q, l + 8]
+    for l in range(4):
+        acc[q, l] += acc[q, l + 4]
+    for l in range(2):
+        acc[q, l] += acc[q, l + 2]
+    return acc[q, 0] + acc[q, 1]
+
+
+# Indices below are unsigned (np.uint64): Numba then emits no negative-index wrap-around, the
+# addresses of a lane step are visibly consecutive, and no array views (with their reference
+# counts, atomic operations on a line shared by the threads) are made per row.
+_U0 = np.uint64(0)
+_U1 = np.uint64(1)
+_ULANES = np.uint64(LANES)
+_UQB = np.uint64(QBLOCK)
+
+
+@njit(cache=_config.CACHE, fastmath=_DOT_FASTMATH)
+def _dot1(data, scale, r, c0, n, x, b0):
+    """``W[r, c0:c0+n] . x[b0, c0:c0+n]`` in the lane order (``c0`` a multiple of ``QBLOCK``)."""
+    acc = carray(stack_buffer(LANES, x.dtype), (1, LANES))
+    for l in range(LANES):
+        acc[0, l] = 0.0
+    ur, uc, ub = np.uint64(r), np.uint64(c0), np.uint64(b0)
+    nfull = np.uint64((n // LANES) * LANES)
+    uk = _U0
+    while uk < nfull:
+        i0 = uc + uk
+        s = _wscale(data, scale, ur, i0 // _UQB)
+        for l in range(LANES):
+            i = i0 + np.uint64(l)
+            acc[0, l] += _wval(data, ur, i, s) * x[ub, i]
+        uk += _ULANES
+    for l in range(n - (n // LANES) * LANES):
+        i = uc + nfull + np.uint64(l)
+        acc[0, l] += _wval(data, ur, i, _wscale(data, scale, ur, i // _UQB)) * x[ub, i]
+    return _fold(acc, 0)
+
+
+@njit(cache=_config.CACHE, fastmath=_DOT_FASTMATH)
+def _dot2(data, scale, r, c0, n, x, b0):
+    """:func:`_dot1` for sequences ``b0`` and ``b0 + 1`` at once: each weight is loaded and
+    converted once; each sequence's sum is bitwise the one :func:`_dot1` gives."""
+    acc = carray(stack_buffer(2 * LANES, x.dtype), (2, LANES))
+    for l in range(LANES):
+        acc[0, l] = 0.0
+        acc[1, l] = 0.0
+    ur, uc, ub = np.uint64(r), np.uint64(c0), np.uint64(b0)
+    ub1 = ub + _U1
+    nfull = np.uint64((n // LANES) * LANES)
+    uk = _U0
+    while uk < nfull:
+        i0 = uc + uk
+        s = _wscale(data, scale, ur, i0 // _UQB)
+        for l in range(LANES):
+            i = i0 + np.uint64(l)
+            v = _wval(data, ur, i, s)
+            acc[0, l] += v * x[ub, i]
+            acc[1, l] += v * x[ub1, i]
+        uk += _ULANES
+    for l in range(n - (n // LANES) * LANES):
+        i = uc + nfull + np.uint64(l)
+        v = _wval(data, ur, i, _wscale(data, scale, ur, i // _UQB))
+        acc[0, l] += v * x[ub, i]
+        acc[1, l] += v * x[ub1, i]
+    return _fold(acc, 0), _fold(acc, 1)
+
+
+@njit(cache=_config.CACHE, fastmath=_DOT_FASTMATH)
+def _rows(data, scale, r0, r1, c0, n, x, out, oc):
+    """``out[bb, oc + r - r0] = W[r, c0:c0+n] . x[bb, c0:c0+n]`` for rows ``r0 <= r < r1``, all bb.
+
+    ``W`` the 2-D :data:`QMat` ``(data, scale)``; ``c0`` a multiple of ``QBLOCK``. Rows outer,
+    sequences inner in blocks of :data:`BLOCK` (a row segment is read from memory once for the
+    whole batch, and converted once per block).
+    """
+    nb = x.shape[0]
+    for r in range(r0, r1):
+        j = oc + r - r0
+        b0 = 0
+        while b0 + 2 <= nb:
+            v0, v1 = _dot2(data, scale, r, c0, n, x, b0)
+            out[b0, j] = v0
+            out[b0 + 1, j] = v1
+            b0 += 2
+        if b0 < nb:
+            out[b0, j] = _dot1(data, scale, r, c0, n, x, b0)
 
 
 @njit(cache=_config.CACHE)
@@ -95,33 +276,39 @@ def _layer_step(hidden, norm_w, eps, in_proj, conv_w, conv_b, x_proj, dt_w, dt_b
     """Advance one layer by one token (in place on ``hidden``, ``hist``, ``ssm``).
 
     hidden (b, Dm) residual stream; hist (b, W-1, E) the previous W-1 conv inputs, oldest
-    first; ssm (b, E, N). Work buffers: hn (b, Dm), xz (b, 2E), u (b, E), xdbl (b, R+2N),
-    y (b, E), part_x (n_chunks, b, R+2N), part_o (n_chunks, b, Dm).
+    first; ssm (b, E, N). ``in_proj``, ``x_proj``, ``dt_w``, ``out_proj``: 2-D :data:`QMat`.
+    Work buffers: hn (b, Dm), xz (b, 2E), u (b, E), xdbl (b, R+2N), y (b, E),
+    part_x (n_chunks, b, R+2N), part_o (n_chunks, b, Dm).
 
     Two parallel regions over fixed channel chunks: (1) in_proj rows of the chunk's x and z
     channels, conv update, SiLU, partial x_proj sums; (2) Δ, scan step, D skip, gate, partial
-    out_proj sums. The partial sums are reduced serially in chunk order.
+    out_proj sums. The partial sums are reduced serially in chunk order. Every projection
+    loops rows outer and sequences inner (:func:`_rows`).
     """
     nb = hidden.shape[0]
     dm = hidden.shape[1]
     e_dim = conv_w.shape[0]
     width = conv_w.shape[1]
     n_state = A_neg.shape[1]
-    rank = dt_w.shape[1]
-    n_x = x_proj.shape[0]
+    rank = dt_w.data.shape[1]
+    n_x = x_proj.data.shape[0]
     n_chunks = part_x.shape[0]
     one = hidden.dtype.type(1.0)
     zero = hidden.dtype.type(0.0)
+    # the parallel regions take arrays, not named tuples
+    ip_d, ip_s = in_proj.data, in_proj.scale
+    xp_d, xp_s = x_proj.data, x_proj.scale
+    dt_d, dt_s = dt_w.data, dt_w.scale
+    op_d, op_s = out_proj.data, out_proj.scale
 
     _rmsnorm_rows(hidden, norm_w, eps, hn)
     for c in prange(n_chunks):
         d0 = c * CHUNK
         d1 = min(d0 + CHUNK, e_dim)
+        # in_proj rows of this chunk (x part and z part)                     (b, 2E)
+        _rows(ip_d, ip_s, d0, d1, 0, dm, hn, xz, d0)
+        _rows(ip_d, ip_s, e_dim + d0, e_dim + d1, 0, dm, hn, xz, e_dim + d0)
         for bb in range(nb):
-            # in_proj rows of this chunk (x part and z part)                 (b, 2E)
-            for d in range(d0, d1):
-                xz[bb, d] = _dot(in_proj[d], hn[bb], dm)
-                xz[bb, e_dim + d] = _dot(in_proj[e_dim + d], hn[bb], dm)
             # causal conv update (taps oldest first, the last on the current token) + SiLU
             for d in range(d0, d1):
                 x_new = xz[bb, d]
@@ -135,9 +322,8 @@ def _layer_step(hidden, norm_w, eps, in_proj, conv_w, conv_b, x_proj, dt_w, dt_b
                 if width > 1:
                     hist[bb, width - 2, d] = x_new
                 u[bb, d] = acc / (one + _exp(-acc))
-            # partial x_proj over this chunk's channels                       (R+2N,)
-            for j in range(n_x):
-                part_x[c, bb, j] = _dot(x_proj[j, d0:d1], u[bb, d0:d1], d1 - d0)
+        # partial x_proj over this chunk's channels                           (b, R+2N)
+        _rows(xp_d, xp_s, 0, n_x, d0, d1 - d0, u, part_x[c], 0)
     for bb in range(nb):
         for j in range(n_x):
             acc = zero
@@ -147,12 +333,12 @@ def _layer_step(hidden, norm_w, eps, in_proj, conv_w, conv_b, x_proj, dt_w, dt_b
     for c in prange(n_chunks):
         d0 = c * CHUNK
         d1 = min(d0 + CHUNK, e_dim)
-        for bb in range(nb):
-            # Δ (low rank), the scan step, the D skip and the gate
-            for d in range(d0, d1):
+        for d in range(d0, d1):
+            for bb in range(nb):
+                # Δ (low rank), the scan step, the D skip and the gate
                 s = zero
                 for r in range(rank):
-                    s += dt_w[d, r] * xdbl[bb, r]
+                    s += _wval(dt_d, d, r, _wscale(dt_d, dt_s, d, r // QBLOCK)) * xdbl[bb, r]
                 dt = _softplus(s + dt_b[d])
                 ud = u[bb, d]
                 acc = zero
@@ -162,15 +348,24 @@ def _layer_step(hidden, norm_w, eps, in_proj, conv_w, conv_b, x_proj, dt_w, dt_b
                     acc += h * xdbl[bb, rank + n_state + n]
                 zz = xz[bb, e_dim + d]
                 y[bb, d] = (acc + ud * Dskip[d]) * (zz / (one + _exp(-zz)))
-            # partial out_proj over this chunk's channels                     (Dm,)
-            for j in range(dm):
-                part_o[c, bb, j] = _dot(out_proj[j, d0:d1], y[bb, d0:d1], d1 - d0)
+        # partial out_proj over this chunk's channels                         (b, Dm)
+        _rows(op_d, op_s, 0, dm, d0, d1 - d0, y, part_o[c], 0)
     for bb in range(nb):
         for j in range(dm):
             acc = zero
             for c in range(n_chunks):
                 acc += part_o[c, bb, j]
             hidden[bb, j] += acc
+
+
+#: LM-head rows per parallel work item
+HEAD_ROWS = 64
+
+
+@njit(cache=_config.CACHE)
+def _layer(m, layer):
+    """The 2-D :data:`QMat` of one layer of a stacked one."""
+    return QMat(m.data[layer], m.scale[layer])
 
 
 def decode_work_shapes(batch: int, d_model: int, d_inner: int, d_state: int, dt_rank: int, vocab_size: int) -> dict:
@@ -189,6 +384,7 @@ def decode_step(tokens, weights, state, work):
     ----------
     tokens : (b,) int64, each in [0, V)
     weights : DecodeWeights
+        Projections in any :data:`QMat` format; the other arrays of the compute dtype.
     state : DecodeState
         Updated in place.
     work : DecodeWork
@@ -196,19 +392,24 @@ def decode_step(tokens, weights, state, work):
     """
     w, s, k = weights, state, work
     nb = tokens.shape[0]
-    n_layer = w.in_proj.shape[0]
+    n_layer = w.in_proj.data.shape[0]
+    embed = w.embed
+    dm = k.hidden.shape[1]
     for bb in range(nb):
-        k.hidden[bb, :] = w.embed[tokens[bb]]
+        tok = tokens[bb]
+        for i in range(dm):
+            k.hidden[bb, i] = _wval(embed.data, tok, i, _wscale(embed.data, embed.scale, tok, i // QBLOCK))
     for layer in range(n_layer):
-        _layer_step(k.hidden, w.norm_w[layer], w.eps, w.in_proj[layer], w.conv_w[layer], w.conv_b[layer],
-                    w.x_proj[layer], w.dt_w[layer], w.dt_b[layer], w.A[layer], w.D[layer], w.out_proj[layer],
-                    s.conv[layer], s.ssm[layer], k.hn, k.xz, k.u, k.xdbl, k.y, k.part_x, k.part_o)
+        _layer_step(k.hidden, w.norm_w[layer], w.eps, _layer(w.in_proj, layer), w.conv_w[layer], w.conv_b[layer],
+                    _layer(w.x_proj, layer), _layer(w.dt_w, layer), w.dt_b[layer], w.A[layer], w.D[layer],
+                    _layer(w.out_proj, layer), s.conv[layer], s.ssm[layer], k.hn, k.xz, k.u, k.xdbl, k.y,
+                    k.part_x, k.part_o)
     _rmsnorm_rows(k.hidden, w.norm_f, w.eps, k.hn)
-    head = w.head
+    hd, hs = w.head.data, w.head.scale
     hn = k.hn
     logits = k.logits
-    n_vocab = head.shape[0]
-    dm = head.shape[1]
-    for j in prange(n_vocab):
-        for bb in range(nb):
-            logits[bb, j] = _dot(head[j], hn[bb], dm)
+    n_vocab = hd.shape[0]
+    n_blk = -(-n_vocab // HEAD_ROWS)
+    for t in prange(n_blk):
+        r0 = t * HEAD_ROWS
+        _rows(hd, hs, r0, min(r0 + HEAD_ROWS, n_vocab), 0, dm, hn, logits, r0)

@@ -72,6 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=_int_at_least(0), default=None, help="random seed for sampling")
     parser.add_argument("--stop-at-eos", action="store_true", help="stop at the config's eos_token_id")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="compute dtype (default float32)")
+    parser.add_argument("--weights", choices=("float32", "bf16", "fp16", "int8"), default=None,
+                        help="storage of the decode weights (default: the compute dtype; int8 for an int8 checkpoint)")
     parser.add_argument("--print-ids", action="store_true", help="print token ids even when a tokenizer is present")
     parser.add_argument("--timings", action="store_true",
                         help="also print the time to the first token, split into imports, checkpoint load, kernels "
@@ -148,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     t_import = _since_process_start()
     try:
         t0 = time.perf_counter()
-        model = MambaLM.from_pretrained(args.model_dir, dtype=np.dtype(args.dtype))
+        model = MambaLM.from_pretrained(args.model_dir, dtype=np.dtype(args.dtype), weights=getattr(args, "weights", None))
         load_s = time.perf_counter() - t0
         tok = model.tokenizer
         if args.prompt is not None:

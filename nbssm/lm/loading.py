@@ -44,6 +44,11 @@ _ALL_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16
                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
 _NUMPY_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2"}
 _MAX_NDIM = 16
+#: path -> the ``__metadata__`` of the last header read from it
+_METADATA: dict[str, dict] = {}
+#: header metadata marking a checkpoint written by ``MambaLM.save_quantized`` in int8
+Q8_MARKER = ("nbssm_weights", "int8-q8_0")
+_SCALE_SUFFIX = ".weight.scale"
 
 CONVERT_HINT = (
     "convert it once, in an environment with PyTorch, e.g.\n"
@@ -59,7 +64,8 @@ def _is_int(value) -> bool:
 
 
 def _read_header(path: str) -> tuple[dict, int]:
-    """(validated header, byte offset of the data buffer); see :func:`read_safetensors_header`."""
+    """(validated header, byte offset of the data buffer); see :func:`read_safetensors_header`.
+    The ``__metadata__`` object, if any, is kept in :data:`_METADATA` under ``path``."""
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -89,6 +95,7 @@ def _read_header(path: str) -> tuple[dict, int]:
     meta = header.pop("__metadata__", None)
     if meta is not None and not isinstance(meta, dict):
         raise CheckpointError(f"{path}: safetensors header: __metadata__ must be a JSON object, got {meta!r:.80}")
+    _METADATA[path] = meta or {}
     data_len = size - 8 - n
     spans = []
     for name, entry in header.items():
@@ -246,19 +253,33 @@ def read_headers(directory: str) -> list[tuple[str, dict, int]]:
     return out
 
 
-def _read_tensor(f, path: str, start: int, name: str, entry: dict, dtype: np.dtype) -> np.ndarray:
+def _read_tensor(f, path: str, start: int, name: str, entry: dict, dtype: np.dtype, keep: str | None = None) -> np.ndarray:
     begin, end = entry["data_offsets"]
     f.seek(start + begin)
     raw = f.read(end - begin)
     if len(raw) != end - begin:
         raise CheckpointError(f"{path}: truncated while reading tensor {name!r} (the file changed while loading?)")
     kind = entry["dtype"]
+    shape = entry["shape"]
+    if kind == "I8" and _quantized(path):
+        return np.frombuffer(raw, dtype=np.int8).reshape(shape).copy()
     if kind not in _FLOAT_DTYPES:
         raise CheckpointError(f"{path}: tensor {name!r} has dtype {kind}; expected F32, F16, BF16 or F64")
     array = np.frombuffer(raw, dtype=_NUMPY_DTYPES[kind])
+    if name.endswith(_SCALE_SUFFIX):
+        return array.astype(np.float32).reshape(shape)
+    if kind == "BF16" and keep == "bf16":  # kept as bit patterns (uint16)
+        return array.reshape(shape).copy()
+    if kind == "F16" and keep == "fp16":  # kept as bit patterns (int16)
+        return array.view(np.int16).reshape(shape).copy()
     if kind == "BF16":  # bfloat16 is the upper half of a float32: exact conversion
         array = (array.astype(np.uint32) << 16).view(np.float32)
-    return np.ascontiguousarray(array.reshape(entry["shape"]).astype(dtype, copy=False))
+    return np.ascontiguousarray(array.reshape(shape).astype(dtype, copy=False))
+
+
+def _quantized(path: str) -> bool:
+    """Whether the file carries the int8 marker of ``MambaLM.save_quantized``."""
+    return _METADATA.get(path, {}).get(Q8_MARKER[0]) == Q8_MARKER[1]
 
 
 def read_tensors(directory: str, dtype=np.float32, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
@@ -283,10 +304,12 @@ def read_tensors(directory: str, dtype=np.float32, names: Iterable[str] | None =
     return _read_data(read_headers(directory), np.dtype(dtype), None if names is None else set(names))
 
 
-def _read_data(headers, dtype: np.dtype, wanted: set | None) -> dict[str, np.ndarray]:
+def _read_data(headers, dtype: np.dtype, wanted: set | None, keep: str | None = None) -> dict[str, np.ndarray]:
     tensors: dict[str, np.ndarray] = {}
     for path, header, start in headers:
         for name, entry in header.items():
+            if entry["dtype"] == "I8" and _quantized(path):
+                continue
             if entry["dtype"] not in _FLOAT_DTYPES and (wanted is None or name in wanted):
                 raise CheckpointError(
                     f"{path}: tensor {name!r} has dtype {entry['dtype']}; expected F32, F16, BF16 or F64"
@@ -297,7 +320,7 @@ def _read_data(headers, dtype: np.dtype, wanted: set | None) -> dict[str, np.nda
         try:
             with open(path, "rb") as f:
                 for name in todo:
-                    tensors[name] = _read_tensor(f, path, start, name, header[name], dtype)
+                    tensors[name] = _read_tensor(f, path, start, name, header[name], dtype, keep)
         except OSError as exc:
             raise CheckpointError(f"{path}: cannot read safetensors file ({exc.strerror or exc})") from None
     return tensors
@@ -390,7 +413,7 @@ def check_tensors(tensors: dict[str, np.ndarray], config: MambaLMConfig, directo
     check_shapes({n: tuple(np.shape(v)) for n, v in tensors.items()}, config, directory)
     used = {n: v for n, v in tensors.items() if not (n == "lm_head.weight" and config.tie_embeddings)}
     for name, value in used.items():
-        if not np.all(np.isfinite(value)):
+        if not _all_finite(np.asarray(value)):
             raise CheckpointError(f"{directory}: tensor {name!r} holds NaN or Inf values")
     if config.tie_embeddings and "lm_head.weight" in tensors:
         head, embed = np.asarray(tensors["lm_head.weight"]), np.asarray(used["backbone.embeddings.weight"])
@@ -402,13 +425,24 @@ def check_tensors(tensors: dict[str, np.ndarray], config: MambaLMConfig, directo
     return used
 
 
+def _all_finite(a: np.ndarray) -> bool:
+    """Finite values; uint16 / int16 arrays are bfloat16 / half bit patterns, int8 are quantized values."""
+    if a.dtype == np.uint16:
+        return not np.any((a & np.uint16(0x7F80)) == np.uint16(0x7F80))
+    if a.dtype == np.int16:
+        return not np.any((a.view(np.uint16) & np.uint16(0x7C00)) == np.uint16(0x7C00))
+    if a.dtype == np.int8:
+        return True
+    return bool(np.all(np.isfinite(a)))
+
+
 def _short(names: Iterable[str], limit: int = 8) -> str:
     names = list(names)
     text = ", ".join(names[:limit])
     return text + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
-def load_checkpoint(directory: str, dtype=np.float32) -> tuple[MambaLMConfig, dict[str, np.ndarray]]:
+def load_checkpoint(directory: str, dtype=np.float32, keep: str | None = None) -> tuple[MambaLMConfig, dict[str, np.ndarray]]:
     """Read ``config.json`` and the tensors of a checkpoint directory.
 
     Order (each step refuses before the next allocates): the config is parsed strictly;
@@ -417,12 +451,19 @@ def load_checkpoint(directory: str, dtype=np.float32) -> tuple[MambaLMConfig, di
     data read); then exactly the declared bytes of each tensor are read and checked for
     non-finite values and for a tied head that differs from the embedding.
 
+    A checkpoint written by ``MambaLM.save_quantized`` in int8 (header metadata
+    :data:`Q8_MARKER`) holds I8 matrices, each with a ``<name>.scale`` F32 tensor of shape
+    (rows, ceil(n / 32)); they are returned as they are (int8 and float32).
+
     Parameters
     ----------
     directory : str
         Checkpoint directory.
     dtype : numpy dtype
         float32 (default) or float64: the model's compute dtype; stored tensors are converted.
+    keep : {None, "bf16", "fp16"}
+        Return BF16 (``"bf16"``) or F16 (``"fp16"``) tensors unconverted, as uint16 / int16 bit
+        patterns (see :mod:`nbssm.lm.quant`).
 
     Returns
     -------
@@ -437,6 +478,8 @@ def load_checkpoint(directory: str, dtype=np.float32) -> tuple[MambaLMConfig, di
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise CheckpointError(f"{directory}: not a directory (expected a Mamba checkpoint directory)")
+    if keep not in (None, "bf16", "fp16"):
+        raise ValueError(f"keep: expected None, 'bf16' or 'fp16', got {keep!r}")
     dtype = np.dtype(dtype)
     config = read_config(directory)
     headers = read_headers(directory)  # refuses pickles before anything else is read
@@ -444,10 +487,87 @@ def load_checkpoint(directory: str, dtype=np.float32) -> tuple[MambaLMConfig, di
     for path, header, _ in headers:
         for name, entry in header.items():
             entries[name] = (path, entry)
-    shapes = normalize_names({n: tuple(e["shape"]) for n, (_, e) in entries.items()})
+    all_shapes = normalize_names({n: tuple(e["shape"]) for n, (_, e) in entries.items()})
+    shapes = {n: s for n, s in all_shapes.items() if not n.endswith(_SCALE_SUFFIX)}
     check_shapes(shapes, config, directory)
     for name, (path, entry) in entries.items():
+        if entry["dtype"] == "I8" and _quantized(path):
+            continue
         if entry["dtype"] not in _FLOAT_DTYPES:
             raise CheckpointError(f"{path}: tensor {name!r} has dtype {entry['dtype']}; expected F32, F16, BF16 or F64")
-    tensors = normalize_names(_read_data(headers, dtype, None))
-    return config, check_tensors(tensors, config, directory)
+    _check_scale_shapes(entries, all_shapes, directory)
+    tensors = normalize_names(_read_data(headers, dtype, None, keep))
+    scales = {n: v for n, v in tensors.items() if n.endswith(_SCALE_SUFFIX)}
+    for name, value in scales.items():
+        if not np.all(np.isfinite(value)) or np.any(value < 0):
+            raise CheckpointError(f"{directory}: tensor {name!r}: int8 scales must be finite and >= 0")
+    checked = check_tensors({n: v for n, v in tensors.items() if n not in scales}, config, directory)
+    checked.update({n: v for n, v in scales.items() if n[:-len(".scale")] in checked})
+    return config, checked
+
+
+def _check_scale_shapes(entries: dict, shapes: dict, directory: str) -> None:
+    """Every I8 matrix has a ``.scale`` of shape (rows, ceil(n / 32)); every ``.scale`` has its matrix."""
+    from .quant import QBLOCK
+
+    kinds = {_normal_name(n): e["dtype"] for n, (_, e) in entries.items()}
+    for name, kind in kinds.items():
+        if name.endswith(_SCALE_SUFFIX):
+            base = name[:-len(".scale")]
+            if kinds.get(base) != "I8":
+                raise CheckpointError(f"{directory}: tensor {name!r} holds int8 scales but {base!r} is not an I8 tensor")
+            if kind != "F32":
+                raise CheckpointError(f"{directory}: tensor {name!r}: int8 scales must be F32, found {kind}")
+            rows_n = shapes[base]
+            want = tuple(rows_n[:-1]) + (-(-rows_n[-1] // QBLOCK),) if rows_n else ()
+            if tuple(shapes[name]) != want:
+                raise CheckpointError(f"{directory}: tensor {name!r}: expected shape {want} (one scale per {QBLOCK} "
+                                      f"inputs of each row of {tuple(rows_n)}), found {tuple(shapes[name])}")
+        elif kind == "I8" and name + ".scale" not in kinds:
+            raise CheckpointError(f"{directory}: tensor {name!r} is int8 but the checkpoint has no {name + '.scale'!r}")
+
+
+_ST_DTYPE = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64", np.dtype(np.uint16): "BF16",
+             np.dtype(np.int16): "F16", np.dtype(np.int8): "I8"}
+
+
+def write_checkpoint(directory: str, config: MambaLMConfig, tensors: dict, weights: str) -> None:
+    """Write ``config.json`` (Hugging Face dialect) and ``model.safetensors`` to ``directory``.
+
+    ``tensors``: name -> ``(data, scale)``; data float32/float64, uint16 (bf16 bits), int16
+    (half bits) or int8 (then ``scale`` is written as ``<name>.scale``; else it is ignored).
+    """
+    import json
+
+    os.makedirs(directory, exist_ok=True)
+    c = config
+    cfg = {"model_type": "mamba", "hidden_size": c.d_model, "num_hidden_layers": c.n_layer,
+           "vocab_size": c.vocab_size, "state_size": c.d_state, "conv_kernel": c.d_conv,
+           "intermediate_size": c.d_inner, "time_step_rank": c.dt_rank, "use_conv_bias": c.conv_bias,
+           "layer_norm_epsilon": c.norm_eps, "tie_word_embeddings": c.tie_embeddings,
+           "eos_token_id": c.eos_token_id, "bos_token_id": c.bos_token_id, "pad_token_id": c.pad_token_id,
+           "hidden_act": "silu", "use_bias": False, "nbssm_weights": weights}
+    flat: list[tuple[str, np.ndarray]] = []
+    for name, (data, scale) in tensors.items():
+        data = np.ascontiguousarray(data)
+        flat.append((name, data))
+        if data.dtype == np.int8:
+            flat.append((name + ".scale", np.ascontiguousarray(scale, dtype=np.float32)))
+    header: dict = {"__metadata__": {"format": "pt", "qblock": "32"}}
+    if weights == "int8":
+        header["__metadata__"][Q8_MARKER[0]] = Q8_MARKER[1]
+    offset = 0
+    for name, a in flat:
+        header[name] = {"dtype": _ST_DTYPE[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    path = os.path.join(directory, SINGLE_FILE)
+    with open(path + ".tmp", "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for _, a in flat:
+            f.write(memoryview(a).cast("B"))  # type: ignore[arg-type]
+    os.replace(path + ".tmp", path)
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=1)

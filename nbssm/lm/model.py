@@ -82,6 +82,44 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _check_weights(weights, dtype: np.dtype) -> str:
+    """The storage format name for ``weights=`` (None: the compute dtype)."""
+    from .quant import FORMATS
+
+    if weights is None:
+        return dtype.name
+    if not isinstance(weights, str) or weights not in FORMATS:
+        raise ValueError(f"weights: expected one of {sorted(FORMATS)} or None, got {weights!r}")
+    if weights in ("float32", "float64"):
+        if weights != dtype.name:
+            raise ValueError(f"weights={weights!r} needs dtype {weights}, got dtype {dtype.name}")
+    elif dtype != np.float32:
+        raise ValueError(f"weights={weights!r} needs the float32 compute dtype, got dtype {dtype.name}")
+    return weights
+
+
+def _check_scales(tensors: dict, scales: dict, error) -> None:
+    """int8 tensors have their ``.scale`` companions, of shape (rows, ceil(n / 32)), finite and >= 0."""
+    from .quant import QBLOCK
+
+    for name, v in tensors.items():
+        v = np.asarray(v)
+        if v.dtype == np.int8 and name not in scales:
+            raise error(f"tensor {name!r} is int8 but has no {name + '.scale'!r} (q8 scales)")
+    for name, s in scales.items():
+        v = tensors.get(name)
+        if v is None or np.asarray(v).dtype != np.int8:
+            raise error(f"tensor {name + '.scale'!r}: scales given for {name!r}, which is not an int8 tensor")
+        shape = np.shape(v)
+        want = shape[:-1] + (-(-shape[-1] // QBLOCK),)
+        s = np.asarray(s)
+        if s.shape != want:
+            raise error(f"tensor {name + '.scale'!r}: expected shape {want} (one scale per {QBLOCK} inputs of "
+                        f"each row of {shape}), found {s.shape}")
+        if s.dtype.kind != "f" or not np.all(np.isfinite(s)) or np.any(s < 0):
+            raise error(f"tensor {name + '.scale'!r}: scales must be finite floats >= 0")
+
+
 class Generation:
     """An iterator over generated tokens, as they come.
 
@@ -164,50 +202,163 @@ class MambaLM:
 
     kind = "MambaLM"
 
-    def __init__(self, config: MambaLMConfig, tensors: dict, dtype=np.float32) -> None:
+    def __init__(self, config: MambaLMConfig, tensors: dict, dtype=np.float32, weights: str | None = None) -> None:
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
+        fmt = _check_weights(weights, dtype)
         self.config = config
         self.dtype = dtype
+        self.weights = fmt
         c = config
-        from .loading import check_tensors
+        from .._kernels.decode import DecodeWeights, QMat
+        from .loading import CheckpointError, check_tensors
+        from .quant import dequantize, encode
 
-        tensors = check_tensors(tensors, config, "MambaLM")
+        scales = {n[:-len(".scale")]: v for n, v in tensors.items() if n.endswith(".weight.scale")}
+        tensors = check_tensors({n: v for n, v in tensors.items() if not n.endswith(".weight.scale")}, config,
+                                "MambaLM")
+        _check_scales(tensors, scales, CheckpointError)
+
+        def floats(name):
+            v = np.asarray(tensors[name])
+            return dequantize(v, scales.get(name)) if v.dtype.kind in "iu" else v
+
+        def stored(name):
+            """(data, scale) of a big matrix in the storage format (kept as given when it already is)."""
+            v = np.asarray(tensors[name])
+            if fmt == "int8" and v.dtype == np.int8:
+                return np.ascontiguousarray(v), np.ascontiguousarray(scales[name], dtype=np.float32)
+            if (fmt, v.dtype) in (("bf16", np.uint16), ("fp16", np.int16)):
+                return np.ascontiguousarray(v), np.zeros(v.shape[:-1] + (0,), np.float32)
+            return encode(floats(name), fmt, name)
 
         def arr(x):
             return _readonly(np.array(x, dtype=dtype, order="C"))
 
-        self.embed = arr(tensors["backbone.embeddings.weight"])               # (V, Dm)
-        self.norm_f = arr(tensors["backbone.norm_f.weight"])                   # (Dm,)
-        self.head = self.embed if c.tie_embeddings else arr(tensors["lm_head.weight"])  # (V, Dm)
         L = c.n_layer
+        big = {"in_proj", "x_proj", "dt_w", "out_proj"}
+        self.norm_f = arr(floats("backbone.norm_f.weight"))                   # (Dm,)
+        q: dict = {"embed": stored("backbone.embeddings.weight")}            # (V, Dm)
+        q["head"] = q["embed"] if c.tie_embeddings else stored("lm_head.weight")
         p = {}
         for key, suffix in _STACKED.items():
+            names = [f"backbone.layers.{i}.{suffix}" for i in range(L)]
             if key == "conv_b" and not c.conv_bias:
                 p[key] = _readonly(np.zeros((L, c.d_inner), dtype))
-                continue
-            stacked = np.stack([np.asarray(tensors[f"backbone.layers.{i}.{suffix}"]) for i in range(L)])
-            if key == "conv_w":
-                stacked = stacked[:, :, 0, :]                                  # (L, E, W)
-            p[key] = _readonly(np.ascontiguousarray(stacked, dtype=dtype))
+            elif key in big:
+                parts = [stored(n) for n in names]
+                q[key] = tuple(_readonly(np.ascontiguousarray(np.stack([pt[j] for pt in parts]))) for j in (0, 1))
+            else:
+                stacked = np.stack([floats(n) for n in names])
+                if key == "conv_w":
+                    stacked = stacked[:, :, 0, :]                              # (L, E, W)
+                p[key] = _readonly(np.ascontiguousarray(stacked, dtype=dtype))
+        q = {k: (_readonly(v[0]), _readonly(v[1])) for k, v in q.items()}
         self.eps = float(c.norm_eps)
+        self._q = q
         self._stacked = p
         self.norms = p["norm_w"]
-        self.blocks = tuple(
-            MambaMixer(in_proj=p["in_proj"][i], conv_weight=p["conv_w"][i], conv_bias=p["conv_b"][i],
-                       x_proj=p["x_proj"][i], dt_proj_weight=p["dt_w"][i], dt_proj_bias=p["dt_b"][i],
-                       A_log=p["A_log"][i], D=p["D"][i], out_proj=p["out_proj"][i], dtype=dtype, copy=False)
-            for i in range(L))
-        A = _readonly(np.ascontiguousarray(np.stack([blk.A for blk in self.blocks])))  # (L, E, N)
-        from .._kernels.decode import DecodeWeights
-
-        self._decode_weights = DecodeWeights(self.embed, p["norm_w"], p["in_proj"], p["conv_w"], p["conv_b"],
-                                             p["x_proj"], p["dt_w"], p["dt_b"], A, p["D"], p["out_proj"],
-                                             self.norm_f, self.head, self.eps)
+        self._floats = fmt == dtype.name  # the stored matrices are the compute dtype: prefill uses them as they are
+        if self._floats:
+            for key in big:
+                p[key] = q[key][0]
+            self._embed = q["embed"][0]
+            self._head = q["head"][0]
+            self._blocks: tuple | None = tuple(self._make_block(i) for i in range(L))
+        else:
+            self._blocks = None
+        A = _readonly(np.ascontiguousarray(-np.exp(p["A_log"])))  # (L, E, N), as MambaMixer computes it
+        self._decode_weights = DecodeWeights(QMat(*q["embed"]), p["norm_w"], QMat(*q["in_proj"]), p["conv_w"],
+                                             p["conv_b"], QMat(*q["x_proj"]), QMat(*q["dt_w"]), p["dt_b"], A, p["D"],
+                                             QMat(*q["out_proj"]), self.norm_f, QMat(*q["head"]), self.eps)
         self._local = threading.local()
         self._digest: str | None = None
         self.tokenizer = None
+
+    def _make_block(self, i: int) -> MambaMixer:
+        """Layer ``i``'s mixer: views of the stacked weights, or (compressed formats) float32 copies."""
+        p, q = self._stacked, self._q
+
+        def mat(key):
+            if self._floats:
+                return q[key][0][i]
+            from .quant import dequantize
+
+            return dequantize(q[key][0][i], q[key][1][i])
+
+        return MambaMixer(in_proj=mat("in_proj"), conv_weight=p["conv_w"][i], conv_bias=p["conv_b"][i],
+                          x_proj=mat("x_proj"), dt_proj_weight=mat("dt_w"), dt_proj_bias=p["dt_b"][i],
+                          A_log=p["A_log"][i], D=p["D"][i], out_proj=mat("out_proj"), dtype=self.dtype, copy=False)
+
+    @property
+    def blocks(self) -> tuple:
+        """The layers' mixers (:class:`~nbssm.models.MambaMixer`); for compressed weight formats,
+        float32 copies of the dequantized weights, made on each access."""
+        if self._blocks is not None:
+            return self._blocks
+        return tuple(self._make_block(i) for i in range(self.config.n_layer))
+
+    def _block(self, i: int) -> MambaMixer:
+        return self._blocks[i] if self._blocks is not None else self._make_block(i)
+
+    @property
+    def embed(self) -> np.ndarray:
+        """(V, Dm) the embedding (dequantized to float32, a new array, for compressed formats)."""
+        if self._floats:
+            return self._embed
+        from .quant import dequantize
+
+        return dequantize(*self._q["embed"])
+
+    @property
+    def head(self) -> np.ndarray:
+        """(V, Dm) the LM head (the embedding when tied; dequantized for compressed formats)."""
+        if self._floats:
+            return self._head
+        if self.config.tie_embeddings:
+            return self.embed
+        from .quant import dequantize
+
+        return dequantize(*self._q["head"])
+
+    def _embed_rows(self, ids: np.ndarray) -> np.ndarray:
+        if self._floats:
+            return self._embed[ids]
+        from .quant import dequantize
+
+        data, scale = self._q["embed"]
+        return dequantize(data[ids], scale[ids])
+
+    def _head_logits(self, hn: np.ndarray) -> np.ndarray:
+        """``hn @ head.T`` (compressed formats: the head dequantized in slices of rows)."""
+        if self._floats:
+            return hn @ self._head.T
+        from .quant import dequantize
+
+        data, scale = self._q["head"]
+        V = data.shape[0]
+        out = np.empty(hn.shape[:-1] + (V,), self.dtype)
+        step = 8192
+        for v0 in range(0, V, step):
+            out[..., v0:v0 + step] = hn @ dequantize(data[v0:v0 + step], scale[v0:v0 + step]).T
+        return out
+
+    def stored_weights(self) -> dict:
+        """The decode matrices as stored: name -> ``(data, scale)`` (see :mod:`nbssm.lm.quant`)."""
+        names = {"embed": "backbone.embeddings.weight", "head": "lm_head.weight", "in_proj": "mixer.in_proj.weight",
+                 "x_proj": "mixer.x_proj.weight", "dt_w": "mixer.dt_proj.weight", "out_proj": "mixer.out_proj.weight"}
+        out = {names[k]: v for k, v in self._q.items()}
+        if self.config.tie_embeddings:
+            del out["lm_head.weight"]
+        return out
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weights one decode step reads (every stored array once; a tied head once)."""
+        arrays = [a for pair in self.stored_weights().values() for a in pair]
+        arrays += [self._stacked[k] for k in _STACKED if k not in ("in_proj", "x_proj", "dt_w", "out_proj")]
+        return int(sum(a.nbytes for a in arrays) + self.norm_f.nbytes)
 
     @property
     def layers(self) -> list:
@@ -216,7 +367,8 @@ class MambaLM:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype=np.float32, tokenizer: bool = True) -> MambaLM:
+    def from_pretrained(cls, path: str | os.PathLike, dtype=np.float32, tokenizer: bool = True,
+                        weights: str | None = None) -> MambaLM:
         """Load a local checkpoint directory (``config.json`` + safetensors, either naming).
 
         Parameters
@@ -224,32 +376,72 @@ class MambaLM:
         path : str or PathLike
             The directory. Nothing is downloaded.
         dtype : {numpy.float32, numpy.float64}
-            Compute dtype; float16/bfloat16 tensors are converted on load.
+            Compute dtype; float16/bfloat16 tensors are converted on load unless ``weights``
+            keeps them.
         tokenizer : bool
             Attach ``path/tokenizer.json`` as :attr:`tokenizer` when it exists and the
             ``tokenizers`` package is installed (else :attr:`tokenizer` is None).
+        weights : {None, "float32", "float64", "bf16", "fp16", "int8"}
+            Storage format of the decode matrices (in_proj, x_proj, dt_proj, out_proj,
+            embedding, LM head; see :mod:`nbssm.lm.quant`). None: the compute dtype, or int8 for
+            a checkpoint written by :meth:`save_quantized` in int8. "bf16"/"fp16" keep tensors
+            stored in that format as they are (others are rounded); "int8" quantizes on load
+            (or keeps a saved int8 checkpoint). The compressed formats need dtype float32.
 
         Raises
         ------
-        nbssm.lm.CheckpointError, nbssm.lm.UnsupportedConfigError, FileNotFoundError
+        nbssm.lm.CheckpointError, nbssm.lm.UnsupportedConfigError, FileNotFoundError, ValueError
         """
         from .loading import load_checkpoint
 
-        config, tensors = load_checkpoint(os.fspath(path), dtype)
-        model = cls(config, tensors, dtype)
+        _check_weights(weights, np.dtype(dtype))
+        config, tensors = load_checkpoint(os.fspath(path), dtype, keep=weights if weights in ("bf16", "fp16") else None)
+        if weights is None and any(np.asarray(v).dtype == np.int8 for v in tensors.values()):
+            weights = "int8"
+        model = cls(config, tensors, dtype, weights=weights)
         if tokenizer:
             from .tokenizer import load_tokenizer
 
             model.tokenizer = load_tokenizer(path)
         return model
 
+    def save_quantized(self, path: str | os.PathLike) -> None:
+        """Write this model as a checkpoint directory in its storage format (``config.json`` +
+        ``model.safetensors``), for :meth:`from_pretrained`.
+
+        float32/float64/bf16/fp16 are ordinary safetensors dtypes (F32/F64/BF16/F16); int8
+        stores each matrix as I8 plus ``<name>.scale`` (F32, one per block of 32 inputs), with
+        ``{"nbssm_weights": "int8-q8_0", "qblock": "32"}`` in the header metadata.
+        """
+        from .loading import write_checkpoint
+
+        tensors: dict = {}
+        stored = self.stored_weights()
+        q_names = {"mixer.in_proj.weight", "mixer.x_proj.weight", "mixer.dt_proj.weight", "mixer.out_proj.weight"}
+        for name, (data, scale) in stored.items():
+            if name in q_names:
+                for i in range(self.config.n_layer):
+                    tensors[f"backbone.layers.{i}.{name}"] = (data[i], scale[i])
+            else:
+                tensors[name] = (data, scale)
+        tensors["backbone.norm_f.weight"] = (self.norm_f, None)
+        for key, suffix in _STACKED.items():
+            if key in ("in_proj", "x_proj", "dt_w", "out_proj") or (key == "conv_b" and not self.config.conv_bias):
+                continue
+            for i in range(self.config.n_layer):
+                v = self._stacked[key][i]
+                tensors[f"backbone.layers.{i}.{suffix}"] = (v[:, None, :] if key == "conv_w" else v, None)
+        write_checkpoint(os.fspath(path), self.config, tensors, self.weights)
+
     @classmethod
-    def random(cls, config: MambaLMConfig | None = None, seed: int = 0, dtype=np.float32, **dims) -> MambaLM:
+    def random(cls, config: MambaLMConfig | None = None, seed: int = 0, dtype=np.float32, weights: str | None = None,
+               **dims) -> MambaLM:
         """A model with random weights (seeded), e.g. for benchmarks.
 
         ``dims`` (``d_model``, ``n_layer``, ``vocab_size``, ...) build a :class:`MambaLMConfig`
-        when ``config`` is None. Weights are drawn in float32 (then cast), scaled like a trained
-        model's so that activations stay O(1).
+        when ``config`` is None. Weights are drawn in float32 (then cast, or stored in the format
+        ``weights``, as in :meth:`from_pretrained`), scaled like a trained model's so that
+        activations stay O(1).
         """
         if config is None:
             config = MambaLMConfig(**dims)
@@ -280,7 +472,7 @@ class MambaLM:
             t[p + "mixer.A_log"] = np.log(np.tile(np.arange(1, N + 1, dtype=f32), (E, 1)))
             t[p + "mixer.D"] = np.ones(E, f32)
             t[p + "mixer.out_proj.weight"] = normal((D, E), E ** -0.5 / np.sqrt(c.n_layer))
-        return cls(config, t, dtype)
+        return cls(config, t, dtype, weights=weights)
 
     # ------------------------------------------------------------------ state
     def parameters(self) -> dict:
@@ -288,19 +480,33 @@ class MambaLM:
 
         Layer weights are stacked over layers, named by their checkpoint suffix
         (``norm.weight`` (L, Dm), ``mixer.in_proj.weight`` (L, 2E, Dm), ``mixer.conv1d.weight``
-        (L, E, W), ...).
+        (L, E, W), ...). For compressed weight formats the decode matrices are float32
+        dequantized copies (the stored ones: :meth:`stored_weights`).
         """
         out = {"backbone.embeddings.weight": self.embed, "backbone.norm_f.weight": self.norm_f}
         if not self.config.tie_embeddings:
             out["lm_head.weight"] = self.head
-        out.update({suffix: self._stacked[key] for key, suffix in _STACKED.items()})
+        if self._floats:
+            out.update({suffix: self._stacked[key] for key, suffix in _STACKED.items()})
+            return out
+        from .quant import dequantize
+
+        for key, suffix in _STACKED.items():
+            out[suffix] = dequantize(*self._q[key]) if key in self._q else self._stacked[key]
         return out
 
     @property
     def fingerprint(self) -> tuple:
-        """``("MambaLM", ((dim, size), ...), dtype name, digest of every weight)`` (computed once)."""
+        """``("MambaLM", ((dim, size), ...), dtype name, digest of every weight)`` (computed once;
+        for compressed formats the digest covers the stored arrays and their format)."""
         if self._digest is None:
-            self._digest = weights_digest(self.parameters().values())
+            if self._floats:
+                self._digest = weights_digest(self.parameters().values())
+            else:
+                arrays = [a for pair in self.stored_weights().values() for a in pair]
+                arrays += [self._stacked[k] for k in _STACKED if k not in self._q] + [self.norm_f]
+                arrays.append(np.frombuffer(self.weights.encode(), np.uint8))
+                self._digest = weights_digest(arrays)
         return (self.kind, tuple(self.config.dims().items()), self.dtype.name, self._digest)
 
     def initial_state(self, batch: int = 1) -> ModelState:
@@ -383,15 +589,16 @@ class MambaLM:
         assert st.conv is not None  # every layer of the LM has a convolution history
         conv = np.empty_like(st.conv)
         ssm = np.empty_like(st.ssm)
-        hidden = self.embed[ids]                                               # (b, l, Dm)
-        for i, block in enumerate(self.blocks):
+        hidden = self._embed_rows(ids)                                         # (b, l, Dm)
+        for i in range(self.config.n_layer):
+            block = self._block(i)  # compressed formats: dequantized to float32 copies, one layer at a time
             hn = rms_norm(hidden, self.norms[i], self.eps)                     # (b, l, Dm)
             out, conv[i], ssm[i] = block.mix(hn, st.conv[i], st.ssm[i])         # (b, l, Dm)
             hidden += out
         if last_only:
             hidden = hidden[:, -1:]
         hn = rms_norm(hidden, self.norm_f, self.eps)
-        logits = hn @ self.head.T                                              # (b, l, V)
+        logits = self._head_logits(hn)                                         # (b, l, V)
         new = ModelState(self.kind, st.dims, self.dtype, ssm, conv, st.positions + l, st.weights)
         return (logits[0] if single else logits), new
 
