@@ -159,8 +159,8 @@ def test_linear_cde_block_is_the_euler_recurrence():
     v = net.embed(tokens).detach()
     with torch.no_grad():
         w = blk.gate(blk.norm(v))[0].numpy()
-    A, B, z = blk.A.detach().numpy(), blk.B.detach().numpy(), blk.z0.detach().numpy().copy()
     L = 5
+    A, B, z = L * blk.A.detach().numpy(), L * blk.B.detach().numpy(), blk.z0.detach().numpy().copy()
     for k in range(L):
         M = (k + 1) / L * A[0] + np.tensordot(w[k], A[1:], axes=1)
         z = (np.eye(4) + M / L) @ z + B @ w[k] / L
@@ -192,3 +192,14 @@ def test_quick_mode_end_to_end(tmp_path):
     assert "| linear CDE |" in md and "| paper |" in md and "Protocol (reduced)" in md
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert res["estimate"]["worst_case_seconds"] > 0
+
+
+def test_signature_tasks_trained_rows():
+    """Item 5: the trained Mamba-style rows of Figure 1 (a few steps; the value is only sane)."""
+    pytest.importorskip("torch")
+    from nbssm.experiments import signature_tasks as st
+
+    paths, labels = st.make_data(2, 60, seed=0, length=12)
+    out = st.train_mamba(paths, labels, 48, n_blocks=2, seed=0, steps=3, seconds=60.0, batch=8, eval_every=2)
+    assert out["steps"] == 3 and np.isfinite(out["rmse"]) and out["best_rmse"] <= out["rmse"]
+    assert out["n_params"] > 0

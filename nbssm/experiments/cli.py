@@ -68,7 +68,7 @@ MAX_SEED = 2**32 - 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from nbssm.experiments.signature_tasks import MODELS, TASKS
+    from nbssm.experiments.signature_tasks import MODELS, TASKS, TRAINED_MODELS
 
     sub = parser.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
     p = sub.add_parser("signature-tasks", help="the paper's Experiment A: predict the area S^12 (2-D) and volume S^123 (3-D)",
@@ -84,6 +84,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--dense-seeds", type=int, default=1, help="run the dense model with this many seeds (seed, seed+1, ...) and report mean and std (default 1)")
     p.add_argument("--dense-order", type=int, default=2, help="Taylor order of the dense step; 0 = Euler (default 2)")
     p.add_argument("--dense-dtype", choices=("float32", "float64"), default="float32", help="GEMM precision of the dense scan (default float32)")
+    p.add_argument("--trained", type=_csv(tuple(TRAINED_MODELS)), default=(),
+                   help="also train these Mamba-style stacks (torch; pip install nbssm[torch]): mamba_1, mamba_2 (default none)")
+    p.add_argument("--train-steps", type=_int_in(1, 10**7), default=2000, help="training steps per trained model at most (default 2000)")
+    p.add_argument("--train-seconds", type=_positive(float), default=300.0, help="training seconds per trained model at most (default 300)")
+    p.add_argument("--train-batch", type=_int_in(1, 1 << 16), default=64, help="batch size of the trained models (default 64)")
     p.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     _add_state_tracking(sub)
 
@@ -140,7 +145,6 @@ def _add_state_tracking(sub) -> None:
     p.add_argument("--conv", type=_int_in(0, 64), default=None, help="Mamba causal conv width, 0 = none (default 4)")
     p.add_argument("--scan", choices=("auto", "torch", "nbssm"), default="auto",
                    help="Mamba scan: plain torch, nbssm.torch (the Numba bridge), or auto (the bridge when installed)")
-    p.add_argument("--threads", type=_int_in(1, 256), default=1, help="torch threads (default 1: the machine is shared)")
     p.add_argument("--seed", type=_int_in(0, MAX_SEED), default=0, help="random seed (default 0)")
     p.add_argument("--out", type=_out_dir, default="state_tracking_results", help="output directory for results.json/.md/.png")
     p.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
@@ -155,8 +159,12 @@ def _run_state_tracking(args) -> int:
     from nbssm.experiments import state_tracking as sx
 
     cfg = sx.quick_config() if args.quick else sx.Config()
+    # torch threads: the common --threads option (added by nbssm.cli), else nbssm's default
+    from nbssm.threads import default_threads
+
+    cfg.threads = getattr(args, "threads", None) or default_threads()
     for name, attr in (("models", "models"), ("lengths", "lengths"), ("blocks", "blocks"), ("n_samples", "n_samples"),
-                       ("seed", "seed"), ("threads", "threads")):
+                       ("seed", "seed")):
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, attr, tuple(value) if isinstance(value, tuple) else value)
@@ -198,9 +206,17 @@ def run(args) -> int:
     except argparse.ArgumentTypeError as exc:
         print(f"{prog}: error: argument --out: {exc}", file=sys.stderr)
         return 2
+    if args.trained:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            print(f"{prog}: error: --trained needs torch; pip install nbssm[torch]", file=sys.stderr)
+            return 2
     cfg = st.Config(seed=args.seed, n_paths=args.n_paths, models=tuple(args.models), tasks=tuple(args.tasks),
                     dense_order=args.dense_order, dense_dtype=args.dense_dtype, dense_seeds=args.dense_seeds,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, trained=tuple(args.trained), train_steps=args.train_steps,
+                    train_seconds=args.train_seconds, train_batch=args.train_batch,
+                    train_threads=getattr(args, "threads", None) or 1)
     results = st.run(cfg)
     files = st.write_outputs(results, args.out)
     print(st.markdown_table(results))
