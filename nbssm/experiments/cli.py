@@ -132,7 +132,7 @@ def _add_state_tracking(sub) -> None:
     p.add_argument("--lengths", type=_ints(1, 64), default=None, help="comma-separated sequence lengths (default 3,4,5,6,8,10)")
     p.add_argument("--blocks", type=_ints(1, 8), default=None, help="block counts tried in increasing order (default 1,2,3,4)")
     p.add_argument("--max-steps", type=_int_in(1, 10**7), default=None, help="training steps per configuration at most (default 3000)")
-    p.add_argument("--time-budget", type=_positive(float), default=None, help="seconds per configuration at most (default 120)")
+    p.add_argument("--time-budget", type=_positive(float), default=None, help="seconds per configuration at most (default 95)")
     p.add_argument("--batch-size", type=_int_in(1, 1 << 16), default=None, help="default 64")
     p.add_argument("--lr", type=_positive(float), default=None, help="AdamW learning rate (default 3e-3)")
     p.add_argument("--eval-every", type=_int_in(1, 10**7), default=None, help="evaluate every this many steps (default 100)")
