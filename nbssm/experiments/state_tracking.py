@@ -570,10 +570,11 @@ def markdown_table(results):
                   f"{cfg['threads']} thread(s)."),
               "", f"Total {results['total_seconds']:.0f} s. Worst-case estimate of this protocol from the measured "
                   f"per-step times: {results['estimate']['worst_case_seconds'] / 60:.0f} min.", "",
-              "| model | L | blocks | best val acc | reached 90% at step | steps | s | s/step | params |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| model | L | blocks | best val acc | per position | reached 90% at step | steps | s | s/step | params |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
-        lines.append(f"| {MODEL_LABELS[r['model']]} | {r['length']} | {r['blocks']} | {r['best_val_accuracy']:.3f} | "
+        pos = " ".join(f"{a:.2f}" for a in (r["per_position_accuracy"] or []))
+        lines.append(f"| {MODEL_LABELS[r['model']]} | {r['length']} | {r['blocks']} | {r['best_val_accuracy']:.3f} | {pos} | "
                      f"{r['steps_to_target'] if r['reached'] else '-'} | {r['steps']} | {r['seconds']:.0f} | "
                      f"{r['seconds_per_step'] * 1e3:.1f} ms | {r['n_params']} |")
     return "\n".join(lines) + "\n"
