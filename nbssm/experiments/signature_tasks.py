@@ -315,7 +315,8 @@ def train_mamba(paths, labels, n_train, n_blocks, seed, steps=2000, seconds=300.
     torch = sx._torch()
     nn = torch.nn
     b, length, d = paths.shape
-    mc = sx.ModelConfig(d_model=d_model, state=state, expand=2, conv=4)
+    scan = "torch" if sx._bridge_scan() is None else "nbssm"  # resolved once for the whole training
+    mc = sx.ModelConfig(d_model=d_model, state=state, expand=2, conv=4, scan_backend=scan)
     torch.manual_seed(seed)
 
     class Net(nn.Module):
@@ -365,7 +366,7 @@ def train_mamba(paths, labels, n_train, n_blocks, seed, steps=2000, seconds=300.
     rmse = val_rmse()
     torch.set_num_threads(old_threads)
     return {"rmse": rmse, "best_rmse": min(best, rmse), "steps": step, "train_seconds": train_s,
-            "n_params": int(sum(p.numel() for p in net.parameters()))}
+            "n_params": int(sum(p.numel() for p in net.parameters())), "scan_backend": scan}
 
 
 # --------------------------------------------------------------------------- driver
