@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 import pytest
+
 import tolerances as tl
 
 torch = pytest.importorskip("torch", reason="nbssm.torch needs PyTorch (pip install 'nbssm[torch]')")
