@@ -89,6 +89,12 @@ from . import _memory
 from ._kernels.conv import causal_conv1d_kernel
 from ._kernels.linear_scan import linear_scan_kernel
 from ._kernels.selective_scan import SELECTIVE_WIDTHS, selective_scan_kernel
+from ._kernels.vjp import (
+    VJP_WIDTH,
+    causal_conv1d_vjp_kernel,
+    linear_scan_vjp_kernel,
+    selective_scan_vjp_kernel,
+)
 from ._validate import (
     as_float_array,
     check_int,
@@ -636,16 +642,65 @@ def selective_scan_vjp(grad_y, u, delta, A, B, C, D=None, z=None, delta_bias=Non
 
 
 def _selective_vjp(gy, u, delta, A, B, C, D, z, bias, has_D, has_z, has_bias, softplus, h0, ghT, cl):
-    """Batched arrays in, the nine gradients out (all present; the caller drops the absent ones)."""
-    from .reference import selective_scan_vjp_ref
+    """Batched arrays in, the nine gradients out (all present; the caller drops the absent ones).
 
-    r = selective_scan_vjp_ref(gy, u, delta, A, B, C, D if has_D else None, z if has_z else None,
-                               bias if has_bias else None, softplus, h0, ghT)
+    Pads fewer than ``VJP_WIDTH`` channels with inert ones (as the forward), runs the kernel,
+    then sums its partials in a fixed order: ``B, C`` over channel blocks in block order,
+    ``A, D, delta_bias`` over the batch in batch order.
+    """
     batch, length, channels = u.shape
+    nstate = A.shape[1]
     dt = u.dtype
-    zero_d = np.zeros(channels, dt)
-    return (r["u"], r["delta"], r["A"], r["B"], r["C"], r["D"] if has_D else zero_d,
-            r["z"] if has_z else np.zeros_like(u), r["delta_bias"] if has_bias else zero_d, r["initial_state"])
+    W = VJP_WIDTH
+    chans = max(channels, W) if channels else 0
+
+    def pad(arr, axis, present=True):
+        if not present or chans == channels:
+            return arr
+        widths = [(0, 0)] * arr.ndim
+        widths[axis] = (0, chans - channels)
+        return readonly(np.pad(arr, widths))
+
+    gy_, u_, delta_ = pad(gy, 2), pad(u, 2), pad(delta, 2)
+    A_, h0_, ghT_ = pad(A, 0), pad(h0, 1), pad(ghT, 1)
+    D_, bias_, z_ = pad(D, 0, has_D), pad(bias, 0, has_bias), pad(z, 2, has_z)
+    nblk = (chans + W - 1) // W
+    gu = np.zeros((batch, length, chans), dt)
+    gdelta = np.zeros((batch, length, chans), dt)
+    gz = np.zeros((batch, length, chans) if has_z else (1, 1, 1), dt)
+    gA_part = np.zeros((batch, nblk, nstate, W), dt)
+    gD_part = np.zeros((batch, nblk, W), dt)
+    gbias_part = np.zeros((batch, nblk, W), dt)
+    gB_part = np.zeros((nblk, batch, length, nstate), dt)
+    gC_part = np.zeros((nblk, batch, length, nstate), dt)
+    gh0 = np.zeros((batch, chans, nstate), dt)
+    if batch and length and chans:
+        selective_scan_vjp_kernel(gy_, u_, delta_, A_, B, C, D_, z_, bias_, has_D, has_z, has_bias, softplus,
+                                  h0_, ghT_, cl, gu, gdelta, gz, gA_part, gD_part, gbias_part, gB_part,
+                                  gC_part, gh0)
+    elif chans:
+        gh0[...] = ghT_
+    # fixed-order reductions (numpy adds the rows of axis 0 one after the other)
+    gB = np.add.reduce(gB_part, axis=0) if nblk else np.zeros((batch, length, nstate), dt)
+    gC = np.add.reduce(gC_part, axis=0) if nblk else np.zeros((batch, length, nstate), dt)
+    gA_blk = np.add.reduce(gA_part, axis=0) if batch else gA_part[0:0].sum(axis=0)  # (nblk, n, W)
+    gD_blk = np.add.reduce(gD_part, axis=0) if batch else np.zeros((nblk, W), dt)
+    gb_blk = np.add.reduce(gbias_part, axis=0) if batch else np.zeros((nblk, W), dt)
+    gA = np.zeros((chans, nstate), dt)
+    gD = np.zeros(chans, dt)
+    gbias = np.zeros(chans, dt)
+    for blk in range(nblk):  # each channel is owned by one block: lanes jw.. of block blk
+        d0 = min(blk * W, chans - W)
+        jw = blk * W - d0
+        gA[d0 + jw:d0 + W] = gA_blk[blk, :, jw:].T
+        gD[d0 + jw:d0 + W] = gD_blk[blk, jw:]
+        gbias[d0 + jw:d0 + W] = gb_blk[blk, jw:]
+    if chans != channels:
+        gu, gdelta = gu[:, :, :channels], gdelta[:, :, :channels]
+        gz = gz[:, :, :channels] if has_z else gz
+        gA, gD, gbias, gh0 = gA[:channels], gD[:channels], gbias[:channels], gh0[:, :channels]
+    c = np.ascontiguousarray
+    return (c(gu), c(gdelta), c(gA), gB, gC, c(gD), c(gz), c(gbias), c(gh0))
 
 
 def linear_scan_vjp(grad_y, a, b, initial_state=None, grad_final_state=None):
@@ -701,9 +756,11 @@ def linear_scan_vjp(grad_y, a, b, initial_state=None, grad_final_state=None):
 
 
 def _linear_vjp(gy, a, b, h0, ghT):
-    from .reference import linear_scan_vjp_ref
-
-    return linear_scan_vjp_ref(gy, a, b, h0, ghT)
+    ga = np.empty(a.shape, a.dtype)
+    gb = np.empty(a.shape, a.dtype)
+    gh0 = np.empty(h0.shape, a.dtype)
+    linear_scan_vjp_kernel(gy, a, b, h0, ghT, ga, gb, gh0)
+    return ga, gb, gh0
 
 
 def causal_conv1d_vjp(grad_y, x, weight, bias=None, initial_state=None, activation=None, grad_final_state=None):
@@ -768,8 +825,14 @@ def causal_conv1d_vjp(grad_y, x, weight, bias=None, initial_state=None, activati
 
 
 def _conv_vjp(gy, x, w, bias, has_bias, hist, silu, gfin):
-    from .reference import causal_conv1d_vjp_ref
-
-    gx, gw, gb, gh = causal_conv1d_vjp_ref(gy, x, w, bias if has_bias else None, hist,
-                                           "silu" if silu else None, gfin)
-    return gx, gw, gb, gh
+    batch, length, channels = x.shape
+    width = w.shape[1]
+    nhist = hist.shape[1]
+    xp = readonly(np.concatenate([hist, x], axis=1))  # (b, w-1+l, d)
+    gxp = np.empty(xp.shape, x.dtype)
+    gw_part = np.zeros((batch, channels, width), x.dtype)
+    gb_part = np.zeros((batch, channels), x.dtype)
+    causal_conv1d_vjp_kernel(gy, xp, w, bias, has_bias, silu, gfin, gxp, gw_part, gb_part)
+    gw = np.add.reduce(gw_part, axis=0) if batch else np.zeros((channels, width), x.dtype)
+    gb = np.add.reduce(gb_part, axis=0) if batch else np.zeros(channels, x.dtype)
+    return (np.ascontiguousarray(gxp[:, nhist:]), gw, gb, np.ascontiguousarray(gxp[:, :nhist]))
