@@ -229,7 +229,7 @@ def write_md(res: dict, path: str) -> None:
         "",
         f"Speed-up (medians): **{sc['speedup_median']:.1f}x** (target >= 20x); forward + backward = "
         f"**{sc['bridge_over_forward']:.2f}x** nbssm's forward (target <= 4x).",
-        f"Largest relative difference from the reference (float32 both): "
+        "Largest relative difference from the reference (float32 both): "
         + ", ".join(f"{k} {v:.1e}" for k, v in sc["max_rel_diff_vs_reference"].items()) + ".",
         "",
         "## Where a bridge training step spends its time (torch.profiler, self CPU time)",

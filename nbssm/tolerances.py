@@ -92,7 +92,7 @@ TOLERANCES: dict[str, tuple[float, str]] = {
                                     "implementations differ; measured <= 2.1e-15 over 3 seeds"),
     "torch_bridge_float32": (2e-5, "the same in float32: nbssm's polynomial exp/softplus (< 4e-7) and "
                                     "float32 rounding in other orders, through 2 blocks, a cross-entropy "
-                                    "loss and its backward; measured <= 1.0e-6 over 3 seeds (20x margin)"),
+                                    "loss and its backward; measured <= 1.5e-6 over 3 seeds (13x margin)"),
     "torch_bridge_grad_float32": (1e-5, "selective_scan_fn float32 gradients vs the float64 torch reference: "
                                           "float32 backward recurrences (eps 6e-8) over 40 steps; "
                                           "measured 4.1e-7 (25x margin)"),
