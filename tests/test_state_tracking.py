@@ -203,3 +203,23 @@ def test_signature_tasks_trained_rows():
     out = st.train_mamba(paths, labels, 48, n_blocks=2, seed=0, steps=3, seconds=60.0, batch=8, eval_every=2)
     assert out["steps"] == 3 and np.isfinite(out["rmse"]) and out["best_rmse"] <= out["rmse"]
     assert out["n_params"] > 0
+
+
+def test_mamba_model_same_loss_and_grads_on_both_scans():
+    """The Mamba-style model on nbssm.torch gives the loss and gradients of the torch loop."""
+    torch = pytest.importorskip("torch")
+    if sx._bridge_scan() is None:
+        pytest.skip("nbssm.torch (the PyTorch bridge) is not installed")
+    d = sx.make_data(5, 200, seed=0)
+    x, y = torch.from_numpy(d["x_train"][:8]), torch.from_numpy(d["y_train"][:8])
+    results = []
+    for backend in ("torch", "nbssm"):
+        mc = sx.ModelConfig(d_model=8, state=4, expand=2, conv=2, scan_backend=backend)
+        net = sx.build_model("mamba", 2, 5, mc, seed=3).double()
+        loss = torch.nn.functional.cross_entropy(net(x).reshape(-1, 60), y.reshape(-1))
+        loss.backward()
+        results.append((loss.item(), [p.grad.clone() for p in net.parameters()]))
+    (l1, g1), (l2, g2) = results
+    assert l2 == pytest.approx(l1, rel=1e-12)
+    for a, b in zip(g1, g2):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-9, atol=1e-12)
