@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import NamedTuple, Optional
 
 import numpy as np
 
 from nbssm._paper_inputs import check_bool, check_finite, check_int, check_output_size, real_array
 
-__all__ = ["linear_cde_scan", "diagonal_cde_scan", "increments", "taylor_error_bound"]
+__all__ = ["linear_cde_scan", "diagonal_cde_scan", "increments", "taylor_error_bound", "LinearCDEGrads",
+           "linear_cde_scan_vjp", "diagonal_cde_scan_vjp"]
 
 
 #: largest Taylor order (``1/(order+1)!`` stays a normal float64)
@@ -383,3 +385,211 @@ def diagonal_cde_scan(a, B, domega, dxi, initial_state=None, *, method: str = "e
     if b:
         _k.diagonal_cde_scan(f64(a), f64(B), f64(domega), f64(dxi), f64(z0), method == "euler", final, states, return_states)
     return _finish(final, states, unbatched, out_dtype, return_states)
+
+
+# --------------------------------------------------------------------------- backward (VJPs)
+
+class LinearCDEGrads(NamedTuple):
+    """Gradients of :func:`linear_cde_scan` / :func:`diagonal_cde_scan` (``A`` is ``a`` for the
+    diagonal scan); ``initial_state`` None when it was not given. ``A`` and ``B`` are summed
+    over the batch."""
+
+    A: np.ndarray
+    B: np.ndarray
+    domega: np.ndarray
+    dxi: np.ndarray
+    initial_state: Optional[np.ndarray]
+
+
+def _cotangents(grad_final, grad_states, b, T, n, unbatched):
+    """The cotangents as float64 ``(b, n)`` and ``(b, T+1, n)`` (or None) arrays."""
+    fshape = (n,) if unbatched else (b, n)
+    sshape = (T + 1, n) if unbatched else (b, T + 1, n)
+    if grad_final is None:
+        gf = np.zeros(fshape)
+    else:
+        gf = real_array(grad_final, "grad_final")
+        if gf.shape != fshape:
+            raise ValueError(f"grad_final: expected shape {fshape} (the shape of the final state), got {gf.shape}")
+    gs = None
+    if grad_states is not None:
+        gs = real_array(grad_states, "grad_states")
+        if gs.shape != sshape:
+            raise ValueError(f"grad_states: expected shape {sshape} (the shape of states), got {gs.shape}")
+        check_finite(gs, "grad_states")
+        gs = np.asarray(gs, dtype=np.float64)
+        if unbatched:
+            gs = gs[None]
+    check_finite(gf, "grad_final")
+    gf = np.array(gf, dtype=np.float64)
+    return (gf[None] if unbatched else gf), gs
+
+
+def _vjp_finish(gA, gB, gdw, gdx, gz0, has_z0, unbatched, out_dtype):
+    cast = lambda x: np.asarray(x, dtype=out_dtype)  # noqa: E731
+    if unbatched:
+        gdw, gdx, gz0 = gdw[0], gdx[0], gz0[0]
+    return LinearCDEGrads(A=cast(gA), B=cast(gB), domega=cast(gdw), dxi=cast(gdx),
+                          initial_state=cast(gz0) if has_z0 else None)
+
+
+def linear_cde_scan_vjp(grad_final, A, B, domega, dxi, initial_state=None, *, method: str = "taylor",
+                        order: int = 3, grad_states=None):
+    """Vector-Jacobian product of :func:`linear_cde_scan` (methods ``"taylor"`` and ``"euler"``).
+
+    The gradients of ``<grad_final, Z_T> + <grad_states, states>`` with respect to ``A``,
+    ``B``, ``domega``, ``dxi`` and ``initial_state``: the exact derivative of the method's
+    step (the Taylor polynomial of order ``order``, not of ``exp``), computed in float64 by
+    reverse-mode through Horner's rule (per step, the ``p + 1`` Horner vectors are
+    recomputed from the stored state), vectorised over the batch with numpy.
+
+    Parameters
+    ----------
+    grad_final : array_like, shape (b, n) or (n,), or None
+        Cotangent of the final state (zero if None).
+    A, B, domega, dxi, initial_state, method, order
+        As :func:`linear_cde_scan` (same checks; NaN/Inf refused).
+    grad_states : array_like, shape (b, T+1, n) or (T+1, n), optional
+        Cotangent of every state (the ``return_states`` output).
+
+    Returns
+    -------
+    LinearCDEGrads
+        ``(A, B, domega, dxi, initial_state)`` with the arguments' shapes; ``A`` and ``B``
+        summed over the batch; float32 when ``domega`` is float32, else float64.
+    """
+    if method not in ("taylor", "euler"):
+        raise ValueError(f"method: expected 'taylor' or 'euler', got {method!r}")
+    order = check_int(order, "order", 1, MAX_ORDER)
+    has_z0 = initial_state is not None
+    A, B, domega, dxi, z0, unbatched, out_dtype = _prepare(A, B, domega, dxi, initial_state, diagonal=False)
+    A = np.asarray(A, dtype=np.float64)
+    B = np.asarray(B, dtype=np.float64)
+    w_all = np.asarray(domega, dtype=np.float64)  # (b, T, dw)
+    x_all = np.asarray(dxi, dtype=np.float64)  # (b, T, dx)
+    b, T, dw = w_all.shape
+    n = A.shape[1]
+    gZ, gs = _cotangents(grad_final, grad_states, b, T, n, unbatched)
+    euler = method == "euler"
+    invfact = [1.0 / math.factorial(j) for j in range(order + 2)]
+    v_all = x_all @ B.T  # (b, T, n)
+    Z = np.empty((b, T + 1, n))
+    Z[:, 0] = z0
+    with np.errstate(all="ignore"):
+        for k in range(T):  # the states, in the numba kernel's step formula
+            M = np.einsum("pi,iqc->pqc", w_all[:, k], A)  # (b, n, n)
+            z, v = Z[:, k], v_all[:, k]
+            if euler:
+                Z[:, k + 1] = z + np.einsum("pqc,pc->pq", M, z) + v
+            else:
+                r = z * invfact[order] + v * invfact[order + 1]
+                for j in range(order - 1, -1, -1):
+                    r = np.einsum("pqc,pc->pq", M, r) + z * invfact[j] + v * invfact[j + 1]
+                Z[:, k + 1] = r
+        gA = np.zeros_like(A)
+        gv = np.zeros((b, T, n))
+        gdw = np.zeros((b, T, dw))
+        if gs is not None:
+            gZ = gZ + gs[:, T]
+        for k in range(T - 1, -1, -1):
+            M = np.einsum("pi,iqc->pqc", w_all[:, k], A)
+            z, v = Z[:, k], v_all[:, k]
+            if euler:
+                gM = gZ[:, :, None] * z[:, None, :]  # (b, n, n)
+                gz = gZ + np.einsum("pqc,pq->pc", M, gZ)
+                gv[:, k] = gZ
+            else:
+                rs = [None] * (order + 1)  # rs[j] = r_j, r_0 = Z_{k+1}
+                rs[order] = z * invfact[order] + v * invfact[order + 1]
+                for j in range(order - 1, 0, -1):
+                    rs[j] = np.einsum("pqc,pc->pq", M, rs[j + 1]) + z * invfact[j] + v * invfact[j + 1]
+                gr = gZ  # cotangent of r_0
+                gz = np.zeros_like(z)
+                gvk = np.zeros_like(v)
+                gM = np.zeros((b, n, n))
+                for j in range(order):  # r_j = M r_{j+1} + z/j! + v/(j+1)!
+                    gz += gr * invfact[j]
+                    gvk += gr * invfact[j + 1]
+                    gM += gr[:, :, None] * rs[j + 1][:, None, :]
+                    gr = np.einsum("pqc,pq->pc", M, gr)
+                gz += gr * invfact[order]
+                gvk += gr * invfact[order + 1]
+                gv[:, k] = gvk
+            gA += np.einsum("pi,pqc->iqc", w_all[:, k], gM)
+            gdw[:, k] = np.einsum("iqc,pqc->pi", A, gM)
+            gZ = gz
+            if gs is not None:
+                gZ = gZ + gs[:, k]
+        gB = np.einsum("ptq,ptj->qj", gv, x_all)
+        gdx = gv @ B  # (b, T, dx)
+    return _vjp_finish(gA, gB, gdw, gdx, gZ, has_z0, unbatched, out_dtype)
+
+
+def _phi1_and_derivative(m):
+    """``phi1(m) = expm1(m)/m`` and ``phi1'(m) = (exp(m) - phi1(m))/m`` (series near 0)."""
+    small = np.abs(m) < 1e-3
+    safe = np.where(small, 1.0, m)
+    e = np.exp(m)
+    phi = np.where(small, 1.0 + m / 2 + m * m / 6 + m**3 / 24, np.expm1(safe) / safe)
+    dphi = np.where(small, 0.5 + m / 3 + m * m / 8 + m**3 / 30, (e - phi) / safe)
+    return e, phi, dphi
+
+
+def diagonal_cde_scan_vjp(grad_final, a, B, domega, dxi, initial_state=None, *, method: str = "exact",
+                          grad_states=None):
+    """Vector-Jacobian product of :func:`diagonal_cde_scan` (methods ``"exact"`` and ``"euler"``).
+
+    Exact step ``Z' = exp(m) Z + phi1(m) v`` with ``m = sum_i domega^i a_i``, ``v = B dxi``:
+    ``dZ = exp(m) dZ'``, ``dm = dZ' (exp(m) Z + phi1'(m) v)`` with
+    ``phi1'(m) = (exp(m) - phi1(m)) / m`` (a series below ``|m| = 1e-3``). float64 numpy,
+    vectorised over the batch, every state stored (memory of ``return_states``).
+
+    Parameters and returns as :func:`linear_cde_scan_vjp` (``A`` of the result is the
+    gradient of ``a (dw, n)``).
+    """
+    if method not in ("exact", "euler"):
+        raise ValueError(f"method: expected 'exact' or 'euler', got {method!r}")
+    has_z0 = initial_state is not None
+    a, B, domega, dxi, z0, unbatched, out_dtype = _prepare(a, B, domega, dxi, initial_state, diagonal=True)
+    a = np.asarray(a, dtype=np.float64)
+    B = np.asarray(B, dtype=np.float64)
+    w_all = np.asarray(domega, dtype=np.float64)
+    x_all = np.asarray(dxi, dtype=np.float64)
+    b, T, dw = w_all.shape
+    n = a.shape[1]
+    gZ, gs = _cotangents(grad_final, grad_states, b, T, n, unbatched)
+    euler = method == "euler"
+    with np.errstate(all="ignore"):
+        m_all = w_all @ a  # (b, T, n)
+        v_all = x_all @ B.T  # (b, T, n)
+        Z = np.empty((b, T + 1, n))
+        Z[:, 0] = z0
+        for k in range(T):
+            m, v = m_all[:, k], v_all[:, k]
+            if euler:
+                Z[:, k + 1] = Z[:, k] + m * Z[:, k] + v
+            else:
+                e, phi, _ = _phi1_and_derivative(m)
+                Z[:, k + 1] = e * Z[:, k] + phi * v
+        gm = np.zeros((b, T, n))
+        gv = np.zeros((b, T, n))
+        if gs is not None:
+            gZ = gZ + gs[:, T]
+        for k in range(T - 1, -1, -1):
+            m, v, z = m_all[:, k], v_all[:, k], Z[:, k]
+            if euler:
+                gm[:, k] = gZ * z
+                gv[:, k] = gZ
+                gZ = gZ + m * gZ
+            else:
+                e, phi, dphi = _phi1_and_derivative(m)
+                gm[:, k] = gZ * (e * z + dphi * v)
+                gv[:, k] = gZ * phi
+                gZ = e * gZ
+            if gs is not None:
+                gZ = gZ + gs[:, k]
+        ga = np.einsum("pti,ptn->in", w_all, gm)
+        gdw = gm @ a.T  # (b, T, dw)
+        gB = np.einsum("ptq,ptj->qj", gv, x_all)
+        gdx = gv @ B
+    return _vjp_finish(ga, gB, gdw, gdx, gZ, has_z0, unbatched, out_dtype)

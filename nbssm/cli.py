@@ -30,7 +30,7 @@ SUBCOMMANDS = {
     "verify": ("nbssm.verify.cli", "check every mirrored Lean theorem symbolically, the beyond-Lean properties, the negative controls and the kernels' refinement; print the ledger"),
     "bench": ("nbssm.bench", "measure kernel throughput against a numpy reference"),
     "generate": ("nbssm.lm.cli", "generate text from a local Mamba checkpoint directory"),
-    "experiment": ("nbssm.experiments.cli", "run a paper experiment (signature-tasks)"),
+    "experiment": ("nbssm.experiments.cli", "run a paper experiment (signature-tasks, state-tracking)"),
 }
 
 

@@ -80,6 +80,7 @@ compiles (or loads) every specialisation ahead of time.
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple, Optional
 
 import numba
 import numpy as np
@@ -88,6 +89,12 @@ from . import _memory
 from ._kernels.conv import causal_conv1d_kernel
 from ._kernels.linear_scan import linear_scan_kernel
 from ._kernels.selective_scan import SELECTIVE_WIDTHS, selective_scan_kernel
+from ._kernels.vjp import (
+    VJP_WIDTH,
+    causal_conv1d_vjp_kernel,
+    linear_scan_vjp_kernel,
+    selective_scan_vjp_kernel,
+)
 from ._validate import (
     as_float_array,
     check_int,
@@ -499,3 +506,333 @@ def causal_conv1d(x, weight, bias=None, initial_state=None, return_final_state=F
 def _deprecated(old: str, new: str) -> None:
     warnings.warn(f"causal_conv1d: the argument {old}= is deprecated; use {new}=", DeprecationWarning, stacklevel=3)
 
+
+
+# --------------------------------------------------------------------------- backward (VJPs)
+
+class SelectiveScanGrads(NamedTuple):
+    """Gradients of :func:`selective_scan` (None for an argument given as None).
+
+    Shapes are those of the arguments (2-D for a 2-D call); ``A``, ``D`` and
+    ``delta_bias`` are summed over the batch.
+    """
+
+    u: np.ndarray
+    delta: np.ndarray
+    A: np.ndarray
+    B: np.ndarray
+    C: np.ndarray
+    D: Optional[np.ndarray]
+    z: Optional[np.ndarray]
+    delta_bias: Optional[np.ndarray]
+    initial_state: Optional[np.ndarray]
+
+
+class LinearScanGrads(NamedTuple):
+    """Gradients of :func:`linear_scan` (``initial_state`` None when it was not given)."""
+
+    a: np.ndarray
+    b: np.ndarray
+    initial_state: Optional[np.ndarray]
+
+
+class CausalConv1dGrads(NamedTuple):
+    """Gradients of :func:`causal_conv1d`: ``weight`` in the shape it was given
+    (``(d, w)`` or ``(d, 1, w)``); ``bias``/``initial_state`` None when not given."""
+
+    x: np.ndarray
+    weight: np.ndarray
+    bias: Optional[np.ndarray]
+    initial_state: Optional[np.ndarray]
+
+
+def _grad_arg(g, name: str, dt, shape: tuple, unbatched: bool, what: str):
+    """A cotangent argument as a C-contiguous read-only ``dt`` array of the batched ``shape``;
+    zeros when ``g`` is None."""
+    if g is None:
+        return readonly(np.zeros(shape, dtype=dt))
+    arr = np.asarray(g)
+    want = shape[1:] if unbatched else shape
+    if arr.shape != want:
+        raise ValueError(f"{name}: expected shape {want} (the shape of {what}), got {arr.shape}")
+    arr = as_float_array(arr, name, dt)
+    return arr[None] if unbatched else arr
+
+
+#: chunk of the backward kernels' state checkpoints (tokens between two stored states)
+VJP_CHUNK_LENGTH = 64
+
+
+def selective_scan_vjp(grad_y, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       initial_state=None, grad_final_state=None, chunk_length=None):
+    """Vector-Jacobian product of :func:`selective_scan`: the gradients of ``<grad_y, y>``
+    (plus ``<grad_final_state, final_state>``) with respect to every array argument.
+
+    Parameters
+    ----------
+    grad_y : array_like, shape of ``y`` (batch, length, channels) or (length, channels)
+        Cotangent of the output.
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state
+        The arguments of the forward call, with its layout, dtype rule and checks.
+    grad_final_state : array_like, shape of the final state, optional
+        Cotangent of the final state (zero if omitted).
+    chunk_length : int, optional
+        Tokens between two checkpointed states (default ``VJP_CHUNK_LENGTH`` = 64): the
+        kernel runs the forward once storing the state every ``chunk_length`` tokens, then,
+        chunk by chunk from the last, recomputes the chunk's states and runs it backward.
+        Any integer >= 1; the gradients do not depend on it (bitwise).
+
+    Returns
+    -------
+    SelectiveScanGrads
+        Named tuple ``(u, delta, A, B, C, D, z, delta_bias, initial_state)``, the compute
+        dtype; None for ``D, z, delta_bias, initial_state`` when they were None. ``A``, ``D``
+        and ``delta_bias`` are summed over the batch.
+
+    Notes
+    -----
+    The derivative is that of the forward's formula (the softplus's derivative is the
+    plain sigmoid of ``delta + delta_bias``; with the float32 cut-off above 20 the
+    forward's value is ``x`` itself, whose derivative 1 differs from the sigmoid by less
+    than 2.1e-9). Memory: the outputs, checkpoints of size
+    ``b * d * n * length / chunk_length`` and O(chunk_length * n * 32) per thread.
+    Deterministic: bitwise the same on any number of threads (sums over channels and over
+    the batch are done in a fixed order). NaN/Inf: not refused; they propagate through
+    the arithmetic (a NaN in any input or in ``grad_y`` of batch ``i`` can reach every
+    gradient of batch ``i`` at earlier times and the batch-summed ``A, D, delta_bias``).
+    """
+    u_, unbatched = _sequence(u, "u")
+    delta_ = _batched(delta, "delta", unbatched, 3)
+    if delta_ is None:
+        raise TypeError("delta: expected an array, got None")
+    dt = result_dtype((u_, "u"), (delta_, "delta"))
+    batch, length, channels = u_.shape
+    u_ = as_float_array(u_, "u", dt)
+    delta_ = as_float_array(delta_, "delta", dt, shape=(batch, length, channels))
+    A_ = as_float_array(A, "A", dt, shape=(channels, "state"))
+    nstate = A_.shape[1]
+    B_ = as_float_array(_batched(B, "B", unbatched, 3), "B", dt, shape=(batch, length, nstate))
+    C_ = as_float_array(_batched(C, "C", unbatched, 3), "C", dt, shape=(batch, length, nstate))
+    D_, has_D = optional_float_array(D, "D", dt, shape=(channels,))
+    z_, has_z = optional_float_array(_batched(z, "z", unbatched, 3), "z", dt, shape=(batch, length, channels))
+    bias_, has_bias = optional_float_array(delta_bias, "delta_bias", dt, shape=(channels,))
+    if initial_state is None:
+        h0 = readonly(np.zeros((batch, channels, nstate), dtype=dt))
+    else:
+        h0 = as_float_array(_batched(initial_state, "initial_state", unbatched, 3), "initial_state", dt,
+                            shape=(batch, channels, nstate))
+    if grad_y is None:
+        raise TypeError("grad_y: expected an array of the shape of y, got None")
+    gy = _grad_arg(grad_y, "grad_y", dt, (batch, length, channels), unbatched, "y")
+    ghT = _grad_arg(grad_final_state, "grad_final_state", dt, (batch, channels, nstate), unbatched,
+                    "the final state")
+    cl = VJP_CHUNK_LENGTH if chunk_length is None else check_int(chunk_length, "chunk_length", 1)
+    cl = min(cl, max(length, 1))
+    g = _selective_vjp(gy, u_, delta_, A_, B_, C_, D_, z_, bias_, has_D, has_z, has_bias, bool(delta_softplus),
+                       h0, ghT, cl)
+    gu, gdelta, gA, gB, gC, gD, gz, gbias, gh0 = g
+
+    def seq(x):
+        return x[0] if unbatched else x
+
+    return SelectiveScanGrads(
+        u=seq(gu), delta=seq(gdelta), A=gA, B=seq(gB), C=seq(gC),
+        D=gD if has_D else None, z=seq(gz) if has_z else None, delta_bias=gbias if has_bias else None,
+        initial_state=seq(gh0) if initial_state is not None else None)
+
+
+def _selective_vjp(gy, u, delta, A, B, C, D, z, bias, has_D, has_z, has_bias, softplus, h0, ghT, cl):
+    """Batched arrays in, the nine gradients out (all present; the caller drops the absent ones).
+
+    Pads fewer than ``VJP_WIDTH`` channels with inert ones (as the forward), runs the kernel,
+    then sums its partials in a fixed order: ``B, C`` over channel blocks in block order,
+    ``A, D, delta_bias`` over the batch in batch order.
+    """
+    batch, length, channels = u.shape
+    nstate = A.shape[1]
+    dt = u.dtype
+    W = VJP_WIDTH
+    chans = max(channels, W) if channels else 0
+
+    def pad(arr, axis, present=True):
+        if not present or chans == channels:
+            return arr
+        widths = [(0, 0)] * arr.ndim
+        widths[axis] = (0, chans - channels)
+        return readonly(np.pad(arr, widths))
+
+    gy_, u_, delta_ = pad(gy, 2), pad(u, 2), pad(delta, 2)
+    A_, h0_, ghT_ = pad(A, 0), pad(h0, 1), pad(ghT, 1)
+    D_, bias_, z_ = pad(D, 0, has_D), pad(bias, 0, has_bias), pad(z, 2, has_z)
+    nblk = (chans + W - 1) // W
+    gu = np.zeros((batch, length, chans), dt)
+    gdelta = np.zeros((batch, length, chans), dt)
+    gz = np.zeros((batch, length, chans) if has_z else (1, 1, 1), dt)
+    gA_part = np.zeros((batch, nblk, nstate, W), dt)
+    gD_part = np.zeros((batch, nblk, W), dt)
+    gbias_part = np.zeros((batch, nblk, W), dt)
+    gB_part = np.zeros((nblk, batch, length, nstate), dt)
+    gC_part = np.zeros((nblk, batch, length, nstate), dt)
+    gh0 = np.zeros((batch, chans, nstate), dt)
+    if batch and length and chans:
+        selective_scan_vjp_kernel(gy_, u_, delta_, A_, B, C, D_, z_, bias_, has_D, has_z, has_bias, softplus,
+                                  h0_, ghT_, cl, gu, gdelta, gz, gA_part, gD_part, gbias_part, gB_part,
+                                  gC_part, gh0)
+    elif chans:
+        gh0[...] = ghT_
+    # fixed-order reductions (numpy adds the rows of axis 0 one after the other)
+    gB = np.add.reduce(gB_part, axis=0) if nblk else np.zeros((batch, length, nstate), dt)
+    gC = np.add.reduce(gC_part, axis=0) if nblk else np.zeros((batch, length, nstate), dt)
+    gA_blk = np.add.reduce(gA_part, axis=0) if batch else gA_part[0:0].sum(axis=0)  # (nblk, n, W)
+    gD_blk = np.add.reduce(gD_part, axis=0) if batch else np.zeros((nblk, W), dt)
+    gb_blk = np.add.reduce(gbias_part, axis=0) if batch else np.zeros((nblk, W), dt)
+    gA = np.zeros((chans, nstate), dt)
+    gD = np.zeros(chans, dt)
+    gbias = np.zeros(chans, dt)
+    for blk in range(nblk):  # each channel is owned by one block: lanes jw.. of block blk
+        d0 = min(blk * W, chans - W)
+        jw = blk * W - d0
+        gA[d0 + jw:d0 + W] = gA_blk[blk, :, jw:].T
+        gD[d0 + jw:d0 + W] = gD_blk[blk, jw:]
+        gbias[d0 + jw:d0 + W] = gb_blk[blk, jw:]
+    if chans != channels:
+        gu, gdelta = gu[:, :, :channels], gdelta[:, :, :channels]
+        gz = gz[:, :, :channels] if has_z else gz
+        gA, gD, gbias, gh0 = gA[:channels], gD[:channels], gbias[:channels], gh0[:, :channels]
+    c = np.ascontiguousarray
+    return (c(gu), c(gdelta), c(gA), gB, gC, c(gD), c(gz), c(gbias), c(gh0))
+
+
+def linear_scan_vjp(grad_y, a, b, initial_state=None, grad_final_state=None):
+    """Vector-Jacobian product of :func:`linear_scan` (``h_t = a_t * h_{t-1} + b_t``).
+
+    Parameters
+    ----------
+    grad_y : array_like, shape of ``h``
+        Cotangent of the states ``h``.
+    a, b, initial_state
+        The forward's arguments (layout, dtype rule and checks of :func:`linear_scan`).
+    grad_final_state : array_like, shape (batch, channels) or (channels,), optional
+        Cotangent of the final state (zero if omitted).
+
+    Returns
+    -------
+    LinearScanGrads
+        ``(a, b, initial_state)``, the compute dtype; ``initial_state`` None when it was
+        not given.
+
+    Notes
+    -----
+    Backward recurrence ``g_t = grad_y_t + a_{t+1} g_{t+1}``, ``grad_a_t = g_t h_{t-1}``,
+    ``grad_b_t = g_t``, ``grad_h0 = a_1 g_1``; parallel over batch x channels, each lane
+    owned by one thread (bitwise the same on any number of threads). NaN/Inf propagate
+    (not refused).
+    """
+    a_, unbatched = _sequence(a, "a")
+    b_ = _batched(b, "b", unbatched, 3)
+    dt = result_dtype((a_, "a"), (b_, "b"))
+    batch, length, channels = a_.shape
+    a_ = as_float_array(a_, "a", dt)
+    b_ = as_float_array(b_, "b", dt, shape=("batch", "length", "channels"))
+    if b_.shape != a_.shape:
+        want = a_.shape[1:] if unbatched else a_.shape
+        got = b_.shape[1:] if unbatched else b_.shape
+        raise ValueError(f"b: expected shape {want} (the shape of a), got {got}")
+    if initial_state is None:
+        h0 = readonly(np.zeros((batch, channels), dtype=dt))
+    else:
+        h0 = as_float_array(_batched(initial_state, "initial_state", unbatched, 2), "initial_state", dt,
+                            shape=(batch, channels))
+    if grad_y is None:
+        raise TypeError("grad_y: expected an array of the shape of h, got None")
+    gy = _grad_arg(grad_y, "grad_y", dt, (batch, length, channels), unbatched, "h")
+    ghT = _grad_arg(grad_final_state, "grad_final_state", dt, (batch, channels), unbatched, "the final state")
+    ga, gb, gh0 = _linear_vjp(gy, a_, b_, h0, ghT)
+
+    def seq(x):
+        return x[0] if unbatched else x
+
+    return LinearScanGrads(a=seq(ga), b=seq(gb), initial_state=seq(gh0) if initial_state is not None else None)
+
+
+def _linear_vjp(gy, a, b, h0, ghT):
+    ga = np.empty(a.shape, a.dtype)
+    gb = np.empty(a.shape, a.dtype)
+    gh0 = np.empty(h0.shape, a.dtype)
+    linear_scan_vjp_kernel(gy, a, b, h0, ghT, ga, gb, gh0)
+    return ga, gb, gh0
+
+
+def causal_conv1d_vjp(grad_y, x, weight, bias=None, initial_state=None, activation=None, grad_final_state=None):
+    """Vector-Jacobian product of :func:`causal_conv1d`.
+
+    Parameters
+    ----------
+    grad_y : array_like, shape of the output
+        Cotangent of the output.
+    x, weight, bias, initial_state, activation
+        The forward's arguments (layout and checks of :func:`causal_conv1d`;
+        ``weight (d, w)`` oldest tap first, or ``(d, 1, w)``).
+    grad_final_state : array_like, shape (batch, w-1, channels) or (w-1, channels), optional
+        Cotangent of the final history (zero if omitted).
+
+    Returns
+    -------
+    CausalConv1dGrads
+        ``(x, weight, bias, initial_state)``: ``weight`` in the shape it was given,
+        ``weight`` and ``bias`` summed over the batch; ``bias`` / ``initial_state`` None
+        when they were not given.
+
+    Notes
+    -----
+    With ``activation="silu"`` the derivative of ``c * sigmoid(c)`` is
+    ``s * (1 + c * (1 - s))``, ``s = sigmoid(c)``. Parallel over (batch, channel
+    block); the weight and bias sums over batch and time run in a fixed order (bitwise
+    the same on any number of threads). NaN/Inf propagate (not refused).
+    """
+    x_, unbatched = _sequence(x, "x")
+    dt = result_dtype((x_, "x"))
+    batch, length, channels = x_.shape
+    x_ = as_float_array(x_, "x", dt)
+    w = np.asarray(weight) if weight is not None else None
+    three_d = w is not None and w.ndim == 3 and w.shape[1] == 1
+    if three_d:
+        w = w[:, 0, :]
+    w = as_float_array(w, "weight", dt, shape=(channels, "width"))
+    width = w.shape[1]
+    nhist = max(width - 1, 0)
+    bias_, has_bias = optional_float_array(bias, "bias", dt, shape=(channels,))
+    if initial_state is None:
+        hist = readonly(np.zeros((batch, nhist, channels), dtype=dt))
+    else:
+        hist = as_float_array(_batched(initial_state, "initial_state", unbatched, 3), "initial_state", dt,
+                              shape=(batch, nhist, channels))
+    if activation not in (None, "silu"):
+        raise ValueError(f"activation: expected None or 'silu', got {activation!r}")
+    if grad_y is None:
+        raise TypeError("grad_y: expected an array of the shape of the output, got None")
+    gy = _grad_arg(grad_y, "grad_y", dt, (batch, length, channels), unbatched, "the output")
+    gfin = _grad_arg(grad_final_state, "grad_final_state", dt, (batch, nhist, channels), unbatched,
+                     "the final state")
+    gx, gw, gb, gh = _conv_vjp(gy, x_, w, bias_, has_bias, hist, activation == "silu", gfin)
+
+    def seq(arr):
+        return arr[0] if unbatched else arr
+
+    return CausalConv1dGrads(x=seq(gx), weight=gw[:, None, :] if three_d else gw,
+                             bias=gb if has_bias else None,
+                             initial_state=seq(gh) if initial_state is not None else None)
+
+
+def _conv_vjp(gy, x, w, bias, has_bias, hist, silu, gfin):
+    batch, length, channels = x.shape
+    width = w.shape[1]
+    nhist = hist.shape[1]
+    xp = readonly(np.concatenate([hist, x], axis=1))  # (b, w-1+l, d)
+    gxp = np.empty(xp.shape, x.dtype)
+    gw_part = np.zeros((batch, channels, width), x.dtype)
+    gb_part = np.zeros((batch, channels), x.dtype)
+    causal_conv1d_vjp_kernel(gy, xp, w, bias, has_bias, silu, gfin, gxp, gw_part, gb_part)
+    gw = np.add.reduce(gw_part, axis=0) if batch else np.zeros((channels, width), x.dtype)
+    gb = np.add.reduce(gb_part, axis=0) if batch else np.zeros(channels, x.dtype)
+    return (np.ascontiguousarray(gxp[:, nhist:]), gw, gb, np.ascontiguousarray(gxp[:, :nhist]))

@@ -27,7 +27,8 @@ import numpy as np
 
 from ._validate import as_float_array, check_out, optional_float_array, result_dtype
 
-__all__ = ["causal_conv1d_ref", "linear_scan_ref", "random_inputs", "selective_scan_ref"]
+__all__ = ["causal_conv1d_ref", "causal_conv1d_vjp_ref", "linear_scan_ref", "linear_scan_vjp_ref", "random_inputs",
+           "selective_scan_ref", "selective_scan_vjp_ref"]
 
 
 def _sequence(x, name: str):
@@ -250,3 +251,186 @@ def random_inputs(kind: str, shape, dtype=np.float64, seed: int = 0, *, extras: 
             kw["initial_state"] = normal(batch, max(width - 1, 0), channels)  # (b, w-1, d)
         return kw
     raise ValueError(f"kind: expected one of ('linear', 'selective', 'conv'), got {kind!r}")
+
+
+# --------------------------------------------------------------------------- backward (VJPs)
+#
+# Plain reverse-mode of the three references above: every forward state is kept (memory
+# O(b * l * d * n), fine for tests), then one loop runs backward in time. They share no code
+# with the kernels of nbssm._kernels.vjp; the tests compare the two tightly.
+
+
+def _grad_like(g, name: str, dt, shape, unbatched: bool):
+    """``grad_*`` argument as a float array of ``shape`` (batch axis first); zeros if None."""
+    if g is None:
+        return np.zeros(shape, dtype=dt)
+    arr = np.asarray(g)
+    if unbatched:
+        return np.array(as_float_array(arr, name, dt, shape=shape[1:])[None], dtype=dt)
+    return np.array(as_float_array(arr, name, dt, shape=shape), dtype=dt)
+
+
+def _unbatch(x, unbatched: bool):
+    return None if x is None else (x[0] if unbatched else x)
+
+
+def _sigmoid_any(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def linear_scan_vjp_ref(grad_y, a, b, initial_state=None, grad_final_state=None):
+    """Reverse-mode of :func:`linear_scan_ref`: ``(grad_a, grad_b, grad_initial_state)``.
+
+    ``grad_y`` has the shape of ``h``; ``grad_final_state`` (optional) that of the final
+    state. ``grad_initial_state`` is None when ``initial_state`` is None.
+    """
+    a_, unbatched = _sequence(a, "a")
+    b_, _ = _sequence(b, "b")
+    dt = result_dtype((a_, "a"), (b_, "b"))
+    a_ = as_float_array(a_, "a", dt)  # (b, l, d)
+    batch, length, channels = a_.shape
+    b_ = as_float_array(b_, "b", dt, shape=(batch, length, channels))
+    h0 = _state(initial_state, "initial_state", dt, (batch, channels), unbatched)  # (b, d)
+    gy = _grad_like(grad_y, "grad_y", dt, (batch, length, channels), unbatched)
+    gh = _grad_like(grad_final_state, "grad_final_state", dt, (batch, channels), unbatched)
+    hs = np.empty((batch, length + 1, channels), dtype=dt)  # h_0 .. h_T
+    hs[:, 0] = h0
+    ga = np.empty_like(a_)
+    gb = np.empty_like(b_)
+    with np.errstate(all="ignore"):
+        for t in range(length):
+            hs[:, t + 1] = a_[:, t] * hs[:, t] + b_[:, t]
+        for t in range(length - 1, -1, -1):
+            gh = gh + gy[:, t]  # dL/dh_t
+            ga[:, t] = gh * hs[:, t]
+            gb[:, t] = gh
+            gh = gh * a_[:, t]  # dL/dh_{t-1}
+    return (_unbatch(ga, unbatched), _unbatch(gb, unbatched),
+            None if initial_state is None else _unbatch(gh, unbatched))
+
+
+def selective_scan_vjp_ref(grad_y, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                           initial_state=None, grad_final_state=None):
+    """Reverse-mode of :func:`selective_scan_ref`.
+
+    Returns
+    -------
+    dict
+        ``u, delta, A, B, C, D, z, delta_bias, initial_state`` -> gradient (None for an
+        argument given as None), shapes of the arguments; ``A, D, delta_bias`` summed over
+        the batch.
+    """
+    u_, unbatched = _sequence(u, "u")
+    delta_, _ = _sequence(delta, "delta")
+    dt = result_dtype((u_, "u"), (delta_, "delta"))
+    u_ = as_float_array(u_, "u", dt)  # (b, l, d)
+    batch, length, channels = u_.shape
+    seq = (batch, length, channels)
+    delta_ = as_float_array(delta_, "delta", dt, shape=seq)
+    A_ = as_float_array(A, "A", dt, shape=(channels, "state"))  # (d, n)
+    nstate = A_.shape[1]
+    B_ = as_float_array(B if not unbatched or B is None else np.asarray(B)[None], "B", dt,
+                        shape=(batch, length, nstate))  # (b, l, n)
+    C_ = as_float_array(C if not unbatched or C is None else np.asarray(C)[None], "C", dt,
+                        shape=(batch, length, nstate))  # (b, l, n)
+    D_, has_D = optional_float_array(D, "D", dt, shape=(channels,))
+    z_, has_z = optional_float_array(z if not unbatched or z is None else np.asarray(z)[None], "z", dt,
+                                     shape=seq)
+    bias_, has_bias = optional_float_array(delta_bias, "delta_bias", dt, shape=(channels,))
+    h0 = _state(initial_state, "initial_state", dt, (batch, channels, nstate), unbatched)  # (b, d, n)
+    gy = _grad_like(grad_y, "grad_y", dt, seq, unbatched)  # (b, l, d)
+    gh = _grad_like(grad_final_state, "grad_final_state", dt, (batch, channels, nstate), unbatched)
+    with np.errstate(all="ignore"):
+        pre = delta_ + bias_ if has_bias else np.array(delta_)  # (b, l, d)
+        dl = _softplus(pre) if delta_softplus else pre
+        hs = np.empty((batch, length + 1, channels, nstate), dtype=dt)  # h_0 .. h_T
+        hs[:, 0] = h0
+        for t in range(length):
+            dlt = dl[:, t, :, None]
+            hs[:, t + 1] = np.exp(dlt * A_) * hs[:, t] + (dlt * B_[:, t, None, :]) * u_[:, t, :, None]
+        gu = np.zeros(seq, dtype=dt)
+        gdl = np.zeros(seq, dtype=dt)
+        gz = np.zeros(seq, dtype=dt) if has_z else None
+        gA = np.zeros((channels, nstate), dtype=dt)
+        gB = np.zeros((batch, length, nstate), dtype=dt)
+        gC = np.zeros((batch, length, nstate), dtype=dt)
+        gD = np.zeros(channels, dtype=dt) if has_D else None
+        for t in range(length - 1, -1, -1):
+            h = hs[:, t + 1]  # (b, d, n)
+            g = gy[:, t]  # (b, d)
+            if has_z:
+                zt = z_[:, t]
+                s = _sigmoid_any(zt)
+                yraw = np.sum(h * C_[:, t, None, :], axis=2) + (D_ * u_[:, t] if has_D else 0)
+                gz[:, t] = g * yraw * (s * (1 + zt * (1 - s)))
+                g = g * (zt * s)
+            if has_D:
+                gD += np.sum(g * u_[:, t], axis=0)
+                gu[:, t] += g * D_
+            gC[:, t] = np.sum(g[:, :, None] * h, axis=1)
+            gh = gh + g[:, :, None] * C_[:, t, None, :]  # dL/dh_t (b, d, n)
+            dlt = dl[:, t, :, None]  # (b, d, 1)
+            at = np.exp(dlt * A_)  # (b, d, n)
+            ga = gh * hs[:, t]  # dL/da_t
+            gA += np.sum(ga * at * dlt, axis=0)
+            gdl[:, t] = np.sum(ga * at * A_ + gh * B_[:, t, None, :] * u_[:, t, :, None], axis=2)
+            gB[:, t] = np.sum(gh * dlt * u_[:, t, :, None], axis=1)
+            gu[:, t] += np.sum(gh * dlt * B_[:, t, None, :], axis=2)
+            gh = gh * at  # dL/dh_{t-1}
+        gpre = gdl * _sigmoid_any(pre) if delta_softplus else gdl
+    grads = {
+        "u": _unbatch(gu, unbatched), "delta": _unbatch(gpre, unbatched), "A": gA,
+        "B": _unbatch(gB, unbatched), "C": _unbatch(gC, unbatched), "D": gD,
+        "z": _unbatch(gz, unbatched), "delta_bias": np.sum(gpre, axis=(0, 1)) if has_bias else None,
+        "initial_state": None if initial_state is None else _unbatch(gh, unbatched),
+    }
+    return grads
+
+
+def causal_conv1d_vjp_ref(grad_y, x, weight, bias=None, initial_state=None, activation=None,
+                          grad_final_state=None):
+    """Reverse-mode of :func:`causal_conv1d_ref`: ``(grad_x, grad_weight, grad_bias, grad_initial_state)``.
+
+    ``grad_weight`` has shape ``(d, w)`` (oldest tap first); ``grad_bias`` / ``grad_initial_state``
+    are None when ``bias`` / ``initial_state`` are None.
+    """
+    x_, unbatched = _sequence(x, "x")
+    dt = result_dtype((x_, "x"))
+    x_ = as_float_array(x_, "x", dt)  # (b, l, d)
+    batch, length, channels = x_.shape
+    w = np.asarray(weight) if weight is not None else None
+    if w is not None and w.ndim == 3 and w.shape[1] == 1:
+        w = w[:, 0, :]
+    w = as_float_array(w, "weight", dt, shape=(channels, "width"))  # (d, w)
+    width = w.shape[1]
+    pad = max(width - 1, 0)
+    bias_, has_bias = optional_float_array(bias, "bias", dt, shape=(channels,))
+    if activation not in (None, "silu"):
+        raise ValueError(f"activation: expected None or 'silu', got {activation!r}")
+    hist = _state(initial_state, "initial_state", dt, (batch, pad, channels), unbatched)
+    gy = _grad_like(grad_y, "grad_y", dt, (batch, length, channels), unbatched)
+    gfin = _grad_like(grad_final_state, "grad_final_state", dt, (batch, pad, channels), unbatched)
+    xp = np.concatenate([hist, x_], axis=1)  # (b, w-1+l, d)
+    gxp = np.zeros_like(xp)
+    gw = np.zeros((channels, width), dtype=dt)
+    gbias = np.zeros(channels, dtype=dt)
+    with np.errstate(all="ignore"):
+        for t in range(length - 1, -1, -1):
+            acc = np.broadcast_to(bias_ if has_bias else np.zeros(channels, dt), (batch, channels))
+            for i in range(width):
+                acc = acc + w[:, i] * xp[:, t + pad - (width - 1 - i)]
+            g = gy[:, t]
+            if activation == "silu":
+                s = _sigmoid_any(acc)
+                g = g * (s * (1 + acc * (1 - s)))
+            gbias += np.sum(g, axis=0)
+            for i in range(width):
+                src = t + pad - (width - 1 - i)
+                gw[:, i] += np.sum(g * xp[:, src], axis=0)
+                gxp[:, src] += g * w[:, i]
+        if pad:
+            gxp[:, xp.shape[1] - pad:] += gfin
+    gx = gxp[:, pad:]
+    gh = gxp[:, :pad]
+    return (_unbatch(np.ascontiguousarray(gx), unbatched), gw, gbias if has_bias else None,
+            None if initial_state is None else _unbatch(np.ascontiguousarray(gh), unbatched))

@@ -68,6 +68,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "nbssm.refinement",
             "nbssm.dask",
             "nbssm.dask.*",
+            "nbssm.torch",
+            "nbssm.torch.*",
             "nbssm.warmup",
             "nbssm._warmup",
             "nbssm.bench",

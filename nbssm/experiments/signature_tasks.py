@@ -27,6 +27,12 @@ said otherwise; initial state ``Z_0 = W x_0 + b`` with ``W, b ~ N(0, 1)``.
   state, scaled per channel to max ``|value|`` = 0.1 (measured on the first training paths).
   Unit variance would be the textbook choice; with it the second layer's features reach ~1e40
   and the readout fails (``scale="unit", proj_scale=1`` keeps that variant for the record).
+
+Trained rows (opt-in, ``trained=("mamba_1", "mamba_2")``; torch, ``pip install nbssm[torch]``):
+one- and two-block Mamba-style stacks (the block of :mod:`nbssm.experiments.state_tracking`)
+on the tokens ``(t_k, X_k)``, a linear head on the last token, mean-squared error, AdamW, with a
+reduced budget (``train_steps`` / ``train_seconds``, stated in the table's footer) instead of
+the paper's ~1M steps at width 256.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ DEPTH = 4
 N_FEATURES = 256
 TASKS = {"area": 2, "volume": 3}
 MODELS = ("dense", "diagonal", "mamba", "s4", "two_layer")
+#: trained Mamba-style stacks (torch; opt-in): name -> number of blocks
+TRAINED_MODELS = {"mamba_1": 1, "mamba_2": 2}
 MODEL_LABELS = {
     "zero": "predicting zero",
     "dense": "random dense linear CDE + least squares",
@@ -51,6 +59,8 @@ MODEL_LABELS = {
     "mamba": "random Mamba-style (selective_scan) + least squares",
     "s4": "random S4-style (time-invariant) + least squares",
     "two_layer": "two random diagonal layers + least squares",
+    "mamba_1": "Mamba-style, 1 block (trained, reduced budget)",
+    "mamba_2": "Mamba-style, 2 blocks (trained, reduced budget)",
 }
 #: validation RMSE from the official logs (paper/notes.md section 5); trained models
 PAPER_RESULTS = {
@@ -276,6 +286,89 @@ def ols_rmse(features, labels, n_train):
     return float(np.sqrt(np.mean((y[n_train:] - pred) ** 2)))
 
 
+# --------------------------------------------------------------------------- trained rows
+def train_mamba(paths, labels, n_train, n_blocks, seed, steps=2000, seconds=300.0, batch=64, lr=2e-3,
+                d_model=32, state=16, eval_every=250, threads=1, progress=None):
+    """Train a Mamba-style stack to regress ``labels`` from ``paths``; its validation RMSE.
+
+    Parameters
+    ----------
+    paths : (b, L, d) array
+    labels : (b,) array
+    n_train : int
+        The first ``n_train`` paths train, the rest validate.
+    n_blocks : int
+    seed : int
+    steps, seconds : int, float
+        Budget: at most ``steps`` AdamW steps and about ``seconds`` of training.
+    threads : int
+        torch threads while training (restored afterwards).
+
+    Returns
+    -------
+    dict
+        ``rmse`` (validation, at the end), ``best_rmse`` (best of the evaluations every
+        ``eval_every`` steps), ``steps``, ``train_seconds``, ``n_params``.
+    """
+    from nbssm.experiments import state_tracking as sx
+
+    torch = sx._torch()
+    nn = torch.nn
+    b, length, d = paths.shape
+    scan = "torch" if sx._bridge_scan() is None else "nbssm"  # resolved once for the whole training
+    mc = sx.ModelConfig(d_model=d_model, state=state, expand=2, conv=4, scan_backend=scan)
+    torch.manual_seed(seed)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(1 + d, d_model)
+            self.blocks = sx.build_blocks("mamba", n_blocks, mc)
+            self.norm = nn.LayerNorm(d_model)
+            self.head = nn.Linear(d_model, 1)
+
+        def forward(self, x):
+            v = self.inp(x)
+            for blk in self.blocks:
+                v = blk(v)
+            return self.head(self.norm(v[:, -1])).squeeze(-1)
+
+    t = np.broadcast_to(np.linspace(0.0, 1.0, length)[None, :, None], (b, length, 1))
+    X = torch.from_numpy(np.concatenate([t, paths], axis=2).astype(np.float32))
+    Y = torch.from_numpy(np.asarray(labels, dtype=np.float32))
+    net = Net()
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
+    rng = np.random.default_rng([seed, d, n_blocks, 99])
+
+    def val_rmse():
+        with torch.no_grad():
+            err = [(net(X[s:s + 1024]) - Y[s:s + 1024]).square().sum().item() for s in range(n_train, b, 1024)]
+        return math.sqrt(sum(err) / max(b - n_train, 1))
+
+    best = float("inf")
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    step = 0
+    while step < steps and time.perf_counter() - t0 < seconds:
+        idx = torch.from_numpy(rng.integers(0, n_train, size=batch))
+        loss = (net(X[idx]) - Y[idx]).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % eval_every == 0:
+            best = min(best, val_rmse())
+        if progress is not None:
+            progress(1)
+    train_s = time.perf_counter() - t0
+    rmse = val_rmse()
+    torch.set_num_threads(old_threads)
+    return {"rmse": rmse, "best_rmse": min(best, rmse), "steps": step, "train_seconds": train_s,
+            "n_params": int(sum(p.numel() for p in net.parameters())), "scan_backend": scan}
+
+
 # --------------------------------------------------------------------------- driver
 @dataclass
 class Config:
@@ -287,10 +380,19 @@ class Config:
     dense_dtype: str = "float32"
     dense_seeds: int = 1  # extra dense-only seeds seed+1, ... for the 3-seed target
     progress: bool = True
+    trained: tuple = ()  # subset of TRAINED_MODELS (torch)
+    train_steps: int = 2000
+    train_seconds: float = 300.0
+    train_batch: int = 64
+    train_threads: int = 1
 
 
 def _model_rng(seed, dim, model):
     return np.random.default_rng([seed, dim, 1 + MODELS.index(model)])
+
+
+def _all_models():
+    return MODELS + tuple(TRAINED_MODELS)
 
 
 def run(config: Config):
@@ -340,6 +442,22 @@ def run(config: Config):
             for s in list(data_cache):
                 if s != config.seed:
                     del data_cache[s]
+        for model in config.trained:
+            if config.seed not in data_cache:
+                t0 = time.perf_counter()
+                data_cache[config.seed] = make_data(dim, config.n_paths, config.seed)
+                labels = data_cache[config.seed][1]
+                rows.append({"task": task, "model": "zero", "seed": config.seed,
+                             "rmse": float(np.sqrt(np.mean(labels[n_train:] ** 2))),
+                             "seconds": time.perf_counter() - t0})
+            paths, labels = data_cache[config.seed]
+            if bar is not None:
+                bar.set_description(f"{task}/{model} (training)")
+            t0 = time.perf_counter()
+            tr = train_mamba(paths, labels, n_train, TRAINED_MODELS[model], config.seed, steps=config.train_steps,
+                             seconds=config.train_seconds, batch=config.train_batch, threads=config.train_threads)
+            rows.append({"task": task, "model": model, "seed": config.seed, "rmse": tr["rmse"],
+                         "seconds": time.perf_counter() - t0, **{k: v for k, v in tr.items() if k != "rmse"}})
     if bar is not None:
         bar.close()
     total_s = time.perf_counter() - t_start
@@ -349,6 +467,8 @@ def run(config: Config):
         "config": {"seed": config.seed, "n_paths": config.n_paths, "models": list(config.models),
                    "tasks": list(config.tasks), "dense_order": config.dense_order,
                    "dense_dtype": config.dense_dtype, "dense_seeds": config.dense_seeds,
+                   "trained": list(config.trained), "train_steps": config.train_steps,
+                   "train_seconds": config.train_seconds, "train_batch": config.train_batch,
                    "length": LENGTH, "depth": DEPTH, "n_features": N_FEATURES,
                    "train_fraction": TRAIN_FRACTION},
         "environment": {"cpu_count": os.cpu_count(), "numba_threads": numba.get_num_threads(),
@@ -396,7 +516,7 @@ def markdown_table(results):
     tasks = results["config"]["tasks"]
     head = [f"{t} {TASKS[t]}D" for t in tasks] + [f"{t} ÷ zero" for t in tasks]
     lines = ["| model | " + " | ".join(head) + " | source |", "|---|" + "---|" * len(head) + "---|"]
-    order = ["zero"] + [m for m in MODELS if m in results["table"]]
+    order = ["zero"] + [m for m in _all_models() if m in results["table"]]
     for m in order:
         if m not in results["table"]:
             continue
@@ -422,6 +542,11 @@ def markdown_table(results):
             f"({cfg['dense_dtype']} GEMMs). Time: {results['total_seconds']:.0f} s in all")
     if "one_seed_seconds" in results:
         foot += f", {results['one_seed_seconds']:.0f} s for one seed of every model (both tasks)"
+    if cfg.get("trained"):
+        steps = {r["model"] + "/" + r["task"]: r.get("steps") for r in results["rows"] if r["model"] in TRAINED_MODELS}
+        foot += (f". Trained rows: Mamba-style blocks (d_model 32, d_inner 64, state 16, conv 4), AdamW 2e-3, batch "
+                 f"{cfg['train_batch']}, at most {cfg['train_steps']} steps or {cfg['train_seconds']:.0f} s each "
+                 f"(steps done: {', '.join(f'{k} {v}' for k, v in steps.items())}); the paper trains ~1M steps at width 256")
     env = results.get("environment", {})
     foot += f"; {env.get('cpu_count')} CPUs, numpy {env.get('numpy')}, numba {env.get('numba')}.\n"
     return "\n".join(lines) + "\n" + foot
@@ -437,7 +562,7 @@ def plot(results, path):
 
     tasks = results["config"]["tasks"]
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.8), squeeze=False)
-    ours = ["zero"] + [m for m in MODELS if m in results["table"]]
+    ours = ["zero"] + [m for m in _all_models() if m in results["table"]]
     for ax, t in zip(axes[0], tasks):
         names, vals, errs, colors = [], [], [], []
         for m in ours:
