@@ -8,6 +8,8 @@ A time block of whole kernel chunks runs, on the worker that holds it:
   the same order as phase 1 of :func:`~nbssm._kernels.linear_scan.linear_scan_kernel`
   and :func:`~nbssm._kernels.selective_scan.selective_scan_kernel`, reading the block
   once and writing only the summaries;
+* :func:`linear_block_fixup`: phases 2 and 3 of the linear kernel on the block (every
+  state), from the state entering it and its summaries (the block is read once more);
 * :func:`linear_block_carry` / :func:`selective_block_carry`: phase 2 (the serial carry)
   over the block's chunks from the state entering the block, with the kernels' own rule
   :func:`~nbssm._kernels.chunking.carry_ok` deciding, lane by lane and chunk by chunk,
@@ -63,13 +65,22 @@ def linear_chunk_summaries(a, b, chunk_length, P, Q):
                     Q[bi, k0 + g, j] = qv[g, j]
 
 
+@njit(cache=_config.CACHE, error_model="numpy", inline="always")
+def _linear_carry_lane(a, b, p, q, hk, bi, j, k, chunk_length, tiny, huge):
+    """The state after chunk ``k`` of lane ``(bi, j)`` from ``hk``: ``p * hk + q`` where
+    ``carry_ok`` allows it, else the chunk's transitions re-run from ``hk``."""
+    c = p * hk + q
+    if not carry_ok(p, q, hk, c, tiny, huge):
+        c = hk
+        for t in range(k * chunk_length, (k + 1) * chunk_length):
+            c = a[bi, t, j] * c + b[bi, t, j]
+    return c
+
+
 @njit(cache=_config.CACHE, error_model="numpy")
 def linear_block_carry(a, b, P, Q, h, chunk_length):
-    """The carry over the block's chunks: ``h (batch, channels)`` becomes the state after them.
-
-    Per lane and chunk ``c = P * h + Q`` where ``carry_ok`` allows it, else the chunk's
-    transitions re-run from ``h`` (phase 2 of ``linear_scan_kernel``).
-    """
+    """The carry over the block's chunks: ``h (batch, channels)`` becomes the state after them
+    (phase 2 of ``linear_scan_kernel``)."""
     batch, length, channels = a.shape
     tiny = np.finfo(a.dtype).tiny
     huge = np.finfo(a.dtype).max
@@ -78,15 +89,40 @@ def linear_block_carry(a, b, P, Q, h, chunk_length):
         for j in range(channels):
             hk = h[bi, j]
             for k in range(nch):
-                p = P[bi, k, j]
-                q = Q[bi, k, j]
-                c = p * hk + q
-                if not carry_ok(p, q, hk, c, tiny, huge):
-                    c = hk
-                    for t in range(k * chunk_length, (k + 1) * chunk_length):
-                        c = a[bi, t, j] * c + b[bi, t, j]
-                hk = c
+                hk = _linear_carry_lane(a, b, P[bi, k, j], Q[bi, k, j], hk, bi, j, k, chunk_length, tiny, huge)
             h[bi, j] = hk
+
+
+@njit(cache=_config.CACHE, error_model="numpy")
+def linear_block_fixup(a, b, P, Q, h, out, chunk_length):
+    """Every state of a block of whole chunks entered with ``h (batch, channels)``, into
+    ``out``: the carry gives the state entering every chunk (phase 2), then every chunk runs
+    from it (phase 3 of ``linear_scan_kernel``, ``_G`` chunks in lockstep)."""
+    batch, length, channels = a.shape
+    tiny = np.finfo(a.dtype).tiny
+    huge = np.finfo(a.dtype).max
+    nch = P.shape[1]
+    H = np.empty((batch, nch, channels), dtype=a.dtype)
+    for bi in range(batch):
+        for j in range(channels):
+            hk = h[bi, j]
+            for k in range(nch):
+                H[bi, k, j] = hk
+                hk = _linear_carry_lane(a, b, P[bi, k, j], Q[bi, k, j], hk, bi, j, k, chunk_length, tiny, huge)
+    hv = np.empty((_G, channels), dtype=a.dtype)
+    for bi in range(batch):
+        for k0 in range(0, nch, _G):
+            ng = min(_G, nch - k0)
+            for g in range(ng):
+                for j in range(channels):
+                    hv[g, j] = H[bi, k0 + g, j]
+            for i in range(chunk_length):
+                for g in range(ng):
+                    t = (k0 + g) * chunk_length + i
+                    for j in range(channels):
+                        x = a[bi, t, j] * hv[g, j] + b[bi, t, j]
+                        hv[g, j] = x
+                        out[bi, t, j] = x
 
 
 @njit(cache=_config.CACHE, error_model="numpy", inline="always")

@@ -48,6 +48,7 @@ import numpy as np
 from .. import ops
 from .._kernels.summary import (
     linear_block_carry,
+    linear_block_fixup,
     linear_chunk_summaries,
     selective_block_carry,
     selective_chunk_summaries,
@@ -89,6 +90,16 @@ def _linear_carry(a, b, summaries, h, chunk_length):
     a, b = _linear_arrays(a, b)
     out = np.array(h, dtype=a.dtype, copy=True, order="C")
     linear_block_carry(a, b, summaries[0], summaries[1], out, chunk_length)
+    return out
+
+
+def _linear_fixup(a, b, summaries, h, chunk_length):
+    """Every state of one time block (all but the last) from the state ``h`` entering it and
+    its chunk summaries: the kernel's carry and fix-up, without summarising the block again."""
+    a, b = _linear_arrays(a, b)
+    out = np.empty(a.shape, a.dtype)
+    h = np.ascontiguousarray(h, dtype=a.dtype)
+    linear_block_fixup(a, b, summaries[0], summaries[1], h, out, chunk_length)
     return out
 
 
@@ -196,6 +207,10 @@ def _linear_carry_args(a, b, summaries, h, chunk_length):
     return _linear_carry(a, b, summaries, h, chunk_length)
 
 
+def _linear_fixup_args(a, b, summaries, h, chunk_length):
+    return _linear_fixup(a, b, summaries, h, chunk_length)
+
+
 def _selective_run_args(*args, has_z, A, D, delta_bias, delta_softplus, strategy, chunk_length):
     if has_z:
         u, delta, z, Bm, Cm, h = args
@@ -232,12 +247,15 @@ def _run(run_block, want_final, *args):
     return (out, final) if want_final else out
 
 
-def _time_parallel(seqs, h0_blocks, summarize, carry, run_block, strategy, chunk_length, combine, name):
+def _time_parallel(seqs, h0_blocks, summarize, carry, run_block, strategy, chunk_length, combine, name,
+                   fixup=None):
     """Shared graph of the time-parallel scans.
 
     ``seqs``: dask arrays whose blocks ``[i, j, 0]`` (batch chunk i, time block j) are the
     inputs of ``summarize``/``carry``/``run_block``; ``carry(*inputs, summaries, h)``: the
-    state after the block from ``h``; ``h0_blocks[i]``: the initial state of batch chunk i. Returns ``results[i][j]``: delayed outputs, the last block's a pair
+    state after the block from ``h``; ``fixup(*inputs, summaries, h)``, optional: the output
+    of a block but the last from ``h`` and its summaries (``combine="serial"``; else
+    ``run_block``); ``h0_blocks[i]``: the initial state of batch chunk i. Returns ``results[i][j]``: delayed outputs, the last block's a pair
     ``(out, final_state)``.
     """
     import dask
@@ -275,7 +293,13 @@ def _time_parallel(seqs, h0_blocks, summarize, carry, run_block, strategy, chunk
             bsum = [delayed(_block_summary, pure=True)(s) for s in sums]
             prefixes = _tree_prefixes(delayed, bsum)
             entering += [(delayed(_apply, pure=True)(p, h0_blocks[i]), None) for p in prefixes]
-        results.append([delayed(_run, pure=True)(run_block, j == nt - 1, *args[j], *entering[j]) for j in range(nt)])
+        row = []
+        for j in range(nt):
+            if fixup is not None and combine == "serial" and j < nt - 1:
+                row.append(delayed(fixup, pure=True)(*args[j], sums[j], entering[j][0]))
+            else:
+                row.append(delayed(_run, pure=True)(run_block, j == nt - 1, *args[j], *entering[j]))
+        results.append(row)
     return results
 
 
@@ -388,7 +412,8 @@ def linear_scan(a, b, initial_state=None, return_final_state=False, strategy="au
         h0b = _h0_blocks(h0k, a.chunks[0], (cw,), dt, "initial_state")
         res = _time_parallel(
             [ak, bk], h0b, partial(_linear_summaries, chunk_length=cl), partial(_linear_carry_args, chunk_length=cl),
-            partial(_linear_block, strategy=strat, chunk_length=cl), strat, cl, combine, "a")
+            partial(_linear_block, strategy=strat, chunk_length=cl), strat, cl, combine, "a",
+            fixup=partial(_linear_fixup_args, chunk_length=cl))
         o = _assemble(res, (a.chunks[0], a.chunks[1], (cw,)), dt, lambda nbat: (nbat, cw), True)
         outs.append(o[0])
         finals.append(o[1])
