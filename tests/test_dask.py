@@ -185,7 +185,7 @@ def test_causal_conv1d_time_and_batch_chunks_bitwise(client):
     rng = _rng(5)
     x = rng.standard_normal((3, 200, 5))
     w, bias, hist = rng.standard_normal((5, 4)), rng.standard_normal(5), rng.standard_normal((3, 3, 5))
-    want, want_hist = ops.causal_conv1d(x, w, bias, history=hist, activation="silu", return_history=True)
+    want, want_hist = ops.causal_conv1d(x, w, bias, initial_state=hist, activation="silu", return_final_state=True)
     X = da.from_array(x, chunks=(2, (1, 2, 97, 100), (2, 3)))
     got, got_hist = nd.causal_conv1d(X, w, bias, history=hist, activation="silu", return_history=True)
     got, got_hist = dask.compute(got, got_hist)

@@ -30,8 +30,12 @@ chunks), the graph runs the three phases of
    reassociates the products, so it equals the chunked result only up to
    rounding (float64: relative differences of a few ``1e-16`` per level,
    tested at ``1e-12``; float32 ``1e-5``) and only for finite, moderate values;
-3. every block re-runs itself from its carried-in state by calling the
-   single-machine operation with ``initial_state`` (in parallel).
+3. every block re-runs itself from its carried-in state (in parallel): the
+   linear scan's blocks but the last run the kernel's carry and fix-up from
+   their summaries (:func:`nbssm._kernels.summary.linear_block_fixup`; the
+   block is read once more, as on one machine), the last block and the
+   selective scan's blocks call the single-machine operation with
+   ``initial_state``.
 
 With ``strategy="sequential"`` over several time blocks each block starts
 from the final state of the previous one (pieces equal the whole bit for bit;
@@ -510,7 +514,7 @@ def _next_history(hist, tail, keep):
 
 
 def _conv_block(x, hist, weight, bias, activation):
-    return ops.causal_conv1d(x, weight, bias, history=hist, activation=activation)
+    return ops.causal_conv1d(x, weight, bias, initial_state=hist, activation=activation)
 
 
 def causal_conv1d(x, weight, bias=None, history=None, return_history=False, activation=None):
