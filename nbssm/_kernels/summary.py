@@ -39,9 +39,9 @@ _G = 4
 
 @njit(cache=_config.CACHE, error_model="numpy")
 def linear_chunk_summaries(a, b, chunk_length, P, Q):
-    """Summaries ``P, Q (batch, n_chunks, channels)`` of the full chunks of ``a, b``."""
+    """Summaries ``P, Q (batch, n_chunks, channels)`` of the first ``n_chunks`` chunks (full)."""
     batch, length, channels = a.shape
-    nch = length // chunk_length
+    nch = P.shape[1]
     pv = np.empty((_G, channels), dtype=a.dtype)
     qv = np.empty((_G, channels), dtype=a.dtype)
     for bi in range(batch):
@@ -94,35 +94,43 @@ def linear_block_carry(a, b, P, Q, h, chunk_length):
 
 
 @njit(cache=_config.CACHE, error_model="numpy")
-def linear_block_fixup(a, b, P, Q, h, out, chunk_length):
-    """Every state of a block of whole chunks entered with ``h (batch, channels)``, into
-    ``out``: the carry gives the state entering every chunk (phase 2), then every chunk runs
-    from it (phase 3 of ``linear_scan_kernel``, ``_G`` chunks in lockstep)."""
+def linear_block_fixup(a, b, P, Q, h, out, hT, chunk_length):
+    """Every state of a time block entered with ``h (batch, channels)``, into ``out``, and the
+    state after it into ``hT``: the carry gives the state entering every chunk from the
+    summaries ``P, Q`` of all chunks but the last (phase 2), then every chunk runs from it
+    (phase 3 of ``linear_scan_kernel``, ``_G`` chunks in lockstep; the last chunk may be
+    short, and the state after it is the final state)."""
     batch, length, channels = a.shape
     tiny = np.finfo(a.dtype).tiny
     huge = np.finfo(a.dtype).max
-    nch = P.shape[1]
-    H = np.empty((batch, nch, channels), dtype=a.dtype)
+    nrun = (length + chunk_length - 1) // chunk_length
+    H = np.empty((batch, max(nrun, 1), channels), dtype=a.dtype)
     for bi in range(batch):
         for j in range(channels):
             hk = h[bi, j]
-            for k in range(nch):
-                H[bi, k, j] = hk
+            H[bi, 0, j] = hk
+            for k in range(nrun - 1):
                 hk = _linear_carry_lane(a, b, P[bi, k, j], Q[bi, k, j], hk, bi, j, k, chunk_length, tiny, huge)
+                H[bi, k + 1, j] = hk
+            hT[bi, j] = hk
     hv = np.empty((_G, channels), dtype=a.dtype)
     for bi in range(batch):
-        for k0 in range(0, nch, _G):
-            ng = min(_G, nch - k0)
+        for k0 in range(0, nrun, _G):
+            ng = min(_G, nrun - k0)
             for g in range(ng):
                 for j in range(channels):
                     hv[g, j] = H[bi, k0 + g, j]
             for i in range(chunk_length):
                 for g in range(ng):
                     t = (k0 + g) * chunk_length + i
-                    for j in range(channels):
-                        x = a[bi, t, j] * hv[g, j] + b[bi, t, j]
-                        hv[g, j] = x
-                        out[bi, t, j] = x
+                    if t < length:
+                        for j in range(channels):
+                            x = a[bi, t, j] * hv[g, j] + b[bi, t, j]
+                            hv[g, j] = x
+                            out[bi, t, j] = x
+            if k0 + ng == nrun:
+                for j in range(channels):
+                    hT[bi, j] = hv[ng - 1, j]
 
 
 @njit(cache=_config.CACHE, error_model="numpy", inline="always")

@@ -76,12 +76,13 @@ def _linear_arrays(a, b):
     return np.ascontiguousarray(a, dtype=dt), np.ascontiguousarray(b, dtype=dt)
 
 
-def _linear_summaries(a, b, chunk_length):
+def _linear_summaries(a, b, chunk_length, last=False):
     """Summaries ``(P, Q)``, ``(batch, n_chunks, channels)`` each, of the kernel chunks of one
-    time block (:func:`nbssm._kernels.summary.linear_chunk_summaries`)."""
+    time block (:func:`nbssm._kernels.summary.linear_chunk_summaries`): every chunk, or with
+    ``last`` (the sequence's last block) every chunk but the last."""
     a, b = _linear_arrays(a, b)
     bat, length, ch = a.shape
-    nch = length // chunk_length
+    nch = max(length - 1, 0) // chunk_length if last else length // chunk_length
     P = np.empty((bat, nch, ch), a.dtype)
     Q = np.empty((bat, nch, ch), a.dtype)
     linear_chunk_summaries(a, b, chunk_length, P, Q)
@@ -97,14 +98,16 @@ def _linear_carry(a, b, summaries, h, chunk_length):
     return out
 
 
-def _linear_fixup(a, b, summaries, h, chunk_length):
-    """Every state of one time block (all but the last) from the state ``h`` entering it and
-    its chunk summaries: the kernel's carry and fix-up, without summarising the block again."""
+def _linear_fixup(a, b, summaries, h, chunk_length, last=False):
+    """Every state of one time block from the state ``h`` entering it and its chunk summaries
+    (the kernel's carry and fix-up, without summarising the block again); with ``last``, the
+    pair ``(states, final state)``."""
     a, b = _linear_arrays(a, b)
     out = np.empty(a.shape, a.dtype)
     h = np.ascontiguousarray(h, dtype=a.dtype)
-    linear_block_fixup(a, b, summaries[0], summaries[1], h, out, chunk_length)
-    return out
+    hT = np.empty_like(h)
+    linear_block_fixup(a, b, summaries[0], summaries[1], h, out, hT, chunk_length)
+    return (out, hT) if last else out
 
 
 def _selective_arrays(u, delta, A, Bm, delta_bias):
@@ -211,8 +214,8 @@ def _linear_carry_args(a, b, summaries, h, chunk_length):
     return _linear_carry(a, b, summaries, h, chunk_length)
 
 
-def _linear_fixup_args(a, b, summaries, h, chunk_length):
-    return _linear_fixup(a, b, summaries, h, chunk_length)
+def _linear_fixup_args(a, b, summaries, h, chunk_length, last=False):
+    return _linear_fixup(a, b, summaries, h, chunk_length, last)
 
 
 def _selective_run_args(*args, has_z, A, D, delta_bias, delta_softplus, strategy, chunk_length):
@@ -286,6 +289,9 @@ def _time_parallel(seqs, h0_blocks, summarize, carry, run_block, strategy, chunk
             results.append(row)
             continue
         sums = [delayed(summarize, pure=True)(*args[j]) for j in range(nt - 1)]
+        if fixup is not None and combine == "serial" and nt > 1:
+            # the last block's chunks but its last, summarised with the others
+            sums.append(delayed(summarize, pure=True)(*args[nt - 1], last=True))
         if combine == "serial" and nt > 1:
             # one small task per block, where the block lives (a re-run reads its data);
             # only the state (batch x channels (x state) numbers) moves between them
@@ -299,8 +305,8 @@ def _time_parallel(seqs, h0_blocks, summarize, carry, run_block, strategy, chunk
             entering += [(delayed(_apply, pure=True)(p, h0_blocks[i]), None) for p in prefixes]
         row = []
         for j in range(nt):
-            if fixup is not None and combine == "serial" and j < nt - 1:
-                row.append(delayed(fixup, pure=True)(*args[j], sums[j], entering[j][0]))
+            if fixup is not None and combine == "serial" and nt > 1:
+                row.append(delayed(fixup, pure=True)(*args[j], sums[j], entering[j][0], last=j == nt - 1))
             else:
                 row.append(delayed(_run, pure=True)(run_block, j == nt - 1, *args[j], *entering[j]))
         results.append(row)
