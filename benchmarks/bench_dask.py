@@ -1,9 +1,10 @@
 """nbssm.dask on 1 and 2 local worker processes (one thread each): batch scoring, a long
 time-parallel linear scan, and the dask path's overhead over calling the model directly.
 
-    python benchmarks/bench_dask.py            # full size (a quiet machine, >= 2 cores, ~4 GB)
-    python benchmarks/bench_dask.py --quick    # small shapes, a smoke run
-    python benchmarks/bench_dask.py --out results.json
+    python benchmarks/bench_dask.py            # full size (a quiet machine, >= 2 cores, ~4 GB;
+                                               # about 25 min on 2 cores, mostly the scoring)
+    python benchmarks/bench_dask.py --quick    # small shapes, a smoke run (seconds)
+    python benchmarks/bench_dask.py --prompts 16 --tokens 256 --scan-log2 22 --out-md x.md
 
 Cases:
 
@@ -15,7 +16,9 @@ Cases:
   inputs generated and persisted on the workers; checked bitwise against
   ``nbssm.ops.linear_scan(strategy="chunked")`` here. Target: 2 workers >= 1.5x one.
 
-Writes JSON to ``--out`` (default: ``$TMPDIR/nbssm_bench_dask.json``).
+Prints its progress; records the machine (CPU, ISA, cores, load average before and after);
+writes ``--out`` (JSON, default ``benchmarks/results/dask.json``) and ``--out-md`` (default
+``benchmarks/results/dask.md``); ``--quick`` writes to ``$TMPDIR`` unless told otherwise.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ for _v in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
@@ -72,16 +75,46 @@ def _best(f, repeats):
     return min(times), times
 
 
+def _log(msg: str) -> None:
+    print(f"[bench_dask {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _load() -> list:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        return []
+
+
+def _machine() -> dict:
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    from nbssm.bench import machine_info
+
+    return machine_info()
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small shapes (a smoke run)")
-    ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "nbssm_bench_dask.json"))
+    ap.add_argument("--out", default=None, help="JSON report (default benchmarks/results/dask.json)")
+    ap.add_argument("--out-md", default=None, help="markdown report (default benchmarks/results/dask.md)")
     ap.add_argument("--workers", default="1,2", help="worker counts to time (comma-separated)")
     ap.add_argument("--scan-log2", type=int, default=None, help="log2 of the scan length (default 24; --quick 18)")
+    ap.add_argument("--prompts", type=int, default=None, help="documents scored (default 64)")
+    ap.add_argument("--tokens", type=int, default=None, help="tokens per document (default 512)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs per case (best kept; default 2)")
+    ap.add_argument("--label", default="", help="a note on the conditions, written to the report")
     args = ap.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
-    if args.scan_log2 is not None:
-        cfg["scan_log2"] = args.scan_log2
+    for key in ("scan_log2", "prompts", "tokens", "repeats"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+    results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    tmp = tempfile.gettempdir()
+    out_json = args.out or (os.path.join(tmp, "nbssm_bench_dask.json") if args.quick
+                            else os.path.join(results, "dask.json"))
+    out_md = args.out_md or (os.path.join(tmp, "nbssm_bench_dask.md") if args.quick
+                             else os.path.join(results, "dask.md"))
 
     import dask.array as da
     import distributed
@@ -90,19 +123,23 @@ def main(argv=None) -> dict:
     from nbssm import ops
     from nbssm.dask.lm import log_likelihood
 
+    t_start = time.perf_counter()
+    report = {"config": cfg, "quick": args.quick, "label": args.label, "machine": _machine(),
+              "load_before": _load()}
+    _log(f"config {cfg}; load average {report['load_before']}")
     dims = {k: cfg[k] for k in ("d_model", "n_layer", "vocab_size", "d_state")}
     source = nd.ModelSource.random(seed=0, dtype="float32", **dims)
     ids = np.random.default_rng(1).integers(0, cfg["vocab_size"], (cfg["prompts"], cfg["tokens"]))
-    report = {"config": cfg, "quick": args.quick, "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                                              "platform": platform.platform()}}
 
     # ---- single machine, this process, one thread
+    _log("building the model here (one thread)")
     model = source.build()
     log_likelihood(model, ids[:1, :16])  # compile
     direct = {}
-    direct_s, direct_all = _best(lambda: direct.setdefault("ll", log_likelihood(model, ids, cfg["batch_size"])),
+    _log(f"scoring {ids.shape} directly ({cfg['repeats']} runs)")
+    direct_s, direct_all = _best(lambda: direct.__setitem__("ll", log_likelihood(model, ids, cfg["batch_size"])),
                                  cfg["repeats"])
-    want_ll = log_likelihood(model, ids, cfg["batch_size"])
+    want_ll = direct["ll"]
     model = None  # free the weights before the cluster runs
     T = 2 ** cfg["scan_log2"]
     lc = ops.LINEAR_CHUNK_LENGTH
@@ -110,26 +147,36 @@ def main(argv=None) -> dict:
     a_lazy, b_lazy = _scan_inputs(chunks)
     a_loc, b_loc = (x.compute(scheduler="synchronous") for x in (a_lazy, b_lazy))
     ops.linear_scan(a_loc[:, :4000], b_loc[:, :4000], strategy="chunked", chunk_length=lc)
-    scan_direct_s, _ = _best(lambda: ops.linear_scan(a_loc, b_loc, strategy="chunked", chunk_length=lc),
-                             cfg["repeats"])
-    want_scan = ops.linear_scan(a_loc, b_loc, strategy="chunked", chunk_length=lc)
+    scan = {}
+    _log(f"linear scan of 2^{cfg['scan_log2']} steps directly (chunked, one thread)")
+    scan_direct_s, scan_direct_all = _best(
+        lambda: scan.__setitem__("h", ops.linear_scan(a_loc, b_loc, strategy="chunked", chunk_length=lc)),
+        max(cfg["repeats"], 3))
+    want_scan = scan.pop("h")
     a_loc = b_loc = None  # free the inputs before the cluster runs
-    report["direct"] = {"score_s": direct_s, "score_all_s": direct_all, "scan_s": scan_direct_s}
+    report["direct"] = {"score_s": direct_s, "score_all_s": direct_all, "scan_s": scan_direct_s,
+                        "scan_all_s": scan_direct_all}
+    _log(f"direct: score {direct_s:.3f} s, scan {scan_direct_s * 1e3:.1f} ms")
 
     for n in [int(w) for w in args.workers.split(",")]:
+        _log(f"starting {n} worker process(es), one thread each")
         cluster = nd.local_cluster(n_workers=n, threads_per_worker=1, processes=True, silence_logs=40)
         client = distributed.Client(cluster)
         try:
             # warm up: the model on every worker, every kernel compiled (or loaded from the cache)
+            t0 = time.perf_counter()
             client.run(lambda: source.load() and None)
+            load_s = time.perf_counter() - t0
             nd.score(source, da.from_array(ids[:n, :16], chunks=(1, 16))).compute()
             darr = da.from_array(ids, chunks=(cfg["per_task"], cfg["tokens"]))
             if args.quick:
                 nd.score(source, darr, cfg["batch_size"]).compute()  # warm up (full size: the small run above)
             got = {}
+            _log(f"{n} worker(s): model built on every worker in {load_s:.2f} s; scoring ({cfg['repeats']} runs)")
             score_s, score_all = _best(
-                lambda: got.setdefault("ll", nd.score(source, darr, cfg["batch_size"]).compute()), cfg["repeats"])
+                lambda: got.__setitem__("ll", nd.score(source, darr, cfg["batch_size"]).compute()), cfg["repeats"])
             score_equal = bool(np.array_equal(got["ll"], want_ll))
+            _log(f"{n} worker(s): score {score_s:.3f} s (bitwise equal to direct: {score_equal}); long scan")
             # the long scan: inputs generated and kept on the workers
             a_d, b_d = client.persist([a_lazy, b_lazy])
             distributed.wait([a_d, b_d])
@@ -140,12 +187,14 @@ def main(argv=None) -> dict:
                 distributed.wait(out)
                 return out
 
-            scan_s, scan_all = _best(run_scan, cfg["repeats"])
+            scan_s, scan_all = _best(run_scan, max(cfg["repeats"], 3))
             out = run_scan().compute()
             scan_equal = bool(np.array_equal(out, want_scan))
+            _log(f"{n} worker(s): scan {scan_s * 1e3:.1f} ms (bitwise equal to chunked: {scan_equal})")
             out = a_d = b_d = None  # release the persisted blocks
             report[f"workers_{n}"] = {"score_s": score_s, "score_all_s": score_all, "score_bitwise_equal_direct": score_equal,
-                                      "scan_s": scan_s, "scan_all_s": scan_all, "scan_bitwise_equal_chunked": scan_equal}
+                                      "model_load_s": load_s, "scan_s": scan_s, "scan_all_s": scan_all,
+                                      "scan_bitwise_equal_chunked": scan_equal}
         finally:
             client.close()
             cluster.close()
@@ -154,6 +203,7 @@ def main(argv=None) -> dict:
     summary = {}
     if w1:
         summary["score_overhead_1_worker"] = w1["score_s"] / direct_s - 1.0
+        summary["scan_1_worker_over_direct"] = w1["scan_s"] / scan_direct_s
     if w1 and w2:
         summary["score_speedup_2_vs_1"] = w1["score_s"] / w2["score_s"]
         summary["scan_speedup_2_vs_1"] = w1["scan_s"] / w2["scan_s"]
@@ -162,11 +212,54 @@ def main(argv=None) -> dict:
                               "scan_speedup>=1.5": summary["scan_speedup_2_vs_1"] >= 1.5,
                               "scan_bitwise": bool(w2["scan_bitwise_equal_chunked"])}
     report["summary"] = summary
-    with open(args.out, "w") as f:
+    report["load_after"] = _load()
+    report["wall_s"] = time.perf_counter() - t_start
+    os.makedirs(os.path.dirname(os.path.abspath(out_json)), exist_ok=True)
+    with open(out_json, "w") as f:
         json.dump(report, f, indent=2)
+    with open(out_md, "w") as f:
+        f.write(to_markdown(report))
     print(json.dumps(summary, indent=2))
-    print(f"wrote {args.out}")
+    _log(f"wrote {out_json} and {out_md} ({report['wall_s']:.0f} s in all; load average {report['load_after']})")
     return report
+
+
+def to_markdown(report: dict) -> str:
+    """The report as a markdown page."""
+    m, cfg, s = report["machine"], report["config"], report.get("summary", {})
+    lines = ["# nbssm.dask: 1 vs 2 worker processes (one thread each)", "",
+             f"Machine: {m.get('cpu')} ({m.get('simd')}), {m.get('cores')} cores; Python {m.get('python')}, "
+             f"numpy {m.get('numpy')}, numba {m.get('numba')}; {m.get('date_utc')} UTC.",
+             f"Load average (1, 5, 15 min) before {report.get('load_before')}, after {report.get('load_after')}.",
+             ]
+    if report.get("label"):
+        lines.append(f"Conditions: {report['label']}.")
+    lines += ["", f"Scoring: {cfg['prompts']} prompts x {cfg['tokens']} tokens, random MambaLM d_model "
+              f"{cfg['d_model']}, {cfg['n_layer']} layers, vocab {cfg['vocab_size']}, state {cfg['d_state']}; "
+              f"tasks of {cfg['per_task']} prompts. Scan: 2^{cfg['scan_log2']} steps, 1 channel, "
+              f"{cfg['blocks']} time blocks, combine=\"serial\". Best of {cfg['repeats']} runs (scan: of "
+              f"{max(cfg['repeats'], 3)}).", "",
+              "| case | direct (this process) | 1 worker | 2 workers | 2 vs 1 | bitwise |",
+              "|---|---|---|---|---|---|"]
+    d = report["direct"]
+    w1, w2 = report.get("workers_1", {}), report.get("workers_2", {})
+
+    def f(x, scale=1.0, unit="s"):
+        return "-" if x is None else f"{x * scale:.3f} {unit}" if unit == "s" else f"{x * scale:.1f} {unit}"
+
+    lines.append(f"| score | {f(d['score_s'])} | {f(w1.get('score_s'))} | {f(w2.get('score_s'))} | "
+                 f"{s.get('score_speedup_2_vs_1', float('nan')):.2f}x | "
+                 f"{w1.get('score_bitwise_equal_direct')}/{w2.get('score_bitwise_equal_direct')} |")
+    lines.append(f"| scan | {f(d['scan_s'], 1e3, 'ms')} | {f(w1.get('scan_s'), 1e3, 'ms')} | "
+                 f"{f(w2.get('scan_s'), 1e3, 'ms')} | {s.get('scan_speedup_2_vs_1', float('nan')):.2f}x | "
+                 f"{w1.get('scan_bitwise_equal_chunked')}/{w2.get('scan_bitwise_equal_chunked')} |")
+    if "score_overhead_1_worker" in s:
+        lines += ["", f"Dask path at one worker over the direct call: {100 * s['score_overhead_1_worker']:+.1f}% "
+                  f"(target <= +10%)."]
+    if "targets" in s:
+        lines += ["", "Targets: " + ", ".join(f"{k}: {'met' if v else 'missed'}" for k, v in s["targets"].items()) + "."]
+    lines += ["", f"Whole run: {report.get('wall_s', 0):.0f} s.", ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -86,12 +86,30 @@ def apply(ctx: Context, s: Summary, h: Vector) -> Vector:
     return [ctx.add(ctx.mul(p[d], h[d]), q[d]) for d in range(len(h))]
 
 
-def ctx_chunked_scan(ctx: Context, h0: Vector, a, b, chunk_length: int) -> list:
+def carry(ctx: Context, s: Summary, h: Vector, a, b, start: int, stop: int,
+          carry_ok: Callable | None = None) -> Vector:
+    """The state after chunk ``[start, stop)`` from ``h``: ``apply(s, h)``, except in the
+    lanes where ``carry_ok(p, q, h, c)`` is false, which re-run the chunk's transitions
+    from ``h`` one at a time (``chunked_diagonal_scan``'s carry; ``None``: always apply)."""
+    nxt = apply(ctx, s, h)
+    if carry_ok is not None:
+        p, q = s
+        for d in range(len(h)):
+            if not carry_ok(p[d], q[d], h[d], nxt[d]):
+                x = h[d]
+                for t in range(start, stop):
+                    x = ctx.add(ctx.mul(a[t][d], x), b[t][d])
+                nxt[d] = x
+    return nxt
+
+
+def ctx_chunked_scan(ctx: Context, h0: Vector, a, b, chunk_length: int, carry_ok: Callable | None = None) -> list:
     """``chunked_diagonal_scan`` through ``ctx`` (phase 3 of every block)."""
     bounds = chunk_bounds(len(a), chunk_length)
     carried = [list(h0)]
     for start, stop in bounds[:-1]:
-        carried.append(apply(ctx, ctx_chunk_summary(ctx, a, b, start, stop), carried[-1]))
+        carried.append(carry(ctx, ctx_chunk_summary(ctx, a, b, start, stop), carried[-1], a, b, start, stop,
+                             carry_ok))
     out = []
     for k, (start, stop) in enumerate(bounds):
         h = carried[k]
@@ -145,7 +163,7 @@ def block_ranges(n_chunks: int, block_chunks: Sequence[int]) -> list[tuple[int, 
 
 def distributed_diagonal_scan(ctx: Context, h0: Vector, a, b, chunk_length: int, block_chunks: Sequence[int],
                               combine: str = "serial", tree: str = "pow2",
-                              compose_fn: Callable = compose) -> list:
+                              compose_fn: Callable = compose, carry_ok: Callable | None = None) -> list:
     """The time-parallel scan of ``nbssm.dask`` over time blocks of whole chunks.
 
     Parameters
@@ -162,6 +180,12 @@ def distributed_diagonal_scan(ctx: Context, h0: Vector, a, b, chunk_length: int,
         Tree shape of the "tree" combine.
     compose_fn : callable
         The combine of two summaries (``compose``; the control passes ``swapped_compose``).
+    carry_ok : callable ``(p, q, h, c) -> bool``, optional
+        The serial combine's rule (as ``chunked_diagonal_scan``'s): where it is false the
+        chunk is re-run from the carried state. ``None``: always the summary (symbolic
+        scalars); ``nbssm.dask`` runs the kernels' ``ieee_carry_ok``. It also rules
+        every block's own chunked scan (phase 3); the tree combine itself has no re-run
+        (it is exact over the reals only).
 
     Returns
     -------
@@ -177,9 +201,9 @@ def distributed_diagonal_scan(ctx: Context, h0: Vector, a, b, chunk_length: int,
     entering = [list(h0)]
     if combine == "serial":
         h = list(h0)
-        for block in sums:
-            for s in block:
-                h = apply(ctx, s, h)
+        for (c0, _), block in zip(blocks, sums):
+            for k, s in enumerate(block, start=c0):
+                h = carry(ctx, s, h, a, b, *bounds[k], carry_ok)
             entering.append(h)
     else:
         block_sums = []
@@ -195,7 +219,8 @@ def distributed_diagonal_scan(ctx: Context, h0: Vector, a, b, chunk_length: int,
     out = []
     for j, (c0, c1) in enumerate(blocks):
         start, stop = bounds[c0][0], bounds[c1 - 1][1]
-        out.extend(ctx_chunked_scan(ctx, entering[j], a[start:stop], b[start:stop], chunk_length))
+        out.extend(ctx_chunked_scan(ctx, entering[j], a[start:stop], b[start:stop], chunk_length,
+                                    carry_ok))
     return out
 
 

@@ -89,3 +89,24 @@ def test_dask_tree_combine_is_the_reference_bit_for_bit():
                          initial_state=h0, strategy="chunked", chunk_length=lc, combine="tree")
     got = got.compute(scheduler="synchronous")
     assert got[0, :, 0].tolist() == [h[0] for h in want]
+
+
+def test_serial_combine_with_the_ieee_rule_is_the_chunked_scan_on_extreme_doubles():
+    """With the kernels' rule (``ieee_carry_ok``) the reference's serial combine is
+    ``chunked_diagonal_scan`` with the same rule, bit for bit, on overflowing, underflowing,
+    infinite and NaN values; without the rule (always the summary) it is not."""
+    from nbssm.spec.algorithms import ieee_carry_ok
+
+    inf = float("inf")
+    T, lc = 12, 2
+    a = [[1e200, 1e-200, 1.0]] * 4 + [[0.5, 1e-200, inf]] + [[1e-3, 2.0, 0.0]] * 7
+    b = [[0.0, 1e300, 1.0]] * 3 + [[1.0, 1e300, 1.0]] * 9
+    h0 = [0.0, inf, 1.0]
+    blocks = (2, 3, 1)
+    want = chunked_diagonal_scan(h0, a, b, lc, carry_ok=ieee_carry_ok)
+    got = dist.distributed_diagonal_scan(DOUBLE, h0, a, b, lc, blocks, "serial", carry_ok=ieee_carry_ok)
+    assert np.array_equal(np.array(got), np.array(want), equal_nan=True)
+    assert not np.isnan(np.array(want)[:, 0]).any()  # the overflowed product times 0 was re-run
+    plain = dist.distributed_diagonal_scan(DOUBLE, h0, a, b, lc, blocks, "serial")
+    assert not np.array_equal(np.array(plain), np.array(want), equal_nan=True)
+    assert len(want) == T

@@ -13,19 +13,29 @@ chunks), the graph runs the three phases of
 (reference: ``nbssm.spec.distributed.distributed_diagonal_scan``):
 
 1. every block but the last computes the summaries ``(P_k, Q_k)`` of its
-   kernel chunks (in parallel, where its data lives);
-2. ``combine="serial"`` (default): the carry ``H <- P_k * H + Q_k`` runs over the
-   chunk summaries block after block, in the kernel's order, on states of
-   ``batch x channels (x state)`` numbers only; the result is **bitwise equal**
-   to ``nbssm.ops`` with ``strategy="chunked"`` on the whole sequence.
+   kernel chunks (in parallel, where its data lives;
+   :mod:`nbssm._kernels.summary`, the kernels' phase 1);
+2. ``combine="serial"`` (default): a chain of one small task per block carries
+   the state through the block's chunk summaries, ``H <- P_k * H + Q_k`` in the
+   kernel's order, with the kernels' one rule
+   (:func:`nbssm._kernels.chunking.carry_ok`, spec ``ieee_carry_ok``) choosing
+   where a chunk is re-run from ``H`` one step at a time instead (overflowed,
+   non-finite or huge values); it runs where the block lives and sends on only
+   ``batch x channels (x state)`` numbers. The result is **bitwise equal** to
+   ``nbssm.ops`` with ``strategy="chunked"`` on the whole sequence, extreme
+   values included.
    ``combine="tree"``: block summaries (compositions of the chunk summaries)
    are combined by a tree of depth ``ceil(log2(blocks))`` (the spec's
    ``summarizeScalarAffine_append``), then applied to the initial state; this
    reassociates the products, so it equals the chunked result only up to
    rounding (float64: relative differences of a few ``1e-16`` per level,
-   tested at ``1e-12``; float32 ``1e-5``);
-3. every block re-runs itself from its carried-in state by calling the
-   single-machine operation with ``initial_state`` (in parallel).
+   tested at ``1e-12``; float32 ``1e-5``) and only for finite, moderate values;
+3. every block re-runs itself from its carried-in state (in parallel): the
+   linear scan's blocks but the last run the kernel's carry and fix-up from
+   their summaries (:func:`nbssm._kernels.summary.linear_block_fixup`; the
+   block is read once more, as on one machine), the last block and the
+   selective scan's blocks call the single-machine operation with
+   ``initial_state``.
 
 With ``strategy="sequential"`` over several time blocks each block starts
 from the final state of the previous one (pieces equal the whole bit for bit;
@@ -40,6 +50,13 @@ from typing import Any
 import numpy as np
 
 from .. import ops
+from .._kernels.summary import (
+    linear_block_carry,
+    linear_block_fixup,
+    linear_chunk_summaries,
+    selective_block_carry,
+    selective_chunk_summaries,
+)
 from ._common import as_dask, require_dask, small
 
 COMBINES = ("serial", "tree")
@@ -48,109 +65,79 @@ COMBINES = ("serial", "tree")
 TREE_RTOL = {"float64": 1e-12, "float32": 1e-5}
 
 
-# --------------------------------------------------------------------------- kernel rule probe
-_ZERO_STATE_RULE: bool | None = None
-
-
-def _zero_state_rule() -> bool:
-    """Whether the installed chunked kernel re-runs a chunk from a zero carried state when
-    its product ``P`` overflowed (so that ``inf * 0`` does not turn the carry into NaN).
-
-    Probed once per process on a 4-step scan, so the distributed carry applies the same
-    rule as the kernel it must equal.
-    """
-    global _ZERO_STATE_RULE
-    if _ZERO_STATE_RULE is None:
-        a = np.array([[[1e200], [1e200], [0.5], [0.5]]])
-        out = ops.linear_scan(a, np.zeros_like(a), strategy="chunked", chunk_length=2)
-        _ZERO_STATE_RULE = not bool(np.isnan(out[0, 2, 0]))
-    return _ZERO_STATE_RULE
-
-
 # --------------------------------------------------------------------------- block tasks
-def _negzero(shape, dtype):
-    return np.full(shape, -0.0, dtype=dtype)
+def _float_dtype(*arrs):
+    """The compute dtype of ``nbssm.ops``: float64 if any input is float64 or integer, else float32."""
+    return _dtype_of(*arrs).type
 
 
-def _linear_summaries(a, b, chunk_length):
-    """Summaries of the kernel chunks of one time block: ``(P, Q, Zp, Zm)``, ``(b, k, d)`` each.
+def _linear_arrays(a, b):
+    dt = _float_dtype(a, b)
+    return np.ascontiguousarray(a, dtype=dt), np.ascontiguousarray(b, dtype=dt)
 
-    ``(P, Q)``: ``chunk_summary`` of every chunk (:mod:`nbssm.dask._summary`). ``Zp``/``Zm``
-    (the chunk run from ``+0``/``-0`` by the sequential scan) only when some ``P`` is not
-    finite, else None.
-    """
-    from ._summary import chunk_summaries
 
-    dt = np.float64 if (a.dtype == np.float64 or b.dtype == np.float64
-                        or np.issubdtype(a.dtype, np.integer) or np.issubdtype(b.dtype, np.integer)) else np.float32
-    a = np.ascontiguousarray(a, dtype=dt)
-    b = np.ascontiguousarray(b, dtype=dt)
+def _linear_summaries(a, b, chunk_length, last=False):
+    """Summaries ``(P, Q)``, ``(batch, n_chunks, channels)`` each, of the kernel chunks of one
+    time block (:func:`nbssm._kernels.summary.linear_chunk_summaries`): every chunk, or with
+    ``last`` (the sequence's last block) every chunk but the last."""
+    a, b = _linear_arrays(a, b)
     bat, length, ch = a.shape
-    nch = length // chunk_length
-    P = np.empty((bat, nch, ch), dt)
-    Q = np.empty((bat, nch, ch), dt)
-    chunk_summaries(a, b, chunk_length, P, Q)
-    Zp = Zm = None
-    if not np.isfinite(P).all():
-        ar = a.reshape(bat * nch, chunk_length, ch)
-        br = b.reshape(bat * nch, chunk_length, ch)
-        _, Zp = ops.linear_scan(ar, br, initial_state=np.zeros((bat * nch, ch), dt),
-                                return_final_state=True, strategy="sequential")
-        _, Zm = ops.linear_scan(ar, br, initial_state=_negzero((bat * nch, ch), dt),
-                                return_final_state=True, strategy="sequential")
-        Zp, Zm = Zp.reshape(bat, nch, ch), Zm.reshape(bat, nch, ch)
-    return P, Q, Zp, Zm
+    nch = max(length - 1, 0) // chunk_length if last else length // chunk_length
+    P = np.empty((bat, nch, ch), a.dtype)
+    Q = np.empty((bat, nch, ch), a.dtype)
+    linear_chunk_summaries(a, b, chunk_length, P, Q)
+    return P, Q
+
+
+def _linear_carry(a, b, summaries, h, chunk_length):
+    """The state after one time block from the state ``h`` entering it: the kernel's carry
+    over the block's chunk summaries, with the kernels' rule (``carry_ok``) and re-runs."""
+    a, b = _linear_arrays(a, b)
+    out = np.array(h, dtype=a.dtype, copy=True, order="C")
+    linear_block_carry(a, b, summaries[0], summaries[1], out, chunk_length)
+    return out
+
+
+def _linear_fixup(a, b, summaries, h, chunk_length, last=False):
+    """Every state of one time block from the state ``h`` entering it and its chunk summaries
+    (the kernel's carry and fix-up, without summarising the block again); with ``last``, the
+    pair ``(states, final state)``."""
+    a, b = _linear_arrays(a, b)
+    out = np.empty(a.shape, a.dtype)
+    h = np.ascontiguousarray(h, dtype=a.dtype)
+    hT = np.empty_like(h)
+    linear_block_fixup(a, b, summaries[0], summaries[1], h, out, hT, chunk_length)
+    return (out, hT) if last else out
+
+
+def _selective_arrays(u, delta, A, Bm, delta_bias):
+    dt = _float_dtype(u, delta)
+    bias = np.zeros(A.shape[0], dt) if delta_bias is None else np.ascontiguousarray(delta_bias, dtype=dt)
+    return (np.ascontiguousarray(u, dtype=dt), np.ascontiguousarray(delta, dtype=dt),
+            np.ascontiguousarray(A, dtype=dt), np.ascontiguousarray(Bm, dtype=dt), bias)
 
 
 def _selective_summaries(u, delta, A, Bm, delta_bias, delta_softplus, chunk_length):
-    """Summaries ``(P, Q, Zp, Zm)``, ``(b, k, d, n)`` each, of the kernel chunks of one block.
-
-    ``P``: the sequential scan from ones with ``u = B = C = 0`` (the offsets are signed
-    zeros: exact while ``delta`` is finite); ``Q``: from ``-0.0`` (exact while the
-    transition ``exp(delta * A)`` is finite).
-    """
-    u = np.ascontiguousarray(u)
-    delta = np.ascontiguousarray(delta)
-    Bm = np.ascontiguousarray(Bm)
+    """Summaries ``(P, Q)``, ``(batch, n_chunks, channels, state)`` each, of the kernel chunks
+    of one time block (:func:`nbssm._kernels.summary.selective_chunk_summaries`)."""
+    u, delta, A, Bm, bias = _selective_arrays(u, delta, A, Bm, delta_bias)
     bat, length, ch = u.shape
     n = A.shape[1]
     nch = length // chunk_length
-    ur = u.reshape(bat * nch, chunk_length, ch)
-    dr = delta.reshape(bat * nch, chunk_length, ch)
-    Br = Bm.reshape(bat * nch, chunk_length, n)
-    zeros_n = np.zeros_like(Br)
-    kw = dict(delta_bias=delta_bias, delta_softplus=delta_softplus, return_final_state=True,
-              strategy="sequential")
-    _, P = ops.selective_scan(np.zeros_like(ur), dr, A, zeros_n, zeros_n,
-                              initial_state=np.ones((bat * nch, ch, n), u.dtype), **kw)
-    _, Q = ops.selective_scan(ur, dr, A, Br, zeros_n, initial_state=_negzero((bat * nch, ch, n), u.dtype), **kw)
-    Zp = Zm = None
-    if not np.isfinite(P).all():
-        _, Zp = ops.selective_scan(ur, dr, A, Br, zeros_n, initial_state=np.zeros((bat * nch, ch, n), u.dtype), **kw)
-        _, Zm = ops.selective_scan(ur, dr, A, Br, zeros_n, initial_state=_negzero((bat * nch, ch, n), u.dtype), **kw)
-        Zp, Zm = Zp.reshape(bat, nch, ch, n), Zm.reshape(bat, nch, ch, n)
-    return P.reshape(bat, nch, ch, n), Q.reshape(bat, nch, ch, n), Zp, Zm
+    P = np.empty((bat, nch, ch, n), u.dtype)
+    Q = np.empty((bat, nch, ch, n), u.dtype)
+    selective_chunk_summaries(u, delta, A, Bm, bias, delta_bias is not None, bool(delta_softplus), chunk_length,
+                              P, Q)
+    return P, Q
 
 
-def _carry(summaries, h, rule):
-    """The kernel's serial carry over one block's chunk summaries, from the state ``h``.
-
-    ``H <- P_k * H + Q_k`` chunk by chunk (two roundings, the kernel's order). With
-    ``rule`` (the installed kernel's zero-state rule), a chunk whose ``P`` is not finite
-    entered with a zero state gives the chunk's run from that zero (``Zp``/``Zm``).
-    """
-    P, Q, Zp, Zm = summaries
-    h = np.array(h, dtype=P.dtype, copy=True)
-    with np.errstate(all="ignore"):
-        for k in range(P.shape[1]):
-            new = P[:, k] * h + Q[:, k]
-            if rule and Zp is not None:
-                mask = ~np.isfinite(P[:, k]) & (h == 0)
-                if mask.any():
-                    z = np.where(np.signbit(h), Zm[:, k], Zp[:, k])
-                    new = np.where(mask, z, new)
-            h = new
-    return h
+def _selective_carry(u, delta, A, Bm, delta_bias, delta_softplus, summaries, h, chunk_length):
+    """The state after one time block from ``h`` (the selective kernel's carry and re-runs)."""
+    u, delta, A, Bm, bias = _selective_arrays(u, delta, A, Bm, delta_bias)
+    out = np.array(h, dtype=u.dtype, copy=True, order="C")
+    selective_block_carry(u, delta, A, Bm, bias, delta_bias is not None, bool(delta_softplus), summaries[0],
+                          summaries[1], out, chunk_length)
+    return out
 
 
 def _block_summary(summaries):
@@ -217,6 +204,20 @@ def _selective_summarize_args(*seqs, has_z, A, delta_bias, delta_softplus, chunk
     return _selective_summaries(u, delta, A, Bm, delta_bias, delta_softplus, chunk_length)
 
 
+def _selective_carry_args(*args, has_z, A, delta_bias, delta_softplus, chunk_length):
+    *seqs, summaries, h = args
+    u, delta, Bm = seqs[0], seqs[1], seqs[3 if has_z else 2]
+    return _selective_carry(u, delta, A, Bm, delta_bias, delta_softplus, summaries, h, chunk_length)
+
+
+def _linear_carry_args(a, b, summaries, h, chunk_length):
+    return _linear_carry(a, b, summaries, h, chunk_length)
+
+
+def _linear_fixup_args(a, b, summaries, h, chunk_length, last=False):
+    return _linear_fixup(a, b, summaries, h, chunk_length, last)
+
+
 def _selective_run_args(*args, has_z, A, D, delta_bias, delta_softplus, strategy, chunk_length):
     if has_z:
         u, delta, z, Bm, Cm, h = args
@@ -243,16 +244,6 @@ def _check_time_blocks(time_chunks, chunk_length, name):
                 f"nbssm.dask.time_chunks(length, n_blocks, chunk_length)")
 
 
-def _carry_all(rule, h0, *sums):
-    """The serial carry over every block but the last, in one task: the states entering
-    blocks ``1 .. len(sums)`` (few numbers: one state per block)."""
-    out, h = [], h0
-    for s in sums:
-        h = _carry(s, h, rule)
-        out.append(h)
-    return out
-
-
 def _run(run_block, want_final, *args):
     """``run_block(*inputs, state)`` where the last two arguments are the entering state (or
     a list of them) and its index (None: the state itself); the output only, unless
@@ -263,12 +254,15 @@ def _run(run_block, want_final, *args):
     return (out, final) if want_final else out
 
 
-def _time_parallel(seqs, h0_blocks, summarize, run_block, strategy, chunk_length, combine, name):
+def _time_parallel(seqs, h0_blocks, summarize, carry, run_block, strategy, chunk_length, combine, name,
+                   fixup=None):
     """Shared graph of the time-parallel scans.
 
     ``seqs``: dask arrays whose blocks ``[i, j, 0]`` (batch chunk i, time block j) are the
-    inputs of ``summarize``/``run_block``; ``h0_blocks[i]``: the initial state of batch
-    chunk i. Returns ``results[i][j]``: delayed outputs, the last block's a pair
+    inputs of ``summarize``/``carry``/``run_block``; ``carry(*inputs, summaries, h)``: the
+    state after the block from ``h``; ``fixup(*inputs, summaries, h)``, optional: the output
+    of a block but the last from ``h`` and its summaries (``combine="serial"``; else
+    ``run_block``); ``h0_blocks[i]``: the initial state of batch chunk i. Returns ``results[i][j]``: delayed outputs, the last block's a pair
     ``(out, final_state)``.
     """
     import dask
@@ -281,7 +275,6 @@ def _time_parallel(seqs, h0_blocks, summarize, run_block, strategy, chunk_length
     chunked = strategy == "chunked"
     if chunked and nt > 1:
         _check_time_blocks(seqs[0].chunks[1], chunk_length, name)
-    rule = _zero_state_rule() if chunked and nt > 1 and combine == "serial" else False
     results = []
     for i in range(nb):
         args = [[blk[i, j, 0] for blk in blocks] for j in range(nt)]
@@ -296,14 +289,27 @@ def _time_parallel(seqs, h0_blocks, summarize, run_block, strategy, chunk_length
             results.append(row)
             continue
         sums = [delayed(summarize, pure=True)(*args[j]) for j in range(nt - 1)]
+        if fixup is not None and combine == "serial" and nt > 1:
+            # the last block's chunks but its last, summarised with the others
+            sums.append(delayed(summarize, pure=True)(*args[nt - 1], last=True))
         if combine == "serial" and nt > 1:
-            carries = delayed(_carry_all, pure=True)(rule, h0_blocks[i], *sums)
-            entering += [(carries, j) for j in range(nt - 1)]
+            # one small task per block, where the block lives (a re-run reads its data);
+            # only the state (batch x channels (x state) numbers) moves between them
+            h = h0_blocks[i]
+            for j in range(nt - 1):
+                h = delayed(carry, pure=True)(*args[j], sums[j], h)
+                entering.append((h, None))
         elif nt > 1:
             bsum = [delayed(_block_summary, pure=True)(s) for s in sums]
             prefixes = _tree_prefixes(delayed, bsum)
             entering += [(delayed(_apply, pure=True)(p, h0_blocks[i]), None) for p in prefixes]
-        results.append([delayed(_run, pure=True)(run_block, j == nt - 1, *args[j], *entering[j]) for j in range(nt)])
+        row = []
+        for j in range(nt):
+            if fixup is not None and combine == "serial" and nt > 1:
+                row.append(delayed(fixup, pure=True)(*args[j], sums[j], entering[j][0], last=j == nt - 1))
+            else:
+                row.append(delayed(_run, pure=True)(run_block, j == nt - 1, *args[j], *entering[j]))
+        results.append(row)
     return results
 
 
@@ -415,8 +421,9 @@ def linear_scan(a, b, initial_state=None, return_final_state=False, strategy="au
                              f"{small(initial_state, 'initial_state').shape}")
         h0b = _h0_blocks(h0k, a.chunks[0], (cw,), dt, "initial_state")
         res = _time_parallel(
-            [ak, bk], h0b, partial(_linear_summaries, chunk_length=cl),
-            partial(_linear_block, strategy=strat, chunk_length=cl), strat, cl, combine, "a")
+            [ak, bk], h0b, partial(_linear_summaries, chunk_length=cl), partial(_linear_carry_args, chunk_length=cl),
+            partial(_linear_block, strategy=strat, chunk_length=cl), strat, cl, combine, "a",
+            fixup=partial(_linear_fixup_args, chunk_length=cl))
         o = _assemble(res, (a.chunks[0], a.chunks[1], (cw,)), dt, lambda nbat: (nbat, cw), True)
         outs.append(o[0])
         finals.append(o[1])
@@ -445,8 +452,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     strategy, chunk_length, combine
         As :func:`linear_scan` (defaults from ``nbssm.ops`` for the selective scan, from the
         whole array's shape). The bitwise equality of ``combine="serial"`` with the
-        single-machine chunked scan holds while ``delta`` (after bias and softplus) and the
-        transitions ``exp(delta * A)`` are finite.
+        single-machine chunked scan holds for every input, non-finite values included (the
+        carry applies the kernel's rule and re-runs, :mod:`nbssm._kernels.summary`).
 
     Returns
     -------
@@ -494,10 +501,12 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
     summarize = partial(_selective_summarize_args, has_z=has_z, A=A_, delta_bias=bias_, delta_softplus=sp,
                         chunk_length=cl)
+    carry = partial(_selective_carry_args, has_z=has_z, A=A_, delta_bias=bias_, delta_softplus=sp,
+                    chunk_length=cl)
     run = partial(_selective_run_args, has_z=has_z, A=A_, D=D_, delta_bias=bias_, delta_softplus=sp,
                   strategy=strat, chunk_length=cl)
 
-    res = _time_parallel(seqs, h0b, summarize, run, strat, cl, combine, "u")
+    res = _time_parallel(seqs, h0b, summarize, carry, run, strat, cl, combine, "u")
     return _assemble(res, u.chunks, dt, lambda nbat: (nbat, channels, n), return_final_state)
 
 
@@ -511,7 +520,7 @@ def _next_history(hist, tail, keep):
 
 
 def _conv_block(x, hist, weight, bias, activation):
-    return ops.causal_conv1d(x, weight, bias, history=hist, activation=activation)
+    return ops.causal_conv1d(x, weight, bias, initial_state=hist, activation=activation)
 
 
 def causal_conv1d(x, weight, bias=None, history=None, return_history=False, activation=None):

@@ -1,0 +1,191 @@
+"""Numba kernels of the time blocks of a distributed scan (:mod:`nbssm.dask`).
+
+A time block of whole kernel chunks runs, on the worker that holds it:
+
+* :func:`linear_chunk_summaries` / :func:`selective_chunk_summaries`: the summary
+  ``(P, Q)`` of every chunk (``nbssm.spec.algorithms.chunk_summary``: ``P = a_start``,
+  ``Q = b_start``, then ``P = a_t * P``, ``Q = a_t * Q + b_t``), the same operations in
+  the same order as phase 1 of :func:`~nbssm._kernels.linear_scan.linear_scan_kernel`
+  and :func:`~nbssm._kernels.selective_scan.selective_scan_kernel`, reading the block
+  once and writing only the summaries;
+* :func:`linear_block_fixup`: phases 2 and 3 of the linear kernel on the block (every
+  state), from the state entering it and its summaries (the block is read once more);
+* :func:`linear_block_carry` / :func:`selective_block_carry`: phase 2 (the serial carry)
+  over the block's chunks from the state entering the block, with the kernels' own rule
+  :func:`~nbssm._kernels.chunking.carry_ok` deciding, lane by lane and chunk by chunk,
+  whether the summary carries the state or the chunk is re-run from it one step at a
+  time (the selective re-run is the kernel's :func:`~nbssm._kernels.selective_scan._sel_rerun`).
+
+Chained over the blocks, the carries give the states the single-machine chunked kernel
+carries into every chunk, bit for bit. Shapes: ``a, b (batch, n_chunks * chunk_length,
+channels)``; ``P, Q (batch, n_chunks, channels)`` (selective: ``(batch, n_chunks,
+channels, state)``); the state ``h (batch, channels)`` (selective ``(batch, channels,
+state)``) is updated in place. All arrays C-contiguous, one float dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _config
+from ._jit import njit
+from .chunking import carry_ok
+from .fastmath import exp_, softplus_
+from .selective_scan import _sel_rerun
+
+#: chunks run in lockstep (independent dependency chains the CPU overlaps)
+_G = 4
+
+
+@njit(cache=_config.CACHE, error_model="numpy")
+def linear_chunk_summaries(a, b, chunk_length, P, Q):
+    """Summaries ``P, Q (batch, n_chunks, channels)`` of the first ``n_chunks`` chunks (full)."""
+    batch, length, channels = a.shape
+    nch = P.shape[1]
+    pv = np.empty((_G, channels), dtype=a.dtype)
+    qv = np.empty((_G, channels), dtype=a.dtype)
+    for bi in range(batch):
+        for k0 in range(0, nch, _G):
+            ng = min(_G, nch - k0)
+            for g in range(ng):
+                t = (k0 + g) * chunk_length
+                for j in range(channels):
+                    pv[g, j] = a[bi, t, j]
+                    qv[g, j] = b[bi, t, j]
+            for i in range(1, chunk_length):
+                for g in range(ng):
+                    t = (k0 + g) * chunk_length + i
+                    for j in range(channels):
+                        at = a[bi, t, j]
+                        pv[g, j] = at * pv[g, j]
+                        qv[g, j] = at * qv[g, j] + b[bi, t, j]
+            for g in range(ng):
+                for j in range(channels):
+                    P[bi, k0 + g, j] = pv[g, j]
+                    Q[bi, k0 + g, j] = qv[g, j]
+
+
+@njit(cache=_config.CACHE, error_model="numpy", inline="always")
+def _linear_carry_lane(a, b, p, q, hk, bi, j, k, chunk_length, tiny, huge):
+    """The state after chunk ``k`` of lane ``(bi, j)`` from ``hk``: ``p * hk + q`` where
+    ``carry_ok`` allows it, else the chunk's transitions re-run from ``hk``."""
+    c = p * hk + q
+    if not carry_ok(p, q, hk, c, tiny, huge):
+        c = hk
+        for t in range(k * chunk_length, (k + 1) * chunk_length):
+            c = a[bi, t, j] * c + b[bi, t, j]
+    return c
+
+
+@njit(cache=_config.CACHE, error_model="numpy")
+def linear_block_carry(a, b, P, Q, h, chunk_length):
+    """The carry over the block's chunks: ``h (batch, channels)`` becomes the state after them
+    (phase 2 of ``linear_scan_kernel``)."""
+    batch, length, channels = a.shape
+    tiny = np.finfo(a.dtype).tiny
+    huge = np.finfo(a.dtype).max
+    nch = P.shape[1]
+    for bi in range(batch):
+        for j in range(channels):
+            hk = h[bi, j]
+            for k in range(nch):
+                hk = _linear_carry_lane(a, b, P[bi, k, j], Q[bi, k, j], hk, bi, j, k, chunk_length, tiny, huge)
+            h[bi, j] = hk
+
+
+@njit(cache=_config.CACHE, error_model="numpy")
+def linear_block_fixup(a, b, P, Q, h, out, hT, chunk_length):
+    """Every state of a time block entered with ``h (batch, channels)``, into ``out``, and the
+    state after it into ``hT``: the carry gives the state entering every chunk from the
+    summaries ``P, Q`` of all chunks but the last (phase 2), then every chunk runs from it
+    (phase 3 of ``linear_scan_kernel``, ``_G`` chunks in lockstep; the last chunk may be
+    short, and the state after it is the final state)."""
+    batch, length, channels = a.shape
+    tiny = np.finfo(a.dtype).tiny
+    huge = np.finfo(a.dtype).max
+    nrun = (length + chunk_length - 1) // chunk_length
+    H = np.empty((batch, max(nrun, 1), channels), dtype=a.dtype)
+    for bi in range(batch):
+        for j in range(channels):
+            hk = h[bi, j]
+            H[bi, 0, j] = hk
+            for k in range(nrun - 1):
+                hk = _linear_carry_lane(a, b, P[bi, k, j], Q[bi, k, j], hk, bi, j, k, chunk_length, tiny, huge)
+                H[bi, k + 1, j] = hk
+            hT[bi, j] = hk
+    hv = np.empty((_G, channels), dtype=a.dtype)
+    for bi in range(batch):
+        for k0 in range(0, nrun, _G):
+            ng = min(_G, nrun - k0)
+            for g in range(ng):
+                for j in range(channels):
+                    hv[g, j] = H[bi, k0 + g, j]
+            for i in range(chunk_length):
+                for g in range(ng):
+                    t = (k0 + g) * chunk_length + i
+                    if t < length:
+                        for j in range(channels):
+                            x = a[bi, t, j] * hv[g, j] + b[bi, t, j]
+                            hv[g, j] = x
+                            out[bi, t, j] = x
+            if k0 + ng == nrun:
+                for j in range(channels):
+                    hT[bi, j] = hv[ng - 1, j]
+
+
+@njit(cache=_config.CACHE, error_model="numpy", inline="always")
+def _sel_transition(u, delta, a_dn, B, delta_bias, has_bias, delta_softplus, bi, t, d, n):
+    """``(exp(dl * A[d, n]), (dl * B) * u)`` of token ``t``: the operations of ``_sel_summary``."""
+    dv = delta[bi, t, d]
+    if has_bias:
+        dv = dv + delta_bias[d]
+    if delta_softplus:
+        dv = softplus_(dv)
+    return exp_(dv * a_dn), (dv * B[bi, t, n]) * u[bi, t, d]
+
+
+@njit(cache=_config.CACHE, error_model="numpy")
+def selective_chunk_summaries(u, delta, A, B, delta_bias, has_bias, delta_softplus, chunk_length, P, Q):
+    """Summaries ``P, Q (batch, n_chunks, channels, state)`` of the full chunks, with the
+    selective kernel's transition ``a = exp(dl * A)``, ``b = (dl * B) * u``."""
+    batch, length, channels = u.shape
+    nstate = A.shape[1]
+    nch = length // chunk_length
+    for bi in range(batch):
+        for k in range(nch):
+            t0 = k * chunk_length
+            for d in range(channels):
+                for n in range(nstate):
+                    a_dn = A[d, n]
+                    p, q = _sel_transition(u, delta, a_dn, B, delta_bias, has_bias, delta_softplus, bi, t0, d, n)
+                    for t in range(t0 + 1, t0 + chunk_length):
+                        at, bt = _sel_transition(u, delta, a_dn, B, delta_bias, has_bias, delta_softplus,
+                                                 bi, t, d, n)
+                        p = at * p
+                        q = at * q + bt
+                    P[bi, k, d, n] = p
+                    Q[bi, k, d, n] = q
+
+
+@njit(cache=_config.CACHE, error_model="numpy")
+def selective_block_carry(u, delta, A, B, delta_bias, has_bias, delta_softplus, P, Q, h, chunk_length):
+    """The carry over the block's chunks: ``h (batch, channels, state)`` becomes the state
+    after them (phase 2 of ``selective_scan_kernel``, re-runs by ``_sel_rerun``)."""
+    batch, length, channels = u.shape
+    nstate = A.shape[1]
+    tiny = np.finfo(u.dtype).tiny
+    huge = np.finfo(u.dtype).max
+    nch = P.shape[1]
+    for bi in range(batch):
+        for d in range(channels):
+            for n in range(nstate):
+                hk = h[bi, d, n]
+                for k in range(nch):
+                    p = P[bi, k, d, n]
+                    q = Q[bi, k, d, n]
+                    c = p * hk + q
+                    if not carry_ok(p, q, hk, c, tiny, huge):
+                        c = _sel_rerun(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d, n,
+                                       k * chunk_length, (k + 1) * chunk_length, hk)
+                    hk = c
+                h[bi, d, n] = hk
