@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import nbssm.ops as O
-from nbssm import cde, reference as R
+from nbssm import cde
+from nbssm import reference as R
 from nbssm.tolerances import max_rel_err, tol
 
 SEL_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
