@@ -73,6 +73,11 @@ Errors name the argument: ``"<argument>: expected <what>, got <actual>"``;
 ``TypeError`` for a wrong type or dtype, ``ValueError`` for a wrong value or
 shape.
 
+Backward: :func:`selective_scan_vjp`, :func:`linear_scan_vjp` and :func:`causal_conv1d_vjp`
+take the forward's arguments plus the output's cotangent ``grad_y`` (and optionally
+``grad_final_state``) and return named tuples of the gradients of every array argument
+(kernels in :mod:`nbssm._kernels.vjp`; checks in ``proofs_notes/gradients.md``).
+
 Numba's on-disk cache is on (``NBSSM_CACHE=0`` turns it off); :func:`nbssm.warmup`
 compiles (or loads) every specialisation ahead of time.
 """
