@@ -37,11 +37,14 @@ import numpy as np
 from .. import _config
 from ._jit import njit, prange
 from .fastmath import exp_, sigmoid_, softplus_
+from .intrinsics import prefetch
 
 #: channels per job of the selective-scan backward (a constant: fixes the order of the
 #: sums over channels)
 VJP_WIDTH = 32
 _W = VJP_WIDTH
+#: how many tokens ahead (forward passes) or behind (backward pass) rows are prefetched
+_PREFETCH = 16
 
 
 @njit(cache=_config.CACHE, error_model="numpy")
@@ -74,6 +77,7 @@ def _sel_vjp_job(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias
     nstate = A.shape[1]
     dt = u.dtype
     one = np.ones(1, dtype=dt)[0]
+    line = 64 // u.itemsize  # elements per cache line
     nchunks = (length + cl - 1) // cl
     At = np.empty((nstate, _W), dtype=dt)
     h = np.empty((nstate, _W), dtype=dt)
@@ -121,6 +125,10 @@ def _sel_vjp_job(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias
             break  # the last chunk's end state is never needed
         for t in range(k * cl, (k + 1) * cl):
             row = np.uint64((bi * length + t) * channels + d0)
+            ahead = (bi * length + t + _PREFETCH) * channels + d0
+            for q in range(0, _W, line):
+                prefetch(u, ahead + q)
+                prefetch(delta, ahead + q)
             for j in range(_W):
                 dv = df[row + np.uint64(j)]
                 if has_bias:
@@ -144,6 +152,13 @@ def _sel_vjp_job(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias
         for t in range(t0, t1):  # recompute the chunk; the gate's cotangents
             tt = t - t0
             row = np.uint64((bi * length + t) * channels + d0)
+            ahead = (bi * length + t + _PREFETCH) * channels + d0
+            for q in range(0, _W, line):
+                prefetch(u, ahead + q)
+                prefetch(delta, ahead + q)
+                prefetch(gy, ahead + q)
+                if has_z:
+                    prefetch(z, ahead + q)
             for j in range(_W):
                 dv = df[row + np.uint64(j)]
                 if has_bias:
@@ -179,6 +194,10 @@ def _sel_vjp_job(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias
         for t in range(t1 - 1, t0 - 1, -1):  # backward through the chunk
             tt = t - t0
             row = np.uint64((bi * length + t) * channels + d0)
+            behind = (bi * length + max(t - _PREFETCH, 0)) * channels + d0
+            for q in range(0, _W, line):
+                prefetch(gu, behind + q)
+                prefetch(gdelta, behind + q)
             for j in range(_W):
                 uv = uf[row + np.uint64(j)]
                 uu[j] = uv
