@@ -801,7 +801,7 @@ def causal_conv1d_vjp(grad_y, x, weight, bias=None, initial_state=None, activati
     x_ = as_float_array(x_, "x", dt)
     w = np.asarray(weight) if weight is not None else None
     three_d = w is not None and w.ndim == 3 and w.shape[1] == 1
-    if three_d:
+    if three_d and w is not None:
         w = w[:, 0, :]
     w = as_float_array(w, "weight", dt, shape=(channels, "width"))
     width = w.shape[1]
