@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
@@ -499,7 +499,7 @@ def linear_cde_scan_vjp(grad_final, A, B, domega, dxi, initial_state=None, *, me
                 gz = gZ + np.einsum("pqc,pq->pc", M, gZ)
                 gv[:, k] = gZ
             else:
-                rs = [None] * (order + 1)  # rs[j] = r_j, r_0 = Z_{k+1}
+                rs: list[Any] = [None] * (order + 1)  # rs[j] = r_j, r_0 = Z_{k+1}
                 rs[order] = z * invfact[order] + v * invfact[order + 1]
                 for j in range(order - 1, 0, -1):
                     rs[j] = np.einsum("pqc,pc->pq", M, rs[j + 1]) + z * invfact[j] + v * invfact[j + 1]

@@ -73,6 +73,11 @@ Errors name the argument: ``"<argument>: expected <what>, got <actual>"``;
 ``TypeError`` for a wrong type or dtype, ``ValueError`` for a wrong value or
 shape.
 
+Backward: :func:`selective_scan_vjp`, :func:`linear_scan_vjp` and :func:`causal_conv1d_vjp`
+take the forward's arguments plus the output's cotangent ``grad_y`` (and optionally
+``grad_final_state``) and return named tuples of the gradients of every array argument
+(kernels in :mod:`nbssm._kernels.vjp`; checks in ``proofs_notes/gradients.md``).
+
 Numba's on-disk cache is on (``NBSSM_CACHE=0`` turns it off); :func:`nbssm.warmup`
 compiles (or loads) every specialisation ahead of time.
 """
@@ -796,7 +801,7 @@ def causal_conv1d_vjp(grad_y, x, weight, bias=None, initial_state=None, activati
     x_ = as_float_array(x_, "x", dt)
     w = np.asarray(weight) if weight is not None else None
     three_d = w is not None and w.ndim == 3 and w.shape[1] == 1
-    if three_d:
+    if three_d and w is not None:
         w = w[:, 0, :]
     w = as_float_array(w, "weight", dt, shape=(channels, "width"))
     width = w.shape[1]

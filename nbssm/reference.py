@@ -350,7 +350,7 @@ def selective_scan_vjp_ref(grad_y, u, delta, A, B, C, D=None, z=None, delta_bias
             hs[:, t + 1] = np.exp(dlt * A_) * hs[:, t] + (dlt * B_[:, t, None, :]) * u_[:, t, :, None]
         gu = np.zeros(seq, dtype=dt)
         gdl = np.zeros(seq, dtype=dt)
-        gz = np.zeros(seq, dtype=dt) if has_z else None
+        gz = np.zeros(seq if has_z else (batch, length, 0), dtype=dt)
         gA = np.zeros((channels, nstate), dtype=dt)
         gB = np.zeros((batch, length, nstate), dtype=dt)
         gC = np.zeros((batch, length, nstate), dtype=dt)
@@ -381,7 +381,7 @@ def selective_scan_vjp_ref(grad_y, u, delta, A, B, C, D=None, z=None, delta_bias
     grads = {
         "u": _unbatch(gu, unbatched), "delta": _unbatch(gpre, unbatched), "A": gA,
         "B": _unbatch(gB, unbatched), "C": _unbatch(gC, unbatched), "D": gD,
-        "z": _unbatch(gz, unbatched), "delta_bias": np.sum(gpre, axis=(0, 1)) if has_bias else None,
+        "z": _unbatch(gz, unbatched) if has_z else None, "delta_bias": np.sum(gpre, axis=(0, 1)) if has_bias else None,
         "initial_state": None if initial_state is None else _unbatch(gh, unbatched),
     }
     return grads

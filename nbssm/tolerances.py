@@ -70,6 +70,25 @@ TOLERANCES: dict[str, tuple[float, str]] = {
                                   "sums in its own order; diagonal uses expm1 vs exp(m)-1"),
     "cde_blas_float32": (1e-5, "float32 GEMMs (eps 6e-8, 256-term dot products) through <= 30 "
                                "steps of a near-isometric recurrence; measured ~5e-7"),
+    # ---- backward kernels (tests/test_vjp*.py)
+    # float64 VJP kernels vs the numpy reverse-mode references: the same terms, summed in a
+    # different order (lane trees and block sums vs numpy's sums over channels/batch), and
+    # numpy's exp vs libm; measured <= 2e-15 relative to the largest gradient.
+    "vjp_float64_vs_reference": (1e-12, "float64, same formulas, different summation order of the "
+                                        "channel/batch sums; measured <= 2e-15"),
+    # directional central differences with step h = 1e-6 on O(1) smooth functions: truncation
+    # ~ h**2 |f'''|, cancellation ~ eps |f| / h ~ 1e-10 relative to the function's scale
+    "vjp_finite_difference": (1e-6, "central differences, h = 1e-6, one random direction per argument: "
+                                    "rounding eps*|f|/h ~ 1e-10, truncation h**2"),
+    # float32 VJP vs float64: float32 rounding through the forward recompute (the forward's
+    # float32 row, 1e-5 at S1) and the backward recurrence (contracting: |a| <= 1), plus sums
+    # over up to length x channels terms for A, D, delta_bias; measured <= 1e-6 relative to
+    # the largest gradient on the test shapes (length <= 300).
+    "vjp_float32_vs_float64": (5e-5, "float32 forward recompute (polynomial exp) and backward recurrence, "
+                                     "long batch/time sums for A, D, delta_bias; measured ~1e-6"),
+    # sympy diff of the spec scan evaluated to 30 digits vs the float64 kernel
+    "vjp_vs_sympy": (1e-12, "float64 kernel vs the exact derivative of the spec scan at rational "
+                            "inputs, length <= 4: a few ulps per operation"),
     # ---- language model (tests/test_lm_*.py). These are ABSOLUTE max errors on
     # logits, not relative ones.
     "lm_logits_float32_abs": (1e-4, "MambaLM float32 logits vs the committed transformers "

@@ -37,11 +37,31 @@ import numpy as np
 from .. import _config
 from ._jit import njit, prange
 from .fastmath import exp_, sigmoid_, softplus_
+from .intrinsics import prefetch
 
 #: channels per job of the selective-scan backward (a constant: fixes the order of the
 #: sums over channels)
 VJP_WIDTH = 32
 _W = VJP_WIDTH
+#: how many tokens ahead (forward passes) or behind (backward pass) rows are prefetched
+_PREFETCH = 16
+
+
+@njit(cache=_config.CACHE, error_model="numpy")
+def _lane_sums(T, rows, jw, out):
+    """``out[r] = sum_j T[r, j]`` over lanes ``j >= jw`` for ``r < rows``, ``T (rows, 32)``:
+    lanes below ``jw`` zeroed, then the fixed halving tree ``j + 16``, ``j + 8``, then
+    ``((0+4)+(2+6)) + ((1+5)+(3+7))``."""
+    for r in range(rows):
+        for j in range(jw):
+            T[r, j] = 0
+    for r in range(rows):
+        for j in range(16):
+            T[r, j] = T[r, j] + T[r, j + 16]
+        for j in range(8):
+            T[r, j] = T[r, j] + T[r, j + 8]
+    for r in range(rows):
+        out[r] = ((T[r, 0] + T[r, 4]) + (T[r, 2] + T[r, 6])) + ((T[r, 1] + T[r, 5]) + (T[r, 3] + T[r, 7]))
 
 
 @njit(cache=_config.CACHE, error_model="numpy")
@@ -57,22 +77,24 @@ def _sel_vjp_job(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias
     nstate = A.shape[1]
     dt = u.dtype
     one = np.ones(1, dtype=dt)[0]
+    line = 64 // u.itemsize  # elements per cache line
     nchunks = (length + cl - 1) // cl
     At = np.empty((nstate, _W), dtype=dt)
     h = np.empty((nstate, _W), dtype=dt)
     gh = np.empty((nstate, _W), dtype=dt)
     gAa = np.zeros((nstate, _W), dtype=dt)
-    tB = np.empty((nstate, _W), dtype=dt)
-    tC = np.empty((nstate, _W), dtype=dt)
-    Hs = np.empty((cl, nstate, _W), dtype=dt)  # states after each token of the chunk
+    Hs = np.empty((cl + 1, nstate, _W), dtype=dt)  # Hs[0] the checkpoint, Hs[tt+1] after token tt
     As = np.empty((cl, nstate, _W), dtype=dt)  # transitions exp(dl * A) of each token
+    TB = np.empty((cl * nstate, _W), dtype=dt)  # per-lane terms of the B and C cotangents
+    TC = np.empty((cl * nstate, _W), dtype=dt)
+    sums = np.empty(cl * nstate, dtype=dt)
     dls = np.empty((cl, _W), dtype=dt)
-    yrs = np.empty((cl, _W), dtype=dt)  # readout before the gate
+    gyrs = np.empty((cl, _W), dtype=dt)  # cotangent of the readout before the gate
     Dl = np.zeros(_W, dtype=dt)
     bl = np.zeros(_W, dtype=dt)
     dl = np.empty(_W, dtype=dt)
     uu = np.empty(_W, dtype=dt)
-    gyr = np.empty(_W, dtype=dt)
+    yr = np.empty(_W, dtype=dt)
     gdl = np.empty(_W, dtype=dt)
     guu = np.empty(_W, dtype=dt)
     gDa = np.zeros(_W, dtype=dt)
@@ -103,6 +125,10 @@ def _sel_vjp_job(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias
             break  # the last chunk's end state is never needed
         for t in range(k * cl, (k + 1) * cl):
             row = np.uint64((bi * length + t) * channels + d0)
+            ahead = (bi * length + t + _PREFETCH) * channels + d0
+            for q in range(0, _W, line):
+                prefetch(u, ahead + q)
+                prefetch(delta, ahead + q)
             for j in range(_W):
                 dv = df[row + np.uint64(j)]
                 if has_bias:
@@ -122,10 +148,17 @@ def _sel_vjp_job(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias
         t1 = min(t0 + cl, length)
         for n in range(nstate):
             for j in range(_W):
-                h[n, j] = ck[k, n, j]
-        for t in range(t0, t1):  # recompute the chunk
+                Hs[0, n, j] = ck[k, n, j]
+        for t in range(t0, t1):  # recompute the chunk; the gate's cotangents
             tt = t - t0
             row = np.uint64((bi * length + t) * channels + d0)
+            ahead = (bi * length + t + _PREFETCH) * channels + d0
+            for q in range(0, _W, line):
+                prefetch(u, ahead + q)
+                prefetch(delta, ahead + q)
+                prefetch(gy, ahead + q)
+                if has_z:
+                    prefetch(z, ahead + q)
             for j in range(_W):
                 dv = df[row + np.uint64(j)]
                 if has_bias:
@@ -135,32 +168,40 @@ def _sel_vjp_job(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias
                 dls[tt, j] = dv
                 uv = uf[row + np.uint64(j)]
                 uu[j] = uv
-                yrs[tt, j] = Dl[j] * uv if has_D else 0
+                yr[j] = Dl[j] * uv if has_D else 0
+                g = gyf[row + np.uint64(j)]
+                if has_z:
+                    zv = zf[row + np.uint64(j)]
+                    g = g * (zv * sigmoid_(zv))
+                gyrs[tt, j] = g
             for n in range(nstate):
                 bn = B[bi, t, n]
                 cn = C[bi, t, n]
+                r = tt * nstate + n
                 for j in range(_W):
                     dv = dls[tt, j]
                     a = exp_(dv * At[n, j])
-                    hv = a * h[n, j] + (dv * bn) * uu[j]
+                    hv = a * Hs[tt, n, j] + (dv * bn) * uu[j]
                     As[tt, n, j] = a
-                    Hs[tt, n, j] = hv
-                    h[n, j] = hv
-                    yrs[tt, j] = yrs[tt, j] + hv * cn
+                    Hs[tt + 1, n, j] = hv
+                    yr[j] = yr[j] + hv * cn
+                    TC[r, j] = gyrs[tt, j] * hv
+            if has_z:
+                for j in range(jw, _W):
+                    zv = zf[row + np.uint64(j)]
+                    s = sigmoid_(zv)
+                    gzf[row + np.uint64(j)] = gyf[row + np.uint64(j)] * yr[j] * (s * (one + zv * (one - s)))
         for t in range(t1 - 1, t0 - 1, -1):  # backward through the chunk
             tt = t - t0
             row = np.uint64((bi * length + t) * channels + d0)
+            behind = (bi * length + max(t - _PREFETCH, 0)) * channels + d0
+            for q in range(0, _W, line):
+                prefetch(gu, behind + q)
+                prefetch(gdelta, behind + q)
             for j in range(_W):
-                g = gyf[row + np.uint64(j)]
                 uv = uf[row + np.uint64(j)]
                 uu[j] = uv
-                dl[j] = dls[tt, j]
-                if has_z:
-                    zv = zf[row + np.uint64(j)]
-                    s = sigmoid_(zv)
-                    gzf[row + np.uint64(j)] = g * yrs[tt, j] * (s * (one + zv * (one - s)))
-                    g = g * (zv * s)
-                gyr[j] = g
+                g = gyrs[tt, j]
                 if has_D:
                     gDa[j] += g * uv
                     guu[j] = g * Dl[j]
@@ -170,30 +211,17 @@ def _sel_vjp_job(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias
             for n in range(nstate):
                 bn = B[bi, t, n]
                 cn = C[bi, t, n]
+                r = tt * nstate + n
                 for j in range(_W):
-                    hcur = Hs[tt, n, j]
-                    hprev = Hs[tt - 1, n, j] if tt > 0 else ck[k, n, j]
                     a = As[tt, n, j]
-                    g = gh[n, j] + gyr[j] * cn
-                    tC[n, j] = gyr[j] * hcur
-                    ga = (g * hprev) * a
-                    dv = dl[j]
+                    g = gh[n, j] + gyrs[tt, j] * cn
+                    ga = (g * Hs[tt, n, j]) * a
+                    dv = dls[tt, j]
                     gdl[j] = gdl[j] + (ga * At[n, j] + g * (bn * uu[j]))
                     gAa[n, j] = gAa[n, j] + ga * dv
-                    tB[n, j] = g * (dv * uu[j])
+                    TB[r, j] = g * (dv * uu[j])
                     guu[j] = guu[j] + g * (dv * bn)
                     gh[n, j] = g * a
-            # lane sums of this token's B and C cotangents: owned lanes, fixed halving tree
-            for n in range(nstate):
-                for j in range(jw):
-                    tB[n, j] = 0
-                    tC[n, j] = 0
-                for half in (16, 8, 4, 2, 1):
-                    for j in range(half):
-                        tB[n, j] = tB[n, j] + tB[n, j + half]
-                        tC[n, j] = tC[n, j] + tC[n, j + half]
-                gB[t, n] = tB[n, 0]
-                gC[t, n] = tC[n, 0]
             for j in range(_W):
                 gp = gdl[j]
                 if softplus:
@@ -206,6 +234,13 @@ def _sel_vjp_job(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias
             for j in range(jw, _W):
                 guf[row + np.uint64(j)] = guu[j]
                 gdf[row + np.uint64(j)] = gdl[j]
+        rows = (t1 - t0) * nstate
+        _lane_sums(TB, rows, jw, sums)
+        for r in range(rows):
+            gB[t0 + r // nstate, r % nstate] = sums[r]
+        _lane_sums(TC, rows, jw, sums)
+        for r in range(rows):
+            gC[t0 + r // nstate, r % nstate] = sums[r]
     for n in range(nstate):
         for j in range(jw, _W):
             gh0[bi, d0 + j, n] = gh[n, j]
