@@ -76,6 +76,8 @@ def build_subparser(name: str, module) -> argparse.ArgumentParser:
         p = parsers.pop()
         if not _has_option(p, "--threads"):
             add_threads_argument(p)
+            if p is not sub:  # a nested parser's default must not undo `nbssm experiment --threads N NAME`
+                p._option_string_actions["--threads"].default = argparse.SUPPRESS
         for action in p._actions:
             if isinstance(action, argparse._SubParsersAction):
                 parsers.extend(action.choices.values())

@@ -129,3 +129,17 @@ def test_environment_variable_out_of_range_is_a_clear_error():
                 NBSSM_NUM_THREADS="100000")
     assert proc.returncode != 0
     assert "NBSSM_NUM_THREADS: expected a number of threads between 1 and" in proc.stderr
+
+
+def test_threads_before_a_nested_subcommand_is_kept():
+    """``nbssm experiment --threads 1 NAME``: the nested parser's default does not undo it."""
+    import importlib
+
+    from nbssm.cli import build_subparser
+
+    parser = build_subparser("experiment", importlib.import_module("nbssm.experiments.cli"))
+    names = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)][0].choices
+    name = sorted(names)[0]
+    assert parser.parse_args(["--threads", "1", name]).threads == 1
+    assert parser.parse_args([name, "--threads", "2"]).threads == 2
+    assert getattr(parser.parse_args([name]), "threads", None) is None
