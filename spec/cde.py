@@ -38,6 +38,7 @@ from typing import Any
 
 from .context import Context
 from .models import ShapeError, check_shape, run_list_steps, vec_mat
+from .scan import as_scalars
 
 STEPS = ("euler", "taylor", "exact")
 
@@ -174,9 +175,13 @@ class LinearCDESpec:
         z0 : ``[state_dim]``
         domegas : ``[T, omega_dim]`` per-step increments of ``omega``
         dxis : ``[T, xi_dim]`` per-step increments of ``xi``
+
+        Numbers become the context's scalars first (:func:`nbssm.spec.scan.as_scalars`:
+        ``int`` -> ``float`` on the double contexts); a state or increment of the wrong
+        length raises :class:`~nbssm.spec.models.ShapeError`.
         """
-        domegas = [list(x) for x in domegas]
-        dxis = [list(x) for x in dxis]
+        domegas = [as_scalars(ctx, list(x)) for x in domegas]
+        dxis = [as_scalars(ctx, list(x)) for x in dxis]
         if len(domegas) != len(dxis):
             raise ShapeError(f"LinearCDESpec.run_list: domegas has {len(domegas)} steps, dxis {len(dxis)}")
 
@@ -184,4 +189,4 @@ class LinearCDESpec:
             z1 = self.step_fn(ctx, z, x[0], x[1])
             return z1, z1
 
-        return run_list_steps(step, list(z0), list(zip(domegas, dxis)))
+        return run_list_steps(step, as_scalars(ctx, list(z0)), list(zip(domegas, dxis)))

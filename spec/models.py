@@ -20,6 +20,15 @@ Parameter objects accept nested lists or numpy arrays (converted with
 ``tolist()``, so float64 arrays become Python floats) and check every field's
 shape when built: a wrong shape raises :class:`ShapeError` naming the field,
 the expected and the actual shape.
+
+Runner inputs are checked the way Lean's types check them (a token or state of
+the wrong length raises :class:`ShapeError`) and then converted to the
+context's scalars (:func:`nbssm.spec.scan.as_scalars`): integers, numpy
+numbers and integer arrays become ``float`` on the double contexts (never
+integer arithmetic) and exact sympy numbers on the sympy contexts. Every
+operation of a step combines a parameter with at least one converted input
+(or a context constant), so integer parameters behave as their ``Float``
+values too.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .context import Context
-from .scan import DiagonalTransition, diagonal_selective_scan, scan_array
+from .scan import DiagonalTransition, as_scalars, diagonal_selective_scan, scan_array
 
 
 class ShapeError(ValueError):
@@ -108,7 +117,7 @@ def check_run_inputs(owner: str, state: Any, state_shape: tuple, xs: Sequence[An
         got = _arg_shape(x, 1)
         if got != (input_dim,):
             raise ShapeError(f"{owner}: xs[{t}]: expected a token of length {input_dim}, got shape {got}")
-    for k, v in enumerate(history or ()):
+    for k, v in enumerate(() if history is None else history):
         got = _arg_shape(v, 1)
         if got != (inner_dim,):
             raise ShapeError(f"{owner}: history[{k}]: expected an entry of length {inner_dim}, got shape {got}")
@@ -193,7 +202,8 @@ class DiagonalSSM:
 
     def scan(self, ctx: Context, h0: list, xs: Sequence[list]) -> list:
         """Spec: ``scan h0 xs = diagonalSelectiveScan h0 (xs.map transition)``."""
-        return diagonal_selective_scan(ctx, h0, [self.transition(ctx, x) for x in xs])
+        check_run_inputs("DiagonalSSM.scan", h0, (self.dim,), xs, self.dim)
+        return diagonal_selective_scan(ctx, h0, [self.transition(ctx, x) for x in as_scalars(ctx, xs)])
 
 
 # --------------------------------------------------------------------------- S4
@@ -229,12 +239,12 @@ class DiagonalS4Spec:
     def run_list(self, ctx: Context, h0: list, xs: Sequence[list]) -> tuple:
         """Spec: ``DiagonalS4Spec.runList`` (List family)."""
         check_run_inputs("DiagonalS4Spec.run_list", h0, (self.state_dim,), xs, self.input_dim)
-        return run_list_steps(lambda h, x: self.step(ctx, h, x), h0, xs)
+        return run_list_steps(lambda h, x: self.step(ctx, h, x), as_scalars(ctx, h0), as_scalars(ctx, xs))
 
     def run_array(self, ctx: Context, h0: list, xs: Sequence[list]) -> tuple:
         """Spec: ``DiagonalS4Spec.runArray = scanArray step h0 xs`` (Array family)."""
         check_run_inputs("DiagonalS4Spec.run_array", h0, (self.state_dim,), xs, self.input_dim)
-        return scan_array(lambda h, x: self.step(ctx, h, x), h0, xs)
+        return scan_array(lambda h, x: self.step(ctx, h, x), as_scalars(ctx, h0), as_scalars(ctx, xs))
 
 
 # --------------------------------------------------------------------------- compact Mamba
@@ -275,12 +285,12 @@ class MambaBlockSpec:
     def run_list(self, ctx: Context, h0: list, xs: Sequence[list]) -> tuple:
         """Spec: ``MambaBlockSpec.runList``."""
         check_run_inputs("MambaBlockSpec.run_list", h0, (self.state_dim,), xs, self.input_dim)
-        return run_list_steps(lambda h, x: self.step(ctx, h, x), h0, xs)
+        return run_list_steps(lambda h, x: self.step(ctx, h, x), as_scalars(ctx, h0), as_scalars(ctx, xs))
 
     def run_array(self, ctx: Context, h0: list, xs: Sequence[list]) -> tuple:
         """Spec: ``MambaBlockSpec.runArray = scanArray step h0 xs``."""
         check_run_inputs("MambaBlockSpec.run_array", h0, (self.state_dim,), xs, self.input_dim)
-        return scan_array(lambda h, x: self.step(ctx, h, x), h0, xs)
+        return scan_array(lambda h, x: self.step(ctx, h, x), as_scalars(ctx, h0), as_scalars(ctx, xs))
 
 
 # --------------------------------------------------------------------------- selective Mamba
@@ -429,7 +439,8 @@ class SelectiveMambaBlockSpec:
         """Spec: ``runListAux H0 L0 xs``: returns ``(final H, outputs)``; the history is dropped."""
         check_run_inputs("SelectiveMambaBlockSpec.run_list_aux", H0, (self.inner_dim, self.state_dim), xs,
                          self.input_dim, L0, self.inner_dim)
-        (H, _L), ys = run_list_steps(lambda s, x: self.step_list(ctx, s, x), (H0, list(L0)), xs)
+        H0, L0, xs = as_scalars(ctx, H0), as_scalars(ctx, L0), as_scalars(ctx, xs)
+        (H, _L), ys = run_list_steps(lambda s, x: self.step_list(ctx, s, x), (H0, L0), xs)
         return H, ys
 
     def run_list(self, ctx: Context, H0: list, xs: Sequence[list]) -> tuple:
@@ -441,7 +452,8 @@ class SelectiveMambaBlockSpec:
         returning ``(final H, outputs)``."""
         check_run_inputs("SelectiveMambaBlockSpec.run_array_with_history", H0, (self.inner_dim, self.state_dim), xs,
                          self.input_dim, L0, self.inner_dim)
-        (H, _L), ys = scan_array(lambda s, x: self.step_with_convolution_history(ctx, s, x), (H0, list(L0)), xs)
+        H0, L0, xs = as_scalars(ctx, H0), as_scalars(ctx, L0), as_scalars(ctx, xs)
+        (H, _L), ys = scan_array(lambda s, x: self.step_with_convolution_history(ctx, s, x), (H0, L0), xs)
         return H, ys
 
     def run_array(self, ctx: Context, H0: list, xs: Sequence[list]) -> tuple:

@@ -11,13 +11,63 @@ order (Python's recursion limit would otherwise cap the length).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .context import Context
+from .context import Context, DoubleContext
 
 Vector = list  # list of scalars
+
+
+# --------------------------------------------------------------------------- inputs
+def _is_symbolic(v: Any) -> bool:
+    """A sympy object (or another context's term): left as it is."""
+    return getattr(type(v), "is_Number", None) is not None
+
+
+def _scalar(ctx: Context, v: Any) -> Any:
+    if type(v) is float:
+        return v if isinstance(ctx, DoubleContext) else ctx.const(v)
+    if _is_symbolic(v):
+        return v
+    if isinstance(v, bool) or type(v).__name__ == "bool_":
+        raise TypeError(f"expected a real number, got a boolean {v!r} (Lean's Float has no booleans)")
+    if isinstance(v, numbers.Real):
+        return ctx.const(v)
+    if isinstance(v, numbers.Complex):
+        raise TypeError(f"expected a real number, got the complex number {v!r}")
+    return v
+
+
+def as_scalars(ctx: Context, value: Any) -> Any:
+    """A runner's input (a number, or nested lists/tuples/numpy arrays of them) as the context's scalars.
+
+    Lean's runners take ``Float`` (or real) entries, never integers: a Python ``int``, a numpy
+    integer or float, or an integer numpy array becomes the context's scalar first
+    (``ctx.const``): a Python ``float`` on the double contexts (``1 -> 1.0``; integers above
+    2**53 round as ``float()`` rounds them), a sympy number on the sympy contexts (integers stay
+    exact ``Integer``s, which the reals contain; floats become sympy ``Float``s of the same binary
+    value). Entries that already are symbolic (sympy expressions, uninterpreted terms) are kept.
+    Booleans and complex numbers raise ``TypeError``. Returns new lists; the input is not
+    modified.
+    """
+    if isinstance(value, (list, tuple)):
+        if isinstance(ctx, DoubleContext) and all(type(v) is float for v in value):
+            return list(value)
+        return [as_scalars(ctx, v) for v in value]
+    if hasattr(value, "tolist") and hasattr(value, "shape") and not _is_symbolic(value):
+        return as_scalars(ctx, value.tolist())
+    return _scalar(ctx, value)
+
+
+def _scalar_transitions(ctx: Context, trs: Sequence[Any]) -> list:
+    return [ScalarAffineTransition(as_scalars(ctx, t.a), as_scalars(ctx, t.b)) for t in trs]
+
+
+def _diagonal_transitions(ctx: Context, trs: Sequence[Any]) -> list:
+    return [DiagonalTransition(as_scalars(ctx, t.a), as_scalars(ctx, t.b)) for t in trs]
 
 
 # --------------------------------------------------------------------------- scalar affine
@@ -52,10 +102,11 @@ class ScalarAffineTransition:
 def run_scalar_affine(ctx: Context, h0: Any, trs: Sequence[ScalarAffineTransition]) -> Any:
     """Final state after applying ``trs`` in order to ``h0`` (``h0`` for ``[]``).
 
-    Spec: ``runScalarAffine`` (a left fold of ``apply``).
+    Spec: ``runScalarAffine`` (a left fold of ``apply``). Numeric inputs become the context's
+    scalars first (:func:`as_scalars`).
     """
-    h = h0
-    for t in trs:
+    h = as_scalars(ctx, h0)
+    for t in _scalar_transitions(ctx, trs):
         h = t.apply(ctx, h)
     return h
 
@@ -68,7 +119,7 @@ def summarize_scalar_affine(ctx: Context, trs: Sequence[ScalarAffineTransition])
     Evaluated from the end of the list, as the recursion does.
     """
     s = ScalarAffineTransition.id(ctx)
-    for t in reversed(list(trs)):
+    for t in reversed(_scalar_transitions(ctx, trs)):
         s = ScalarAffineTransition.compose(ctx, s, t)
     return s
 
@@ -89,7 +140,7 @@ def scalar_affine_scan(ctx: Context, h0: Any, trs: Sequence[ScalarAffineTransiti
 
     Spec: ``scalarAffineScan``.
     """
-    return _states_after(ctx, h0, trs)
+    return _states_after(ctx, as_scalars(ctx, h0), _scalar_transitions(ctx, trs))
 
 
 # --------------------------------------------------------------------------- diagonal
@@ -139,8 +190,8 @@ class DiagonalTransition:
 
 def run_diagonal_transitions(ctx: Context, h0: Vector, trs: Sequence[DiagonalTransition]) -> Vector:
     """Final state. Spec: ``runDiagonalTransitions``."""
-    h = h0
-    for t in trs:
+    h = as_scalars(ctx, h0)
+    for t in _diagonal_transitions(ctx, trs):
         h = t.apply(ctx, h)
     return h
 
@@ -148,9 +199,10 @@ def run_diagonal_transitions(ctx: Context, h0: Vector, trs: Sequence[DiagonalTra
 def diagonal_selective_scan(ctx: Context, h0: Vector, trs: Sequence[DiagonalTransition]) -> list:
     """States after each transition, ``[h1, ..., hT]`` (without ``h0``).
 
-    Spec: ``diagonalSelectiveScan``.
+    Spec: ``diagonalSelectiveScan``. Numeric inputs become the context's scalars first
+    (:func:`as_scalars`); a state of the wrong length raises ``ValueError``.
     """
-    return _states_after(ctx, h0, trs)
+    return _states_after(ctx, as_scalars(ctx, h0), _diagonal_transitions(ctx, trs))
 
 
 # --------------------------------------------------------------------------- Array family
@@ -183,6 +235,7 @@ def scan_array_from(step: Callable[[Any, Any], tuple], s0: Any, initial_outputs:
 
 
 __all__ = [
+    "as_scalars",
     "ScalarAffineTransition",
     "DiagonalTransition",
     "run_scalar_affine",

@@ -160,8 +160,10 @@ def test_external_groups_missing_are_unknown(monkeypatch):
     monkeypatch.setitem(sys.modules, "nbssm.verify.refinement", None)  # import raises ImportError
     monkeypatch.setitem(sys.modules, "nbssm.spec.checks.linear_cde", None)
     monkeypatch.setitem(sys.modules, "nbssm.spec.distributed", None)
+    monkeypatch.setitem(sys.modules, "nbssm.verify.lm_rows", None)
     res = external_checks(5)
-    assert [r.verdict for r in res] == ["unknown", "unknown", "unknown"]
+    assert [r.verdict for r in res] == ["unknown", "unknown", "unknown", "unknown"]
+    assert [r.name for r in res] == ["refinement_checks", "cde_checks", "distributed_checks", "lm_checks"]
     assert not any(r.passed for r in res)
 
 

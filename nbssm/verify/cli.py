@@ -3,8 +3,9 @@
 Runs every registered check (:mod:`nbssm.spec.checks`: the Lean theorems
 under their Lean names, nbssm's beyond-Lean statements and the negative
 controls) at one set of dimensions, then the kernel refinement checks
-(:mod:`nbssm.verify.refinement`) and the linear-CDE checks
-(:mod:`nbssm.spec.checks.linear_cde`), and prints one ledger row per check:
+(:mod:`nbssm.verify.refinement`), the linear-CDE checks
+(:mod:`nbssm.spec.checks.linear_cde`), the distributed-scan checks and the language-model
+rows (:mod:`nbssm.verify.lm_rows`), and prints one ledger row per check:
 name, kind, dimensions, verdict, seconds.
 
 Exit status: 0 only if every theorem and beyond-Lean check is ``proved`` and
@@ -85,7 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--kind", action="append", choices=[THEOREM, BEYOND, CONTROL],
                    help="run only checks of this kind (repeatable)")
     s.add_argument("--no-external", action="store_true",
-                   help="skip the kernel refinement checks (nbssm.verify.refinement) and the linear-CDE checks")
+                   help="skip the external groups: kernel refinement (nbssm.verify.refinement), linear CDEs, "
+                        "the distributed scan and the language model (nbssm.verify.lm_rows)")
     s.add_argument("--list", action="store_true", help="list the selected checks with their statements; run nothing")
     o = parser.add_argument_group("running and output")
     o.add_argument("--budget", type=_budget, default=30.0, metavar="SECONDS",
@@ -226,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
     from nbssm.spec import checks as K
 
     from . import ledger as LG
-    from .external import GROUP_LISTING, external_checks
+    from .external import GROUP_LISTING, GROUPS, external_checks
 
     try:
         dims = dims_from_args(args)
@@ -257,10 +259,10 @@ def run(args: argparse.Namespace) -> int:
             results.append(K.run_check(c, dims, budget))
             progress.done()
         if external:
-            progress.start("external: refinement_checks, cde_checks")
+            progress.start("external: " + ", ".join(label for label, _, _ in GROUPS))
             if budget is not None and budget <= 0:
                 ext = [CheckResult(n, BEYOND, UNKNOWN, {}, 0.0, f"time budget of {budget:g} s: not attempted")
-                       for n in ("refinement_checks", "cde_checks")]
+                       for n, _, _ in GROUPS]
             else:
                 ext = external_checks(budget, seed=args.seed)
             results.extend(r for r in ext if r.kind in kinds)

@@ -3,7 +3,8 @@
 :func:`external_checks` runs the kernel refinement checks
 (:func:`nbssm.verify.refinement.refinement_checks`) and the linear-CDE checks
 (:func:`nbssm.spec.checks.linear_cde.cde_checks`) and the distributed time-parallel scan's
-checks (:func:`nbssm.spec.distributed.distributed_checks`). A group whose module is
+checks (:func:`nbssm.spec.distributed.distributed_checks`) and the language-model rows
+(:func:`nbssm.verify.lm_rows.lm_checks`). A group whose module is
 missing, that raises, or that returns nothing gives one ``unknown`` row: never
 a pass.
 """
@@ -22,6 +23,7 @@ GROUPS: list[tuple[str, str, str]] = [
     ("refinement_checks", "nbssm.verify.refinement", "refinement_checks"),
     ("cde_checks", "nbssm.spec.checks.linear_cde", "cde_checks"),
     ("distributed_checks", "nbssm.spec.distributed", "distributed_checks"),
+    ("lm_checks", "nbssm.verify.lm_rows", "lm_checks"),
 ]
 
 #: budget of the CDE group when the per-check budget is unlimited
@@ -44,21 +46,23 @@ def _run_group(label: str, module: str, attr: str, call: Callable[[Callable], li
 
 
 def external_checks(budget_s: float | None, seed: int = 0) -> list[CheckResult]:
-    """Kernel refinement checks and linear-CDE checks, as ledger rows.
+    """Kernel refinement, linear-CDE, distributed-scan and language-model checks, as ledger rows.
 
     Parameters
     ----------
     budget_s : float or None
-        Budget of the CDE group in seconds (None or ``inf``: unlimited). The
-        refinement group is not budgeted (it is a fixed set of comparisons).
+        Budget of the CDE and distributed groups in seconds (None or ``inf``: unlimited).
+        The refinement and LM groups are not budgeted (fixed sets of comparisons on
+        small inputs).
     seed : int
-        Seed of the refinement group's random inputs.
+        Seed of the refinement and LM groups' random inputs.
     """
     cde_budget = UNLIMITED_CDE_BUDGET if budget_s is None else budget_s
     calls = {
         "refinement_checks": lambda fn: fn(seed=seed),
         "cde_checks": lambda fn: fn(cde_budget),
         "distributed_checks": lambda fn: fn(budget_s),
+        "lm_checks": lambda fn: fn(seed=seed),
     }
     results: list[CheckResult] = []
     for label, module, attr in GROUPS:
@@ -72,4 +76,8 @@ GROUP_LISTING = [
     ("cde_checks", "external: nbssm.spec.checks.linear_cde", "linear-CDE prefix causality and its control"),
     ("distributed_checks", "beyond, external: nbssm.spec.distributed",
      "the distributed time-parallel scan (nbssm.dask) equals diagonalSelectiveScan; swapped-compose control"),
+    ("lm_checks", "beyond and control, external: nbssm.verify.lm_rows",
+     "MambaMixer vs SelectiveMambaBlockSpec via to_spec(); MambaLM prefill/decode vs an independent numpy "
+     "reference on checkpoints written in both dialects (tied, untied, a refused tied head, bf16/fp16); "
+     "decode after prefill = prefill; a control per row"),
 ]
