@@ -10,23 +10,31 @@ non-ignored files; ``nbssm`` and ``nbssm.spec`` are redirected into the copy by 
 ``sitecustomize`` that rewrites the editable install's mapping, and every run checks that
 ``nbssm.__file__`` and ``nbssm.spec.__file__`` point into the copy):
 
-* ``nbssm verify --json`` (exit status != 0: caught; the rows that failed are recorded);
-* a pytest subset chosen for the mutated file (``-x -q``, with a timeout). A subset that
-  runs past its timeout counts as caught-by-timeout only because the unmutated tree passed
-  the same subset quickly; it is recorded as ``timeout``.
+* ``nbssm verify --json`` (a failing row or a non-zero exit: caught; the failing rows are
+  recorded). A ``spec/`` mutant runs every row; any other mutant runs the verify groups whose
+  code lies outside ``nbssm.spec`` (kernel refinement, LM): the spec-level rows import nothing
+  of nbssm above the spec (``tests/test_import_contract.py``), so they cannot change and the
+  baseline proved them. ``--full-verify`` runs every row for every mutant.
+* a pytest subset chosen for the mutated file (``-x -q``, with a timeout). A subset that runs
+  past its timeout counts as caught-by-timeout only because the unmutated tree passed the same
+  subset quickly; it is recorded as ``timeout``. ``--tests missed`` runs the subsets only for
+  the mutants verify missed (enough for the survivor count), ``--tests none`` never.
 
-Numba cache: every mutant gets a new, empty-or-seeded cache directory (``NBSSM_CACHE_DIR``
-and ``NUMBA_CACHE_DIR``). A mutant of a kernel file (``nbssm/_kernels/``, or
-``nbssm/_config.py`` whose values are frozen into compiled code) starts from an **empty**
-directory, so it compiles everything it runs from its own source. Any other mutant leaves
-every kernel source byte-identical to the baseline; its directory is seeded with a copy of
-the baseline's cache, whose subdirectory is named by nbssm's hash of every kernel source
-(:func:`nbssm._kernels._jit.source_key`), and the script checks that the mutant's
-``cache_directory()`` is that same subdirectory. ``--cold`` gives every mutant an empty
-directory.
+Numba cache: every mutant gets its own new cache directory (``NBSSM_CACHE_DIR`` and
+``NUMBA_CACHE_DIR``). nbssm's cache key is a hash of every file in ``nbssm/_kernels``
+(:func:`nbssm._kernels._jit.source_key`). A mutant of a kernel file changes the key: its
+directory starts empty, except that the baseline's entries of kernel modules that neither are
+nor (transitively) import the mutated module are copied in, re-stamped with the new key (the
+import closure is read from the kernel sources; ``--cold`` skips this, so that everything is
+compiled from the mutant's sources). The script checks that the mutant's key differs from the
+baseline's and that its directory was empty before. Any other mutant leaves every kernel
+source byte-identical: its directory is a copy of the baseline's, and the script checks that
+the key is the baseline's. ``nbssm/_config.py`` (whose values are frozen into compiled code)
+counts as a kernel file.
 
-The unmutated baseline runs first: it must pass ``nbssm verify`` and every test subset,
-otherwise the table is meaningless and the script stops.
+The unmutated baseline runs first: it must pass ``nbssm verify`` and every test subset used,
+otherwise the table is meaningless and the script stops. The tables are rewritten after every
+mutant (a run cut short says how many mutants it did).
 
 Usage::
 
@@ -460,7 +468,9 @@ EXTERNAL_ONLY = ["--kind", "control", "--controls", "exclude"]
 
 
 def _verify(box, cache, timeout, full=True):
-    argv = ["nbssm", "verify", "--json", "--no-progress"] + ([] if full else EXTERNAL_ONLY)
+    # no per-check budget: on a loaded machine a slow check would read "unknown" (a false catch);
+    # the script's own timeout bounds a mutant that hangs
+    argv = ["nbssm", "verify", "--json", "--no-progress", "--budget", "inf"] + ([] if full else EXTERNAL_ONLY)
     # not full: the external groups whose code lies outside nbssm.spec (a mutant outside spec/
     # cannot change a spec-level group: the spec imports nothing of nbssm above it)
     keep = "" if full else ("from nbssm.verify import external as E; "
@@ -468,8 +478,8 @@ def _verify(box, cache, timeout, full=True):
     args = ["-c", f"import sys; {keep}from nbssm.cli import main; sys.argv = {argv!r}; sys.exit(main())"]
     rc, out, err, secs = box.run(args, cache, timeout)
     res = {"rc": rc, "seconds": round(secs, 1), "rows_run": "all" if full else "external groups outside nbssm.spec"}
-    if rc is None:
-        res.update(caught=True, how="timeout", rows=[])
+    if rc is None:  # not counted as caught: on a loaded machine compiling alone can take this long
+        res.update(caught=False, how="timeout", rows=[f"timeout after {secs:.0f} s (not counted)"])
         return res
     try:
         rows = json.loads(out)
@@ -624,6 +634,31 @@ def write_tables(records, meta, out_dir):
     return summary
 
 
+def merge(paths, out_dir):
+    """One table from several runs of the same commit (each with its own passing baseline)."""
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            runs.append(json.load(f))
+    commits = {r["meta"]["commit"].removesuffix("-dirty") for r in runs}
+    if len(commits) != 1:
+        print(f"runs of different trees: {sorted(commits)}", file=sys.stderr)
+        return 2
+    by_id = {}
+    for r in runs:
+        for rec in r["mutants"]:
+            by_id.setdefault(rec["id"], rec)
+    records = [by_id[m["id"]] for m in MUTANTS if m["id"] in by_id]
+    first = runs[0]["meta"]
+    meta = dict(first, commit=" / ".join(sorted({r["meta"]["commit"] for r in runs})), seconds=max(r["meta"]["seconds"] for r in runs),
+                machine="; ".join(r["meta"]["machine"] for r in runs) + f" ({len(runs)} runs at once, merged)",
+                done=f"{len(records)} of {len(MUTANTS)}", complete=len(records) == len(MUTANTS),
+                baselines=[r["meta"]["baseline"] for r in runs],
+                date=" / ".join(sorted({r["meta"]["date"] for r in runs})))
+    print(json.dumps(write_tables(records, meta, out_dir)))
+    return 0
+
+
 def check_list(mutants, root):
     """Every snippet occurs exactly once in its (unmutated) file; ids unique; subsets known."""
     seen = set()
@@ -652,7 +687,7 @@ def check_list(mutants, root):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", help="comma-separated mutant ids")
+    ap.add_argument("--only", help="comma-separated mutant ids, run in the order given")
     ap.add_argument("--list", action="store_true", help="list the mutants and check their snippets; run nothing")
     ap.add_argument("--skip-tests", action="store_true", help="run nbssm verify only (same as --tests none)")
     ap.add_argument("--tests", choices=["all", "missed", "none"], default="all",
@@ -665,10 +700,16 @@ def main(argv=None):
     ap.add_argument("--base-cache", metavar="DIR",
                     help="keep the baseline's Numba cache in DIR between runs (entries live under the hash of "
                          "every kernel source, so only those of identical sources are ever loaded)")
-    ap.add_argument("--verify-timeout", type=float, default=900.0)
+    ap.add_argument("--verify-timeout", type=float, default=3600.0,
+                    help="seconds; a verify run past it is recorded as a timeout, not as caught")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     ap.add_argument("--python", default=sys.executable)
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="combine the mutation.json files of runs of the same tree on disjoint mutant lists "
+                         "(e.g. two processes run at once) into one table in --out; runs nothing")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     if args.skip_tests:
         args.tests = "none"
 
@@ -683,7 +724,8 @@ def main(argv=None):
         if unknown:
             print(f"unknown mutant ids: {', '.join(unknown)}", file=sys.stderr)
             return 2
-        mutants = [m for m in MUTANTS if m["id"] in ids]
+        by_id = {m["id"]: m for m in MUTANTS}
+        mutants = [by_id[i] for i in dict.fromkeys(ids)]  # in the order given
     if args.list:
         for m in mutants:
             print(f"{m['id']:34s} {m['file']:32s} [{','.join(m['tests'])}] {m['description']}")
