@@ -84,7 +84,7 @@ def render(specs: Sequence, results: Iterable[CheckResult], preset_text: str) ->
         if s.kind == CONTROL:
             out.append(f"| `{s.name}` | {_cell(s.statement)} | {_note(s.family)} | {verdict(s.name)} |")
     external = [r for r in by_name.values() if r.name not in registered]
-    out += ["", "### External groups (kernel refinement, linear CDEs)", "", "| name | kind | verdict |", "|---|---|---|"]
+    out += ["", "### External groups (kernel refinement, linear CDEs, distributed scan, language model)", "", "| name | kind | verdict |", "|---|---|---|"]
     for r in external:
         out.append(f"| `{r.name}` | {r.kind} | {verdict(r.name)} |")
     out += ["", END]
