@@ -31,11 +31,14 @@ made (an exception, reported in the detail).
 
 from __future__ import annotations
 
+import math
+import sys
 import time
 
 import numpy as np
 
 from nbssm.reference import random_inputs
+from nbssm.spec.context import DOUBLE
 from nbssm.spec.verdict import BEYOND, PROVED, REFUTED, UNKNOWN, CheckResult
 from nbssm.tolerances import tol
 from nbssm.verify import spec_adapters as sa
@@ -98,7 +101,9 @@ LINEAR_SHAPES = [(2, 17, 5), (1, 1, 1), (1, 30, 70)]
 #: (shape, chunk_length (None: ops.SELECTIVE_CHUNK_LENGTH), initial_state)
 REAL_SELECTIVE = [((2, 300, 70, 4), 128, True), ((1, 260, 33, 64), 100, False), ((1, 1300, 33, 1), None, True)]
 #: (shape, chunk_length (None: ops.LINEAR_CHUNK_LENGTH), initial_state); one channel runs 4 chunks in lockstep
-REAL_LINEAR = [((2, 1000, 70), 60, True), ((1, 9000, 1), None, False)]
+#: chunk 70 over 1000 tokens: 15 chunks, the last group of the lockstep fix-up holds 3 chunks
+#: and a short last one (the kernel's tail loop)
+REAL_LINEAR = [((2, 1000, 70), 70, True), ((1, 9000, 1), None, False)]
 REAL_FLOAT32 = (1, 300, 40, 16)
 
 
@@ -269,4 +274,271 @@ def refinement_checks(seed: int = 0) -> list[CheckResult]:
     results.append(_run_check("float32_kernels_within_tolerance_of_spec_at_real_sizes",
                               {"selective (b,l,d,n)": REAL_FLOAT32, "linear (b,l,d)": (1, 1000, 70),
                                "tolerance": FLOAT32_TOLERANCE}, float32_real))
+    results.extend(_branch_and_extreme_checks())
+    results.extend(_model_checks(seed))
     return results
+
+
+# --------------------------------------------------------------------------- activation branches
+
+_LOG_DBL_MAX = math.log(sys.float_info.max)
+#: branch points of the kernels' activations: 0 (branched forms), PyTorch's float32 softplus
+#: threshold 20, 36.8 (where x + log1p(exp(-x)) rounds to x), float32 exp's range ends
+#: (-86.64, 88.72) and log(DBL_MAX) = 709.78 (float64 exp overflows above it)
+_THRESHOLDS = (0.0, 2.0, 20.0, 36.8, -86.64, 88.7228, 709.0, _LOG_DBL_MAX)
+
+
+def _activation_grid():
+    """Arguments on both sides of every branch point, and a sweep of [-800, 800]."""
+    pts = list(np.linspace(-800.0, 800.0, 161))
+    for c in _THRESHOLDS:
+        for s in (1.0, -1.0):
+            pts += [c + s * e for e in (1e-9, 1e-3, 0.25, 1.0)]
+            pts += [math.nextafter(c, s * math.inf), math.nextafter(math.nextafter(c, s * math.inf), s * math.inf)]
+        pts += [c, -c]
+    return np.array(sorted(set(pts)), dtype=np.float64)
+
+
+def _softplus_expected(x):
+    """The kernels' documented softplus: the spec's List family where it is finite, else the branched form."""
+    from nbssm.spec.context import BRANCHED, DoubleContext
+
+    branched = DoubleContext(softplus_form=BRANCHED)
+    out = []
+    for v in x:
+        p = DOUBLE.softplus(float(v))
+        out.append(p if math.isfinite(p) else branched.softplus(float(v)))
+    return np.array(out)
+
+
+def _elementwise(got, want, tolerance, floor):
+    """``|got - want| <= tolerance * |want| + floor`` everywhere (errors near 0 are not hidden by large values)."""
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    if got.shape != want.shape:
+        return False, f"shape {got.shape} != {want.shape}"
+    bad = ~(np.abs(got - want) <= tolerance * np.abs(want) + floor)
+    if bad.any():
+        i = int(np.argmax(bad))
+        return False, f"{int(bad.sum())} values off, e.g. at {i}: {got.flat[i]!r} vs {want.flat[i]!r}"
+    return True, f"elementwise within {tolerance:.0e} (+{floor:.0e})"
+
+
+def _branch_and_extreme_checks() -> list[CheckResult]:
+    from nbssm import ops
+
+    results = []
+    grid = _activation_grid()
+
+    def through_scan(dtype, delta, z, softplus):
+        """One token per channel, ``A = 0``, ``B = C = u = 1``, no ``D``: ``y = softplus(delta) (* silu(z))``."""
+        g = delta.size
+        one = np.ones((1, 1, g), dtype)
+        return ops.selective_scan(one, delta.reshape(1, 1, g).astype(dtype), np.zeros((g, 1), dtype),
+                                  np.ones((1, 1, 1), dtype), np.ones((1, 1, 1), dtype),
+                                  z=None if z is None else z.reshape(1, 1, g).astype(dtype),
+                                  delta_softplus=softplus, strategy="sequential")[0, 0]
+
+    def activations():
+        comps = []
+        sp = _softplus_expected(grid)
+        silu = np.array([DOUBLE.silu(float(v)) for v in grid])
+        comps.append(("float64 softplus", _compare(through_scan(np.float64, grid, None, True), sp, 0)))
+        comps.append(("float64 silu gate", _compare(through_scan(np.float64, np.ones_like(grid), grid, False),
+                                                    silu, 0)))
+        g32 = grid.astype(np.float32).astype(np.float64)  # what the float32 kernel sees
+        # float32 keeps the relative accuracy of tiny softplus values (a log1p correction), which the
+        # List family's plain log(1 + exp(x)) rounds to 0 in double: compare with the accurate value
+        comps.append(("float32 softplus", _elementwise(through_scan(np.float32, g32, None, True),
+                                                       np.logaddexp(0.0, g32), FLOAT32_TOLERANCE, 1e-30)))
+        comps.append(("float32 silu gate", _elementwise(
+            through_scan(np.float32, np.ones_like(g32), g32, False),
+            np.array([DOUBLE.silu(float(v)) for v in g32]), FLOAT32_TOLERANCE, 1e-30)))
+        conv_x = grid.reshape(1, -1, 1)
+        out = ops.causal_conv1d(conv_x, np.ones((1, 1)), activation="silu")
+        comps.append(("float64 conv silu", _compare(out[0, :, 0], silu, 0)))
+        return _all(comps)
+
+    results.append(_run_check("kernel_activations_refine_spec_on_both_sides_of_every_branch",
+                              {"arguments": int(grid.size), "branch points": list(_THRESHOLDS),
+                               "float32 tolerance (elementwise)": FLOAT32_TOLERANCE}, activations))
+
+    def extremes():
+        comps = []
+        lin, sel = _extreme_inputs()
+        for cl in (16, 64):
+            for kw, name, seq_ref, ch_ref in (
+                    (lin, "linear", sa.linear_scan_spec, sa.linear_scan_chunked_reference),
+                    (sel, "selective", sa.selective_scan_spec, sa.selective_scan_chunked_reference)):
+                op = ops.linear_scan if name == "linear" else ops.selective_scan
+                with np.errstate(all="ignore"):
+                    y, h = op(**kw, return_final_state=True, strategy="chunked", chunk_length=cl)
+                    y_ref, h_ref = ch_ref(**kw, chunk_length=cl)
+                comps.append((f"{name} chunked {cl} y", _compare(y, y_ref, 0)))
+                comps.append((f"{name} chunked {cl} state", _compare(h, h_ref, 0)))
+        for kw, name, seq_ref in ((lin, "linear", sa.linear_scan_spec), (sel, "selective", sa.selective_scan_spec)):
+            op = ops.linear_scan if name == "linear" else ops.selective_scan
+            with np.errstate(all="ignore"):
+                y, h = op(**kw, return_final_state=True, strategy="sequential")
+                y_ref, h_ref = seq_ref(**kw)
+            comps.append((f"{name} sequential y", _compare(y, y_ref, 0)))
+            comps.append((f"{name} sequential state", _compare(h, h_ref, 0)))
+        return _all(comps)
+
+    results.append(_run_check("chunked_scans_refine_chunked_reference_where_the_carry_re_runs",
+                              {"linear (b,l,d)": (1, 64, 6), "selective (b,l,d,n)": (1, 64, 33, 2),
+                               "chunk_length": [16, 64],
+                               "regimes": "underflowed product x huge state, overflowed product x 0, "
+                                          "zero transitions, normal"}, extremes))
+    return results
+
+
+def _extreme_inputs():
+    """Inputs whose chunk summaries underflow (with a huge state: the carry must re-run the chunk),
+    overflow (times a zero state) or vanish, next to ordinary channels."""
+    rng = np.random.default_rng(7)
+    L = 64
+    # linear: channel regimes
+    a = rng.uniform(0.5, 1.0, (1, L, 6))
+    b = rng.standard_normal((1, L, 6))
+    h0 = rng.standard_normal((1, 6))
+    a[0, :, 0], b[0, :16, 0], h0[0, 0] = 4.2e-20, 0.0, 1e300        # underflowed product x huge state
+    a[0, :16, 1], b[0, :, 1], h0[0, 1] = 1e25, 1e-300, 0.0          # overflowed product x zero state
+    a[0, 16:32, 2] = 0.0                                           # zero transitions
+    a[0, :, 3], h0[0, 3] = 4.2e-20, 1.0                            # underflowed product x moderate state
+    lin = {"a": a, "b": b, "initial_state": h0}
+    # selective: transition exp(delta * A), input (delta * B) * u; no softplus
+    d, n = 33, 2
+    u = rng.standard_normal((1, L, d))
+    delta = rng.uniform(0.1, 1.0, (1, L, d))
+    A = -rng.uniform(0.5, 1.5, (d, n))
+    H0 = rng.standard_normal((1, d, n))
+    delta[0, :, 0], A[0], u[0, :16, 0], H0[0, 0] = 44.6, -1.0, 0.0, 1e300
+    delta[0, :16, 1], A[1], u[0, :, 1], H0[0, 1] = 57.6, 1.0, 1e-302, 0.0
+    delta[0, :, 2], A[2], H0[0, 2] = 44.6, -1.0, 1.0
+    sel = {"u": u, "delta": delta, "A": A, "B": rng.standard_normal((1, L, n)), "C": rng.standard_normal((1, L, n)),
+           "D": rng.standard_normal(d), "z": rng.standard_normal((1, L, d)), "initial_state": H0}
+    return lin, sel
+
+
+# --------------------------------------------------------------------------- models, projections, CDE, signature
+
+
+def _spec_run(spec, xs, h0):
+    h, ys = spec.run_list(DOUBLE, h0, xs)
+    return np.array(h, dtype=np.float64), np.array(ys, dtype=np.float64).reshape(len(xs), spec.output_dim)
+
+
+def _model_checks(seed: int) -> list[CheckResult]:
+    from nbssm.models import CompactMamba, DiagonalS4, SelectiveMamba
+
+    results = []
+    rng = np.random.default_rng(seed + 11)
+    cases = [
+        ("DiagonalS4", DiagonalS4.random(13, 530, 3, seed=seed + 1), 4, 3),   # projections past the 8 x 512 tiles
+        ("CompactMamba", CompactMamba.random(5, 7, 3, seed=seed + 2), 30, 2),
+        ("SelectiveMamba", SelectiveMamba.random(4, 40, 3, 2, conv_width=4, seed=seed + 3), 30, 2),
+    ]
+
+    def body():
+        comps = []
+        for name, model, length, batch in cases:
+            spec = model.to_spec()
+            x = rng.standard_normal((batch, length, spec.input_dim))
+            if hasattr(spec, "inner_dim"):
+                h0 = [[0.0] * spec.state_dim for _ in range(spec.inner_dim)]
+            else:
+                h0 = [0.0] * spec.state_dim
+            refs = [_spec_run(spec, x[i].tolist(), h0) for i in range(batch)]
+            y, st = model.forward(x, strategy="sequential")
+            for i, (h_ref, y_ref) in enumerate(refs):
+                comps.append((f"{name} y[{i}]", _compare(y[i], y_ref, 0)))
+                comps.append((f"{name} state[{i}]", _compare(st.layers[0].ssm[i], h_ref.reshape(st.layers[0].ssm[i].shape), 0)))
+            k = length // 3
+            y1, st1 = model.forward(x[:, :k], strategy="sequential")
+            y2, st2 = model.forward(x[:, k:], initial_state=st1, strategy="sequential")
+            comps.append((f"{name} continued at {k}", _compare(np.concatenate([y1, y2], axis=1), y, 0)))
+            comps.append((f"{name} continued state", _compare(st2.layers[0].ssm, st.layers[0].ssm, 0)))
+            yc, _ = model.forward(x, strategy="chunked", chunk_length=4)
+            comps.append((f"{name} chunked", _compare(yc, y, tol("model_float64"))))
+        return _all(comps)
+
+    results.append(_run_check("runtime_models_refine_spec_run_list",
+                              {"models": [(c[0], c[1].dims) for c in cases], "lengths": [c[2] for c in cases],
+                               "dtype": "float64", "continuation": "at length // 3",
+                               "chunked tolerance": tol("model_float64")}, body))
+
+    def cde():
+        from nbssm.cde import linear_cde_scan
+        from nbssm.spec.cde import LinearCDESpec
+
+        comps = []
+        n, dw, dx, T = 5, 3, 2, 12
+        A = rng.standard_normal((dw, n, n)) * 0.3
+        B = rng.standard_normal((n, dx))
+        dom = rng.standard_normal((2, T, dw)) * 0.2
+        dxi = rng.standard_normal((2, T, dx)) * 0.2
+        z0 = rng.standard_normal((2, n))
+        for method, step, order in (("taylor", "taylor", 3), ("taylor", "taylor", 1), ("euler", "euler", 0)):
+            spec = LinearCDESpec(n, dw, dx, A.tolist(), B.tolist(), step=step, order=order)
+            opts = {"order": order} if method == "taylor" else {}
+            final, states = linear_cde_scan(A, B, dom, dxi, z0, method=method, backend="numba", return_states=True,
+                                            **opts)
+            for i in range(2):
+                zT, zs = spec.run_list(DOUBLE, z0[i].tolist(), dom[i].tolist(), dxi[i].tolist())
+                comps.append((f"{method} {order} states[{i}]", _compare(states[i, 1:], np.array(zs),
+                                                                       tol("float64_vs_oracle"))))
+                comps.append((f"{method} {order} final[{i}]", _compare(final[i], np.array(zT),
+                                                                      tol("float64_vs_oracle"))))
+        return _all(comps)
+
+    results.append(_run_check("dense_cde_kernel_refines_linear_cde_spec",
+                              {"(n, dw, dx, T)": (5, 3, 2, 12), "methods": ["taylor 3", "taylor 1", "euler"],
+                               "backend": "numba", "tolerance": tol("float64_vs_oracle")}, cde))
+
+    def signature():
+        from nbssm.signatures import signature as sig
+
+        comps = []
+        depth, d = 4, 3
+        path = rng.standard_normal((2, 9, d)) * 0.5
+        got = sig(path, depth)
+        for i in range(2):
+            want, bounds = _chen_signature(path[i], depth)
+            off = 0
+            for k in range(1, depth + 1):
+                size = d ** k
+                err = float(np.max(np.abs(got[i, off:off + size] - want[k - 1])))
+                limit = tol("signature_vs_chen_reference") * bounds[k - 1]
+                comps.append((f"path {i} level {k}", (err <= limit, f"max error {err:.2e} <= {limit:.2e}")
+                              if err <= limit else (False, f"level {k}: max error {err:.3e} > {limit:.3e}")))
+                off += size
+        return _all(comps)
+
+    results.append(_run_check("signature_kernel_refines_chen_product",
+                              {"paths (b,l,d)": (2, 9, 3), "depth": 4,
+                               "tolerance per level": tol("signature_vs_chen_reference")}, signature))
+    return results
+
+
+def _chen_signature(path, depth):
+    """Levels ``1..depth`` of the signature by Chen's identity, one segment at a time, with dense
+    tensors: ``S <- S (x) exp(delta)``, ``exp(delta)_k = delta^{(x)k} / k!``. Also the bound
+    ``(sum_t |delta_t|_1)^k / k!`` of every level's terms."""
+    d = path.shape[1]
+    levels = [np.zeros((d,) * k) for k in range(1, depth + 1)]
+    total = 0.0
+    for t in range(1, path.shape[0]):
+        delta = path[t] - path[t - 1]
+        total += float(np.sum(np.abs(delta)))
+        powers = [np.ones(())]
+        for k in range(1, depth + 1):
+            powers.append(np.multiply.outer(powers[-1], delta) / k)
+        new = []
+        for m in range(1, depth + 1):
+            acc = powers[m].copy()
+            for j in range(1, m):
+                acc = acc + np.multiply.outer(levels[j - 1], powers[m - j])
+            new.append(acc + levels[m - 1])
+        levels = new
+    return [lv.reshape(-1) for lv in levels], [total ** k / math.factorial(k) for k in range(1, depth + 1)]
