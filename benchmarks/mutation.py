@@ -253,8 +253,8 @@ MUTANTS = [
        "selective model ignores the carried conv history", ["models"]),
     # ---------------------------------------------------------------- LM
     _m("lm_untied_head_embedding", "nbssm/lm/model.py",
-       'self.head = self.embed if c.tie_embeddings else arr(tensors["lm_head.weight"])',
-       'self.head = self.embed',
+       'q["head"] = q["embed"] if c.tie_embeddings else stored("lm_head.weight")',
+       'q["head"] = q["embed"]',
        "untied checkpoint uses the embedding as its LM head", ["lm"]),
     _m("lm_tie_check_dropped", "nbssm/lm/loading.py",
        "        if not np.array_equal(head, embed):\n", "        if False and not np.array_equal(head, embed):\n",

@@ -382,12 +382,15 @@ def _dropping_conv_state_lm():
 
 def decode_vs_prefill(model, ids: np.ndarray, tolerance: float) -> list:
     """Prefill ``k`` then decode equals prefilling everything (logits, ssm, conv, positions); two
-    prefill chunks equal one."""
+    prefill chunks equal one; ``last_only`` prefill gives the last position's logits and the same state."""
     full, st_full = model.forward(ids)
     W = model.config.d_conv
     comps = []
     for k in sorted({1, W - 1, W, W + 1, SPLIT}):
-        _, st = model.forward(ids[:, :k])
+        pre, st = model.forward(ids[:, :k])
+        last, st_last = model.forward(ids[:, :k], last_only=True)
+        comps.append((f"k={k} last_only logits", _abs(last, pre[:, -1:], tolerance)))
+        comps.append((f"k={k} last_only ssm", _abs(st_last.ssm, st.ssm, tolerance)))
         outs = []
         for t in range(k, ids.shape[1]):
             out, st = model.step(ids[:, t], st)
