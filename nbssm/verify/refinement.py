@@ -445,10 +445,8 @@ def _model_checks(seed: int) -> list[CheckResult]:
         for name, model, length, batch in cases:
             spec = model.to_spec()
             x = rng.standard_normal((batch, length, spec.input_dim))
-            if hasattr(spec, "inner_dim"):
-                h0 = [[0.0] * spec.state_dim for _ in range(spec.inner_dim)]
-            else:
-                h0 = [0.0] * spec.state_dim
+            h0: list = ([[0.0] * spec.state_dim for _ in range(spec.inner_dim)] if hasattr(spec, "inner_dim")
+                        else [0.0] * spec.state_dim)
             refs = [_spec_run(spec, x[i].tolist(), h0) for i in range(batch)]
             y, st = model.forward(x, strategy="sequential")
             for i, (h_ref, y_ref) in enumerate(refs):
