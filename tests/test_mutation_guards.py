@@ -160,3 +160,23 @@ def test_tied_checkpoint_storing_a_different_head_is_refused(tmp_path):
         else:
             with pytest.raises(CheckpointError, match="differs from the embedding"):
                 MambaLM.from_pretrained(str(d), tokenizer=False)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_chunked_carry_of_a_huge_state_through_an_underflowed_product_reruns(dtype):
+    """A state above 2**52 entering a chunk whose transition product underflowed to 0 must not use
+    the summary: the product of the state and the chunk's transitions is representable (taken
+    step by step), so chunked equals sequential bitwise and the state after that chunk is not 0."""
+    from nbssm import ops
+
+    length, chunk = 64, 16
+    # a**16 underflows to 0, but big * a**16 is a normal number (1e-30 / 1e-13)
+    a_value, big = (10.0 ** (-330 / 16), 1e300) if dtype == np.float64 else (10.0 ** (-50 / 16), 1e37)
+    a = np.full((1, length, 1), a_value, dtype)
+    b = np.zeros((1, length, 1), dtype)
+    b[0, chunk - 1, 0] = big  # the state entering chunk 1 is huge
+    assert dtype(a_value) ** chunk == 0
+    seq = ops.linear_scan(a, b, strategy="sequential")
+    chk = ops.linear_scan(a, b, strategy="chunked", chunk_length=chunk)
+    assert seq[0, 2 * chunk - 1, 0] != 0 and seq[0, 2 * chunk, 0] != 0
+    assert np.array_equal(seq, chk)
