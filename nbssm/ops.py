@@ -291,6 +291,32 @@ def linear_scan(a, b, initial_state=None, return_final_state=False, strategy="au
     return result, (hT[0] if unbatched else hT)
 
 
+def _selective_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state):
+    """The selective scan's arguments validated and normalised (shared by the scan and its VJP)."""
+    u_, unbatched = _sequence(u, "u")
+    delta_ = _batched(delta, "delta", unbatched, 3)
+    if delta_ is None:
+        raise TypeError("delta: expected an array, got None")
+    dt = result_dtype((u_, "u"), (delta_, "delta"))
+    batch, length, channels = u_.shape
+    u_ = as_float_array(u_, "u", dt)
+    delta_ = as_float_array(delta_, "delta", dt, shape=(batch, length, channels))
+    A_ = as_float_array(A, "A", dt, shape=(channels, "state"))
+    nstate = A_.shape[1]
+    B_ = as_float_array(_batched(B, "B", unbatched, 3), "B", dt, shape=(batch, length, nstate))
+    C_ = as_float_array(_batched(C, "C", unbatched, 3), "C", dt, shape=(batch, length, nstate))
+    D_, has_D = optional_float_array(D, "D", dt, shape=(channels,))
+    z_, has_z = optional_float_array(_batched(z, "z", unbatched, 3), "z", dt, shape=(batch, length, channels))
+    bias_, has_bias = optional_float_array(delta_bias, "delta_bias", dt, shape=(channels,))
+    if initial_state is None:
+        h0 = readonly(np.zeros((batch, channels, nstate), dtype=dt))
+    else:
+        h0 = as_float_array(_batched(initial_state, "initial_state", unbatched, 3), "initial_state", dt,
+                            shape=(batch, channels, nstate))
+    return (u_, delta_, A_, B_, C_, D_, has_D, z_, has_z, bias_, has_bias, h0, unbatched, dt, batch, length,
+            channels, nstate)
+
+
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    initial_state=None, return_final_state=False, strategy="auto", chunk_length=None, out=None):
     """Fused Mamba selective scan (mamba_ssm's ``selective_scan_fn`` semantics, nbssm layout).
@@ -359,26 +385,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     Spec: ``SelectiveMambaBlockSpec`` (the ``H_t`` and ``y_t`` lines and the
     gate ``y_t ⊙ silu(z_t)``), with ``A = -A_spec``, ``Δ_t = softplus(delta + dtBias)``.
     """
-    u_, unbatched = _sequence(u, "u")
-    delta_ = _batched(delta, "delta", unbatched, 3)
-    if delta_ is None:
-        raise TypeError("delta: expected an array, got None")
-    dt = result_dtype((u_, "u"), (delta_, "delta"))
-    batch, length, channels = u_.shape
-    u_ = as_float_array(u_, "u", dt)
-    delta_ = as_float_array(delta_, "delta", dt, shape=(batch, length, channels))
-    A_ = as_float_array(A, "A", dt, shape=(channels, "state"))
-    nstate = A_.shape[1]
-    B_ = as_float_array(_batched(B, "B", unbatched, 3), "B", dt, shape=(batch, length, nstate))
-    C_ = as_float_array(_batched(C, "C", unbatched, 3), "C", dt, shape=(batch, length, nstate))
-    D_, has_D = optional_float_array(D, "D", dt, shape=(channels,))
-    z_, has_z = optional_float_array(_batched(z, "z", unbatched, 3), "z", dt, shape=(batch, length, channels))
-    bias_, has_bias = optional_float_array(delta_bias, "delta_bias", dt, shape=(channels,))
-    if initial_state is None:
-        h0 = readonly(np.zeros((batch, channels, nstate), dtype=dt))
-    else:
-        h0 = as_float_array(_batched(initial_state, "initial_state", unbatched, 3), "initial_state", dt,
-                            shape=(batch, channels, nstate))
+    (u_, delta_, A_, B_, C_, D_, has_D, z_, has_z, bias_, has_bias, h0, unbatched, dt, batch, length, channels,
+     nstate) = _selective_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
     y_out, result = _output(out, (batch, length, channels), unbatched, dt,
                             {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z,
                              "delta_bias": delta_bias, "initial_state": initial_state})
@@ -606,26 +614,8 @@ def selective_scan_vjp(grad_y, u, delta, A, B, C, D=None, z=None, delta_bias=Non
     the arithmetic (a NaN in any input or in ``grad_y`` of batch ``i`` can reach every
     gradient of batch ``i`` at earlier times and the batch-summed ``A, D, delta_bias``).
     """
-    u_, unbatched = _sequence(u, "u")
-    delta_ = _batched(delta, "delta", unbatched, 3)
-    if delta_ is None:
-        raise TypeError("delta: expected an array, got None")
-    dt = result_dtype((u_, "u"), (delta_, "delta"))
-    batch, length, channels = u_.shape
-    u_ = as_float_array(u_, "u", dt)
-    delta_ = as_float_array(delta_, "delta", dt, shape=(batch, length, channels))
-    A_ = as_float_array(A, "A", dt, shape=(channels, "state"))
-    nstate = A_.shape[1]
-    B_ = as_float_array(_batched(B, "B", unbatched, 3), "B", dt, shape=(batch, length, nstate))
-    C_ = as_float_array(_batched(C, "C", unbatched, 3), "C", dt, shape=(batch, length, nstate))
-    D_, has_D = optional_float_array(D, "D", dt, shape=(channels,))
-    z_, has_z = optional_float_array(_batched(z, "z", unbatched, 3), "z", dt, shape=(batch, length, channels))
-    bias_, has_bias = optional_float_array(delta_bias, "delta_bias", dt, shape=(channels,))
-    if initial_state is None:
-        h0 = readonly(np.zeros((batch, channels, nstate), dtype=dt))
-    else:
-        h0 = as_float_array(_batched(initial_state, "initial_state", unbatched, 3), "initial_state", dt,
-                            shape=(batch, channels, nstate))
+    (u_, delta_, A_, B_, C_, D_, has_D, z_, has_z, bias_, has_bias, h0, unbatched, dt, batch, length, channels,
+     nstate) = _selective_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
     if grad_y is None:
         raise TypeError("grad_y: expected an array of the shape of y, got None")
     gy = _grad_arg(grad_y, "grad_y", dt, (batch, length, channels), unbatched, "y")
