@@ -104,6 +104,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--tokens", type=int, default=None, help="tokens per document (default 512)")
     ap.add_argument("--repeats", type=int, default=None, help="timed runs per case (best kept; default 2)")
     ap.add_argument("--label", default="", help="a note on the conditions, written to the report")
+    ap.add_argument("--cases", default="score,scan", help="cases to run (comma-separated: score, scan)")
     args = ap.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
     for key in ("scan_log2", "prompts", "tokens", "repeats"):
@@ -131,86 +132,111 @@ def main(argv=None) -> dict:
     source = nd.ModelSource.random(seed=0, dtype="float32", **dims)
     ids = np.random.default_rng(1).integers(0, cfg["vocab_size"], (cfg["prompts"], cfg["tokens"]))
 
+    cases = {c.strip() for c in args.cases.split(",") if c.strip()}
+    if not cases or cases - {"score", "scan"}:
+        ap.error(f"--cases: expected a comma-separated subset of score,scan, got {args.cases!r}")
+    report["cases"] = sorted(cases)
+    direct_s = scan_direct_s = None
+    report["direct"] = {}
     # ---- single machine, this process, one thread
-    _log("building the model here (one thread)")
-    model = source.build()
-    log_likelihood(model, ids[:1, :16])  # compile
-    direct = {}
-    _log(f"scoring {ids.shape} directly ({cfg['repeats']} runs)")
-    direct_s, direct_all = _best(lambda: direct.__setitem__("ll", log_likelihood(model, ids, cfg["batch_size"])),
-                                 cfg["repeats"])
-    want_ll = direct["ll"]
-    model = None  # free the weights before the cluster runs
+    if "score" in cases:
+        _log("building the model here (one thread)")
+        model = source.build()
+        log_likelihood(model, ids[:1, :16])  # compile
+        direct = {}
+        _log(f"scoring {ids.shape} directly ({cfg['repeats']} runs)")
+        direct_s, direct_all = _best(
+            lambda: direct.__setitem__("ll", log_likelihood(model, ids, cfg["batch_size"])), cfg["repeats"])
+        want_ll = direct["ll"]
+        model = None  # free the weights before the cluster runs
+        report["direct"].update(score_s=direct_s, score_all_s=direct_all)
+        _log(f"direct: score {direct_s:.3f} s")
     T = 2 ** cfg["scan_log2"]
     lc = ops.LINEAR_CHUNK_LENGTH
     chunks = nd.time_chunks(T, cfg["blocks"], lc)
     a_lazy, b_lazy = _scan_inputs(chunks)
-    a_loc, b_loc = (x.compute(scheduler="synchronous") for x in (a_lazy, b_lazy))
-    ops.linear_scan(a_loc[:, :4000], b_loc[:, :4000], strategy="chunked", chunk_length=lc)
-    scan = {}
-    _log(f"linear scan of 2^{cfg['scan_log2']} steps directly (chunked, one thread)")
-    scan_direct_s, scan_direct_all = _best(
-        lambda: scan.__setitem__("h", ops.linear_scan(a_loc, b_loc, strategy="chunked", chunk_length=lc)),
-        max(cfg["repeats"], 3))
-    want_scan = scan.pop("h")
-    a_loc = b_loc = None  # free the inputs before the cluster runs
-    report["direct"] = {"score_s": direct_s, "score_all_s": direct_all, "scan_s": scan_direct_s,
-                        "scan_all_s": scan_direct_all}
-    _log(f"direct: score {direct_s:.3f} s, scan {scan_direct_s * 1e3:.1f} ms")
+    if "scan" in cases:
+        a_loc, b_loc = (x.compute(scheduler="synchronous") for x in (a_lazy, b_lazy))
+        ops.linear_scan(a_loc[:, :4000], b_loc[:, :4000], strategy="chunked", chunk_length=lc)
+        scan = {}
+        _log(f"linear scan of 2^{cfg['scan_log2']} steps directly (chunked, one thread)")
+        scan_direct_s, scan_direct_all = _best(
+            lambda: scan.__setitem__("h", ops.linear_scan(a_loc, b_loc, strategy="chunked", chunk_length=lc)),
+            max(cfg["repeats"], 3))
+        want_scan = scan.pop("h")
+        a_loc = b_loc = None  # free the inputs before the cluster runs
+        report["direct"].update(scan_s=scan_direct_s, scan_all_s=scan_direct_all)
+        _log(f"direct: scan {scan_direct_s * 1e3:.1f} ms")
 
     for n in [int(w) for w in args.workers.split(",")]:
         _log(f"starting {n} worker process(es), one thread each")
         cluster = nd.local_cluster(n_workers=n, threads_per_worker=1, processes=True, silence_logs=40)
         client = distributed.Client(cluster)
+        row: dict = {}
         try:
-            # warm up: the model on every worker, every kernel compiled (or loaded from the cache)
-            t0 = time.perf_counter()
-            client.run(lambda: source.load() and None)
-            load_s = time.perf_counter() - t0
-            nd.score(source, da.from_array(ids[:n, :16], chunks=(1, 16))).compute()
-            darr = da.from_array(ids, chunks=(cfg["per_task"], cfg["tokens"]))
-            if args.quick:
-                nd.score(source, darr, cfg["batch_size"]).compute()  # warm up (full size: the small run above)
-            got = {}
-            _log(f"{n} worker(s): model built on every worker in {load_s:.2f} s; scoring ({cfg['repeats']} runs)")
-            score_s, score_all = _best(
-                lambda: got.__setitem__("ll", nd.score(source, darr, cfg["batch_size"]).compute()), cfg["repeats"])
-            score_equal = bool(np.array_equal(got["ll"], want_ll))
-            _log(f"{n} worker(s): score {score_s:.3f} s (bitwise equal to direct: {score_equal}); long scan")
-            # the long scan: inputs generated and kept on the workers
-            a_d, b_d = client.persist([a_lazy, b_lazy])
-            distributed.wait([a_d, b_d])
-            nd.linear_scan(a_d, b_d, strategy="chunked", chunk_length=lc).sum().compute()  # warm up
+            if "score" in cases:
+                # warm up: the model on every worker, every kernel compiled (or loaded from the cache)
+                t0 = time.perf_counter()
+                client.run(lambda: source.load() and None)
+                load_s = time.perf_counter() - t0
+                nd.score(source, da.from_array(ids[:n, :16], chunks=(1, 16))).compute()
+                darr = da.from_array(ids, chunks=(cfg["per_task"], cfg["tokens"]))
+                if args.quick:
+                    nd.score(source, darr, cfg["batch_size"]).compute()  # warm up (full size: the small run above)
+                got = {}
+                _log(f"{n} worker(s): model built on every worker in {load_s:.2f} s; scoring ({cfg['repeats']} runs)")
+                score_s, score_all = _best(
+                    lambda: got.__setitem__("ll", nd.score(source, darr, cfg["batch_size"]).compute()),
+                    cfg["repeats"])
+                score_equal = bool(np.array_equal(got["ll"], want_ll))
+                _log(f"{n} worker(s): score {score_s:.3f} s (bitwise equal to direct: {score_equal})")
+                row.update(score_s=score_s, score_all_s=score_all, score_bitwise_equal_direct=score_equal,
+                           model_load_s=load_s)
+                client.run(lambda: nd.lm.clear_models())
+            if "scan" in cases:
+                # the long scan: inputs generated and kept on the workers
+                a_d, b_d = client.persist([a_lazy, b_lazy])
+                distributed.wait([a_d, b_d])
+                nd.linear_scan(a_d, b_d, strategy="chunked", chunk_length=lc).sum().compute()  # warm up
 
-            def run_scan():
-                out = nd.linear_scan(a_d, b_d, strategy="chunked", chunk_length=lc).persist()
-                distributed.wait(out)
-                return out
+                def run_scan(keep=False):
+                    out = nd.linear_scan(a_d, b_d, strategy="chunked", chunk_length=lc).persist()
+                    distributed.wait(out)
+                    if keep:
+                        return out
+                    # the graph's keys are deterministic: forget this result before the next run
+                    client.cancel(out)
+                    time.sleep(0.2)
+                    return None
 
-            scan_s, scan_all = _best(run_scan, max(cfg["repeats"], 3))
-            out = run_scan().compute()
-            scan_equal = bool(np.array_equal(out, want_scan))
-            _log(f"{n} worker(s): scan {scan_s * 1e3:.1f} ms (bitwise equal to chunked: {scan_equal})")
-            out = a_d = b_d = None  # release the persisted blocks
-            report[f"workers_{n}"] = {"score_s": score_s, "score_all_s": score_all, "score_bitwise_equal_direct": score_equal,
-                                      "model_load_s": load_s, "scan_s": scan_s, "scan_all_s": scan_all,
-                                      "scan_bitwise_equal_chunked": scan_equal}
+                scan_s, scan_all = _best(run_scan, max(cfg["repeats"], 3))
+                out = run_scan(keep=True).compute()
+                scan_equal = bool(np.array_equal(out, want_scan))
+                _log(f"{n} worker(s): scan {scan_s * 1e3:.1f} ms (bitwise equal to chunked: {scan_equal})")
+                out = a_d = b_d = None  # release the persisted blocks
+                row.update(scan_s=scan_s, scan_all_s=scan_all, scan_bitwise_equal_chunked=scan_equal)
+            report[f"workers_{n}"] = row
         finally:
             client.close()
             cluster.close()
 
     w1, w2 = report.get("workers_1"), report.get("workers_2")
     summary = {}
-    if w1:
+    targets = {}
+    if w1 and "score_s" in w1:
         summary["score_overhead_1_worker"] = w1["score_s"] / direct_s - 1.0
+        targets["score_overhead<=0.10"] = summary["score_overhead_1_worker"] <= 0.10
+    if w1 and "scan_s" in w1:
         summary["scan_1_worker_over_direct"] = w1["scan_s"] / scan_direct_s
-    if w1 and w2:
+    if w1 and w2 and "score_s" in w1:
         summary["score_speedup_2_vs_1"] = w1["score_s"] / w2["score_s"]
+        targets["score_speedup>=1.7"] = summary["score_speedup_2_vs_1"] >= 1.7
+    if w1 and w2 and "scan_s" in w1:
         summary["scan_speedup_2_vs_1"] = w1["scan_s"] / w2["scan_s"]
-        summary["targets"] = {"score_speedup>=1.7": summary["score_speedup_2_vs_1"] >= 1.7,
-                              "score_overhead<=0.10": summary["score_overhead_1_worker"] <= 0.10,
-                              "scan_speedup>=1.5": summary["scan_speedup_2_vs_1"] >= 1.5,
-                              "scan_bitwise": bool(w2["scan_bitwise_equal_chunked"])}
+        targets["scan_speedup>=1.5"] = summary["scan_speedup_2_vs_1"] >= 1.5
+        targets["scan_bitwise"] = bool(w2["scan_bitwise_equal_chunked"])
+    if targets:
+        summary["targets"] = targets
     report["summary"] = summary
     report["load_after"] = _load()
     report["wall_s"] = time.perf_counter() - t_start
@@ -247,12 +273,17 @@ def to_markdown(report: dict) -> str:
     def f(x, scale=1.0, unit="s"):
         return "-" if x is None else f"{x * scale:.3f} {unit}" if unit == "s" else f"{x * scale:.1f} {unit}"
 
-    lines.append(f"| score | {f(d['score_s'])} | {f(w1.get('score_s'))} | {f(w2.get('score_s'))} | "
-                 f"{s.get('score_speedup_2_vs_1', float('nan')):.2f}x | "
-                 f"{w1.get('score_bitwise_equal_direct')}/{w2.get('score_bitwise_equal_direct')} |")
-    lines.append(f"| scan | {f(d['scan_s'], 1e3, 'ms')} | {f(w1.get('scan_s'), 1e3, 'ms')} | "
-                 f"{f(w2.get('scan_s'), 1e3, 'ms')} | {s.get('scan_speedup_2_vs_1', float('nan')):.2f}x | "
-                 f"{w1.get('scan_bitwise_equal_chunked')}/{w2.get('scan_bitwise_equal_chunked')} |")
+    def cell(key, x):
+        return "-" if key not in x else f"{x[key]}"
+
+    if "score_s" in d:
+        lines.append(f"| score | {f(d['score_s'])} | {f(w1.get('score_s'))} | {f(w2.get('score_s'))} | "
+                     f"{s.get('score_speedup_2_vs_1', float('nan')):.2f}x | "
+                     f"{cell('score_bitwise_equal_direct', w1)}/{cell('score_bitwise_equal_direct', w2)} |")
+    if "scan_s" in d:
+        lines.append(f"| scan | {f(d['scan_s'], 1e3, 'ms')} | {f(w1.get('scan_s'), 1e3, 'ms')} | "
+                     f"{f(w2.get('scan_s'), 1e3, 'ms')} | {s.get('scan_speedup_2_vs_1', float('nan')):.2f}x | "
+                     f"{cell('scan_bitwise_equal_chunked', w1)}/{cell('scan_bitwise_equal_chunked', w2)} |")
     if "score_overhead_1_worker" in s:
         lines += ["", f"Dask path at one worker over the direct call: {100 * s['score_overhead_1_worker']:+.1f}% "
                   f"(target <= +10%)."]

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
 
-def local_cluster(n_workers: int = 2, threads_per_worker: int = 1, processes: bool = True, **kwargs):
+#: the variable dask's nannies set in every worker (``distributed.nanny.pre-spawn-environ``)
+_TRIM = "MALLOC_TRIM_THRESHOLD_"
+
+
+def local_cluster(n_workers: int = 2, threads_per_worker: int = 1, processes: bool = True,
+                  trim_memory: bool = False, **kwargs):
     """A ``dask.distributed.LocalCluster`` whose workers run Numba and BLAS on
     ``threads_per_worker`` threads each (no oversubscription of the cores).
 
@@ -12,14 +18,24 @@ def local_cluster(n_workers: int = 2, threads_per_worker: int = 1, processes: bo
     n_workers, threads_per_worker : int
     processes : bool
         Worker processes (default) or threads of this process.
+    trim_memory : bool
+        Keep dask's default ``MALLOC_TRIM_THRESHOLD_=65536`` in the worker processes
+        (default False: the variable is left unset, unless this process's environment or
+        ``env`` sets it). Setting it turns off glibc's adaptive ``mmap`` threshold, so every
+        freed array over 128 KiB goes back to the operating system and the next one is
+        page-faulted in again: the worker's kernels that allocate an output per call (a time
+        block of a scan, a layer's activations) ran up to 2x slower with it (a 2^21-step
+        block of ``linear_scan``: 15.6 ms with it, 6.0 ms without; ``benchmarks/dask_scaling.md``).
+        Workers that must hand memory back to the system between tasks keep it with True.
     **kwargs
-        Passed to ``LocalCluster`` (e.g. ``dashboard_address=None``, ``memory_limit``).
+        Passed to ``LocalCluster`` (e.g. ``dashboard_address=None``, ``memory_limit``, ``env``).
 
     Returns
     -------
     distributed.LocalCluster
         Use ``distributed.Client(cluster)``; close both when done.
     """
+    import dask
     from distributed import LocalCluster
 
     threads = str(int(threads_per_worker))
@@ -29,4 +45,9 @@ def local_cluster(n_workers: int = 2, threads_per_worker: int = 1, processes: bo
     kwargs.setdefault("dashboard_address", None)
     if processes:
         kwargs["env"] = env
-    return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes, **kwargs)
+    overrides = {}
+    if not trim_memory and _TRIM not in env and _TRIM not in os.environ:
+        overrides[f"distributed.nanny.pre-spawn-environ.{_TRIM}"] = None
+    with dask.config.set(overrides):
+        return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes,
+                            **kwargs)

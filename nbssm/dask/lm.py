@@ -71,6 +71,12 @@ class ModelSource:
             return entry
 
 
+def clear_models() -> None:
+    """Drop this process's cached models (run it on the workers with ``client.run``)."""
+    with _LOCK:
+        _MODELS.clear()
+
+
 def _model(source):
     if isinstance(source, ModelSource):
         return source.load()
