@@ -184,7 +184,8 @@ MUTANTS = [
        "conv history read one position off (off-by-one at the sequence start)", ["conv"]),
     # ---------------------------------------------------------------- linear scan kernel
     _m("lin_chunk_carry_skipped", K + "linear_scan.py",
-       "H[bi, k + 1, d0 + j] = c", "H[bi, k + 1, d0 + j] = hk",
+       "            c = a[bi, t, j] * c + b[bi, t, j]\n    return c\n",
+       "            c = a[bi, t, j] * c + b[bi, t, j]\n    return hk\n",
        "linear scan: chunk carry skipped", ["linear"]),
     _m("lin_group_tail", K + "linear_scan.py",
        "        for g in range(ng - 1):", "        for g in range(ng - 2):",

@@ -94,8 +94,9 @@ def test_batch_chunks_bitwise(client):
 
 
 # ----------------------------------------------------------------------------- time chunks
+@pytest.mark.parametrize("combine", ["serial", "chain"])
 @pytest.mark.parametrize("n_blocks,chunk_length", [(2, 64), (3, 50), (5, 1), (8, 37)])
-def test_linear_time_blocks_serial_bitwise_chunked(client, n_blocks, chunk_length):
+def test_linear_time_blocks_serial_bitwise_chunked(client, n_blocks, chunk_length, combine):
     length = 600 if chunk_length > 1 else 40
     a, b, h0 = _linear_inputs(2, length, 3, seed=n_blocks)
     want, want_h = ops.linear_scan(a, b, initial_state=h0, strategy="chunked", chunk_length=chunk_length,
@@ -104,7 +105,7 @@ def test_linear_time_blocks_serial_bitwise_chunked(client, n_blocks, chunk_lengt
     assert len(ch) == n_blocks
     A, B = (da.from_array(x, chunks=(1, ch, 3)) for x in (a, b))
     got, got_h = nd.linear_scan(A, B, initial_state=h0, strategy="chunked", chunk_length=chunk_length,
-                                return_final_state=True)
+                                return_final_state=True, combine=combine)
     got, got_h = dask.compute(got, got_h)
     assert np.array_equal(got, want) and np.array_equal(got_h, want_h)
     # the sequential scan differs in the last bits (the carry uses the summaries; with Lc = 1 it is the same)
@@ -168,6 +169,48 @@ def test_overflowing_product_follows_the_kernel(client):
     got = nd.linear_scan(A, B, strategy="chunked", chunk_length=4).compute()
     assert np.array_equal(got, want) and not np.isnan(got).any()
     assert np.array_equal(np.signbit(got), np.signbit(want))
+
+
+@pytest.mark.parametrize("combine", ["serial", "chain"])
+def test_rerun_blocks_on_the_cluster_bitwise(client, combine):
+    """Blocks whose summaries cannot stand, on the cluster: with "serial" the one carry task
+    submits their carry next to their data (an overflowed linear product; a selective state
+    past 2**52 through a product that underflows to 0), bitwise the chunked kernels."""
+    a = np.full((1, 96, 2), 0.5)
+    a[0, 30:34, 0] = 1e200  # block 1's chunk product overflows
+    a[0, 70:72, 1] = 1e-200  # block 2's chunk product underflows to 0
+    b = np.ones_like(a)
+    h0 = np.array([[3.0, 1e300]])
+    want = ops.linear_scan(a, b, initial_state=h0, strategy="chunked", chunk_length=8)
+    A, B = (da.from_array(x, chunks=(1, (32, 32, 32), 2)) for x in (a, b))
+    got = nd.linear_scan(A, B, initial_state=h0, strategy="chunked", chunk_length=8, combine=combine).compute()
+    assert np.array_equal(got, want, equal_nan=True)
+    args, kw, h0s = _selective_inputs(1, 90, 3, 2, seed=5)
+    kw["delta_bias"] = np.array([30.0, 0.0, 0.0])  # channel 0: exp(delta * A) underflows to 0
+    h0s[0, 0, :] = 1e60
+    want_y = ops.selective_scan(*args, **kw, initial_state=h0s, strategy="chunked", chunk_length=10)
+    ch = nd.time_chunks(90, 3, 10)
+    dargs = [da.from_array(x, chunks=(1, ch, x.shape[2])) if x.ndim == 3 else x for x in args]
+    kw2 = dict(kw, z=da.from_array(kw["z"], chunks=(1, ch, 3)))
+    got_y = nd.selective_scan(*dargs, **kw2, initial_state=h0s, strategy="chunked", chunk_length=10,
+                              combine=combine).compute()
+    assert np.array_equal(got_y, want_y, equal_nan=True)
+
+
+def test_serial_graph_for_a_cluster_computed_elsewhere_refuses_a_rerun(client):
+    """A "serial" graph built with a distributed client carries in one task; computed by the
+    synchronous scheduler it cannot fetch a block's data for a re-run: a clear error, not a
+    wrong result (moderate values need no re-run and compute anywhere)."""
+    a = np.full((1, 64, 1), 0.5)
+    a[0, 3:6, 0] = 1e200
+    A, B = (da.from_array(x, chunks=(1, (32, 32), 1)) for x in (a, np.ones_like(a)))
+    g = nd.linear_scan(A, B, strategy="chunked", chunk_length=8)
+    with pytest.raises(RuntimeError, match="re-run"):
+        g.compute(scheduler="synchronous")
+    a2 = np.full((1, 64, 1), 0.5)
+    A2, B2 = (da.from_array(x, chunks=(1, (32, 32), 1)) for x in (a2, np.ones_like(a2)))
+    assert np.array_equal(nd.linear_scan(A2, B2, strategy="chunked", chunk_length=8).compute(scheduler="synchronous"),
+                          ops.linear_scan(a2, np.ones_like(a2), strategy="chunked", chunk_length=8))
 
 
 def test_time_blocks_off_the_chunk_grid_raise():

@@ -36,6 +36,19 @@ _LBLK = 64
 _G = 4
 
 
+@njit(cache=_config.CACHE, error_model="numpy", inline="always")
+def linear_carry_lane(a, b, p, q, hk, bi, j, k, chunk_length, tiny, huge):
+    """The state after chunk ``k`` of lane ``(bi, j)`` from ``hk``: ``p * hk + q`` where
+    ``carry_ok`` allows it, else the chunk's transitions re-run from ``hk`` one step at a
+    time (phase 2; also the distributed carry, :mod:`nbssm._kernels.summary`)."""
+    c = p * hk + q
+    if not carry_ok(p, q, hk, c, tiny, huge):
+        c = hk
+        for t in range(k * chunk_length, (k + 1) * chunk_length):
+            c = a[bi, t, j] * c + b[bi, t, j]
+    return c
+
+
 @njit(cache=_config.CACHE, error_model="numpy")
 def _linear_group_summary(a, b, PQ, bi, d0, nd, k0, ng, cl):
     """Summaries of the full chunks ``k0 .. k0+ng-1`` for channels ``d0 .. d0+nd-1``.
@@ -215,16 +228,9 @@ def linear_scan_kernel(a, b, h0, out, hT, chunk_length):
             H[bi, 0, d0 + j] = h0[bi, d0 + j]
         for k in range(nsum):
             for j in range(nd):
-                p = PQ[bi, k, 0, d0 + j]
-                q = PQ[bi, k, 1, d0 + j]
-                hk = H[bi, k, d0 + j]
-                c = p * hk + q
-                if not carry_ok(p, q, hk, c, tiny, huge):
-                    # the summary cannot stand for the chunk: re-run it from hk, one step at a time
-                    c = hk
-                    for t in range(k * chunk_length, (k + 1) * chunk_length):
-                        c = a[bi, t, d0 + j] * c + b[bi, t, d0 + j]
-                H[bi, k + 1, d0 + j] = c
+                # the summary where it can stand for the chunk, else a re-run from H[k]
+                H[bi, k + 1, d0 + j] = linear_carry_lane(a, b, PQ[bi, k, 0, d0 + j], PQ[bi, k, 1, d0 + j],
+                                                         H[bi, k, d0 + j], bi, d0 + j, k, chunk_length, tiny, huge)
     # phase 3: fix-up of every chunk from its carried state
     ngr = (nchunks + _G - 1) // _G
     for job in prange(batch * nblk * ngr):

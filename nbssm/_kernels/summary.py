@@ -18,8 +18,8 @@ A time block of whole kernel chunks runs, on the worker that holds it:
 
 Chained over the blocks, the carries give the states the single-machine chunked kernel
 carries into every chunk, bit for bit. Shapes: ``a, b (batch, n_chunks * chunk_length,
-channels)``; ``P, Q (batch, n_chunks, channels)`` (selective: ``(batch, n_chunks,
-channels, state)``); the state ``h (batch, channels)`` (selective ``(batch, channels,
+channels)``; linear summaries ``PQ (batch, n_chunks, 2, channels)`` (``P`` then ``Q``,
+the linear kernel's layout), selective ``P, Q (batch, n_chunks, channels, state)``; the state ``h (batch, channels)`` (selective ``(batch, channels,
 state)``) is updated in place. All arrays C-contiguous, one float dtype.
 """
 
@@ -28,78 +28,81 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _config
-from ._jit import njit
+from ._jit import njit, prange
 from .chunking import carry_ok
 from .fastmath import exp_, softplus_
+from .linear_scan import _G, _LBLK, _linear_group_run, _linear_group_summary, linear_carry_lane
 from .selective_scan import _sel_rerun
 
-#: chunks run in lockstep (independent dependency chains the CPU overlaps)
-_G = 4
 
-
-@njit(cache=_config.CACHE, error_model="numpy")
-def linear_chunk_summaries(a, b, chunk_length, P, Q):
-    """Summaries ``P, Q (batch, n_chunks, channels)`` of the first ``n_chunks`` chunks (full)."""
+@njit(cache=_config.CACHE, parallel=True, error_model="numpy")
+def linear_chunk_summaries(a, b, chunk_length, PQ):
+    """Summaries ``PQ (batch, n_chunks, 2, channels)`` (``P`` then ``Q``) of the first
+    ``n_chunks`` chunks (full): phase 1 of ``linear_scan_kernel``, the same jobs
+    (``_linear_group_summary`` over batch, blocks of ``_LBLK`` channels, groups of ``_G``
+    chunks)."""
     batch, length, channels = a.shape
-    nch = P.shape[1]
-    pv = np.empty((_G, channels), dtype=a.dtype)
-    qv = np.empty((_G, channels), dtype=a.dtype)
-    for bi in range(batch):
-        for k0 in range(0, nch, _G):
-            ng = min(_G, nch - k0)
-            for g in range(ng):
-                t = (k0 + g) * chunk_length
-                for j in range(channels):
-                    pv[g, j] = a[bi, t, j]
-                    qv[g, j] = b[bi, t, j]
-            for i in range(1, chunk_length):
-                for g in range(ng):
-                    t = (k0 + g) * chunk_length + i
-                    for j in range(channels):
-                        at = a[bi, t, j]
-                        pv[g, j] = at * pv[g, j]
-                        qv[g, j] = at * qv[g, j] + b[bi, t, j]
-            for g in range(ng):
-                for j in range(channels):
-                    P[bi, k0 + g, j] = pv[g, j]
-                    Q[bi, k0 + g, j] = qv[g, j]
-
-
-@njit(cache=_config.CACHE, error_model="numpy", inline="always")
-def _linear_carry_lane(a, b, p, q, hk, bi, j, k, chunk_length, tiny, huge):
-    """The state after chunk ``k`` of lane ``(bi, j)`` from ``hk``: ``p * hk + q`` where
-    ``carry_ok`` allows it, else the chunk's transitions re-run from ``hk``."""
-    c = p * hk + q
-    if not carry_ok(p, q, hk, c, tiny, huge):
-        c = hk
-        for t in range(k * chunk_length, (k + 1) * chunk_length):
-            c = a[bi, t, j] * c + b[bi, t, j]
-    return c
+    nsum = PQ.shape[1]
+    nblk = (channels + _LBLK - 1) // _LBLK
+    ngs = (nsum + _G - 1) // _G
+    for job in prange(batch * nblk * ngs):
+        grp = job % ngs
+        rest = job // ngs
+        bi = rest // nblk
+        d0 = (rest % nblk) * _LBLK
+        k0 = grp * _G
+        _linear_group_summary(a, b, PQ, bi, d0, min(_LBLK, channels - d0), k0, min(_G, nsum - k0), chunk_length)
 
 
 @njit(cache=_config.CACHE, error_model="numpy")
-def linear_block_carry(a, b, P, Q, h, chunk_length):
+def linear_block_carry(a, b, PQ, h, chunk_length):
     """The carry over the block's chunks: ``h (batch, channels)`` becomes the state after them
-    (phase 2 of ``linear_scan_kernel``)."""
+    (phase 2 of ``linear_scan_kernel``, :func:`~nbssm._kernels.linear_scan.linear_carry_lane`)."""
     batch, length, channels = a.shape
     tiny = np.finfo(a.dtype).tiny
     huge = np.finfo(a.dtype).max
-    nch = P.shape[1]
+    nch = PQ.shape[1]
     for bi in range(batch):
         for j in range(channels):
             hk = h[bi, j]
             for k in range(nch):
-                hk = _linear_carry_lane(a, b, P[bi, k, j], Q[bi, k, j], hk, bi, j, k, chunk_length, tiny, huge)
+                hk = linear_carry_lane(a, b, PQ[bi, k, 0, j], PQ[bi, k, 1, j], hk, bi, j, k, chunk_length, tiny,
+                                       huge)
             h[bi, j] = hk
 
 
 @njit(cache=_config.CACHE, error_model="numpy")
-def linear_block_fixup(a, b, P, Q, h, out, hT, chunk_length):
+def linear_block_carry_try(PQ, h):
+    """The carry over a block's chunks from the summaries alone: ``h (batch, channels)``
+    becomes the state after them and True is returned when the rule
+    (:func:`~nbssm._kernels.chunking.carry_ok`) lets every summary stand; False (``h``
+    then partly updated: discard it) as soon as a chunk must be re-run from its data
+    (:func:`linear_block_carry` does that)."""
+    batch, nch = PQ.shape[0], PQ.shape[1]
+    channels = PQ.shape[3]
+    tiny = np.finfo(PQ.dtype).tiny
+    huge = np.finfo(PQ.dtype).max
+    for bi in range(batch):
+        for j in range(channels):
+            hk = h[bi, j]
+            for k in range(nch):
+                p = PQ[bi, k, 0, j]
+                q = PQ[bi, k, 1, j]
+                c = p * hk + q
+                if not carry_ok(p, q, hk, c, tiny, huge):
+                    return False
+                hk = c
+            h[bi, j] = hk
+    return True
+
+
+@njit(cache=_config.CACHE, parallel=True, error_model="numpy")
+def linear_block_fixup(a, b, PQ, h, out, hT, chunk_length):
     """Every state of a time block entered with ``h (batch, channels)``, into ``out``, and the
     state after it into ``hT``: the carry gives the state entering every chunk from the
-    summaries ``P, Q`` of all chunks but the last (phase 2), then every chunk runs from it
-    (phase 3 of ``linear_scan_kernel``, ``_G`` chunks in lockstep; the last chunk may be
-    short, and the state after it is the final state)."""
+    summaries ``PQ`` of all chunks but the last (phase 2), then every chunk runs from it
+    (phase 3 of ``linear_scan_kernel``: its jobs, ``_linear_group_run``; the last chunk may
+    be short, and the state after it is the final state)."""
     batch, length, channels = a.shape
     tiny = np.finfo(a.dtype).tiny
     huge = np.finfo(a.dtype).max
@@ -110,27 +113,22 @@ def linear_block_fixup(a, b, P, Q, h, out, hT, chunk_length):
             hk = h[bi, j]
             H[bi, 0, j] = hk
             for k in range(nrun - 1):
-                hk = _linear_carry_lane(a, b, P[bi, k, j], Q[bi, k, j], hk, bi, j, k, chunk_length, tiny, huge)
+                hk = linear_carry_lane(a, b, PQ[bi, k, 0, j], PQ[bi, k, 1, j], hk, bi, j, k, chunk_length, tiny,
+                                       huge)
                 H[bi, k + 1, j] = hk
-            hT[bi, j] = hk
-    hv = np.empty((_G, channels), dtype=a.dtype)
+    nblk = (channels + _LBLK - 1) // _LBLK
+    ngr = (nrun + _G - 1) // _G
+    for job in prange(batch * nblk * ngr):
+        grp = job % ngr
+        rest = job // ngr
+        bi = rest // nblk
+        d0 = (rest % nblk) * _LBLK
+        k0 = grp * _G
+        _linear_group_run(a, b, H, out, bi, d0, min(_LBLK, channels - d0), k0, min(_G, nrun - k0), chunk_length,
+                          length)
     for bi in range(batch):
-        for k0 in range(0, nrun, _G):
-            ng = min(_G, nrun - k0)
-            for g in range(ng):
-                for j in range(channels):
-                    hv[g, j] = H[bi, k0 + g, j]
-            for i in range(chunk_length):
-                for g in range(ng):
-                    t = (k0 + g) * chunk_length + i
-                    if t < length:
-                        for j in range(channels):
-                            x = a[bi, t, j] * hv[g, j] + b[bi, t, j]
-                            hv[g, j] = x
-                            out[bi, t, j] = x
-            if k0 + ng == nrun:
-                for j in range(channels):
-                    hT[bi, j] = hv[ng - 1, j]
+        for j in range(channels):
+            hT[bi, j] = H[bi, nrun - 1, j] if nrun > 0 else h[bi, j]
 
 
 @njit(cache=_config.CACHE, error_model="numpy", inline="always")
@@ -189,3 +187,26 @@ def selective_block_carry(u, delta, A, B, delta_bias, has_bias, delta_softplus, 
                                        k * chunk_length, (k + 1) * chunk_length, hk)
                     hk = c
                 h[bi, d, n] = hk
+
+
+@njit(cache=_config.CACHE, error_model="numpy")
+def selective_block_carry_try(P, Q, h):
+    """:func:`linear_block_carry_try` for the selective scan: ``h (batch, channels, state)``
+    carried over the summaries ``P, Q (batch, n_chunks, channels, state)`` alone; False as
+    soon as a chunk must be re-run (:func:`selective_block_carry` does that)."""
+    batch, nch, channels, nstate = P.shape
+    tiny = np.finfo(P.dtype).tiny
+    huge = np.finfo(P.dtype).max
+    for bi in range(batch):
+        for d in range(channels):
+            for n in range(nstate):
+                hk = h[bi, d, n]
+                for k in range(nch):
+                    p = P[bi, k, d, n]
+                    q = Q[bi, k, d, n]
+                    c = p * hk + q
+                    if not carry_ok(p, q, hk, c, tiny, huge):
+                        return False
+                    hk = c
+                h[bi, d, n] = hk
+    return True

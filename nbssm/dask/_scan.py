@@ -15,13 +15,19 @@ chunks), the graph runs the three phases of
 1. every block but the last computes the summaries ``(P_k, Q_k)`` of its
    kernel chunks (in parallel, where its data lives;
    :mod:`nbssm._kernels.summary`, the kernels' phase 1);
-2. ``combine="serial"`` (default): a chain of one small task per block carries
-   the state through the block's chunk summaries, ``H <- P_k * H + Q_k`` in the
-   kernel's order, with the kernels' one rule
+2. ``combine="serial"`` (default): the state is carried through every block's
+   chunk summaries, ``H <- P_k * H + Q_k`` in the kernel's order, by one task when
+   the graph is built with a ``distributed`` client as the default scheduler (only
+   the summaries travel to it; a block where a summary cannot stand is carried by a
+   task it submits next to that block's data), else (``combine="chain"``, also
+   on request) by a chain of one small task per block, where the block lives; both
+   apply the kernels' one rule
    (:func:`nbssm._kernels.chunking.carry_ok`, spec ``ieee_carry_ok``) choosing
    where a chunk is re-run from ``H`` one step at a time instead (overflowed,
-   non-finite or huge values); it runs where the block lives and sends on only
-   ``batch x channels (x state)`` numbers. The result is **bitwise equal** to
+   non-finite or huge values). The chain sends on only ``batch x channels (x
+   state)`` numbers per block but costs a scheduler round trip per block (about
+   10 ms on a loaded 2-core machine: 80 ms of a 2^24-step scan whose blocks take
+   6 ms each); the single task costs one. The result is **bitwise equal** to
    ``nbssm.ops`` with ``strategy="chunked"`` on the whole sequence, extreme
    values included.
    ``combine="tree"``: block summaries (compositions of the chunk summaries)
@@ -52,14 +58,16 @@ import numpy as np
 from .. import ops
 from .._kernels.summary import (
     linear_block_carry,
+    linear_block_carry_try,
     linear_block_fixup,
     linear_chunk_summaries,
     selective_block_carry,
+    selective_block_carry_try,
     selective_chunk_summaries,
 )
 from ._common import as_dask, require_dask, small
 
-COMBINES = ("serial", "tree")
+COMBINES = ("serial", "chain", "tree")
 #: relative tolerance (to the largest magnitude) of ``combine="tree"`` against the chunked
 #: single-machine scan, per dtype (tested for up to 16 blocks of contracting scans)
 TREE_RTOL = {"float64": 1e-12, "float32": 1e-5}
@@ -77,16 +85,15 @@ def _linear_arrays(a, b):
 
 
 def _linear_summaries(a, b, chunk_length, last=False):
-    """Summaries ``(P, Q)``, ``(batch, n_chunks, channels)`` each, of the kernel chunks of one
-    time block (:func:`nbssm._kernels.summary.linear_chunk_summaries`): every chunk, or with
-    ``last`` (the sequence's last block) every chunk but the last."""
+    """Summaries ``PQ (batch, n_chunks, 2, channels)`` (``P`` then ``Q``) of the kernel chunks
+    of one time block (:func:`nbssm._kernels.summary.linear_chunk_summaries`): every chunk, or
+    with ``last`` (the sequence's last block) every chunk but the last."""
     a, b = _linear_arrays(a, b)
     bat, length, ch = a.shape
     nch = max(length - 1, 0) // chunk_length if last else length // chunk_length
-    P = np.empty((bat, nch, ch), a.dtype)
-    Q = np.empty((bat, nch, ch), a.dtype)
-    linear_chunk_summaries(a, b, chunk_length, P, Q)
-    return P, Q
+    PQ = np.empty((bat, nch, 2, ch), a.dtype)
+    linear_chunk_summaries(a, b, chunk_length, PQ)
+    return PQ
 
 
 def _linear_carry(a, b, summaries, h, chunk_length):
@@ -94,7 +101,7 @@ def _linear_carry(a, b, summaries, h, chunk_length):
     over the block's chunk summaries, with the kernels' rule (``carry_ok``) and re-runs."""
     a, b = _linear_arrays(a, b)
     out = np.array(h, dtype=a.dtype, copy=True, order="C")
-    linear_block_carry(a, b, summaries[0], summaries[1], out, chunk_length)
+    linear_block_carry(a, b, summaries, out, chunk_length)
     return out
 
 
@@ -106,7 +113,7 @@ def _linear_fixup(a, b, summaries, h, chunk_length, last=False):
     out = np.empty(a.shape, a.dtype)
     h = np.ascontiguousarray(h, dtype=a.dtype)
     hT = np.empty_like(h)
-    linear_block_fixup(a, b, summaries[0], summaries[1], h, out, hT, chunk_length)
+    linear_block_fixup(a, b, summaries, h, out, hT, chunk_length)
     return (out, hT) if last else out
 
 
@@ -142,8 +149,12 @@ def _selective_carry(u, delta, A, Bm, delta_bias, delta_softplus, summaries, h, 
 
 def _block_summary(summaries):
     """The block's chunk summaries composed into one ``(P, Q)``, first chunk first
-    (``compose(next, acc)``: ``(P_k * P, P_k * Q + Q_k)``)."""
-    P, Q = summaries[0], summaries[1]
+    (``compose(next, acc)``: ``(P_k * P, P_k * Q + Q_k)``); ``summaries``: the selective
+    pair ``(P, Q)`` or the linear ``PQ`` array ``(batch, n_chunks, 2, channels)``."""
+    if isinstance(summaries, np.ndarray):
+        P, Q = summaries[:, :, 0], summaries[:, :, 1]
+    else:
+        P, Q = summaries[0], summaries[1]
     p, q = P[:, 0].copy(), Q[:, 0].copy()
     with np.errstate(all="ignore"):
         for k in range(1, P.shape[1]):
@@ -182,7 +193,7 @@ def _tree_prefixes(delayed, block_summaries, combine=_compose):
                 memo[(lo, hi)] = block_summaries[lo]
             else:
                 mid = _split(lo, hi)
-                memo[(lo, hi)] = delayed(combine, pure=True)(seg(mid, hi), seg(lo, mid))
+                memo[(lo, hi)] = delayed(combine, seg(mid, hi), seg(lo, mid))
         return memo[(lo, hi)]
 
     return [seg(0, j) for j in range(1, len(block_summaries) + 1)]
@@ -226,6 +237,102 @@ def _selective_run_args(*args, has_z, A, D, delta_bias, delta_softplus, strategy
     return _selective_block(u, delta, z, Bm, Cm, h, A, D, delta_bias, delta_softplus, strategy, chunk_length)
 
 
+def _linear_carry_try(summaries, h):
+    """``(True, state after the block)`` from the summaries alone, or ``(False, None)`` when a
+    chunk must be re-run from the block's data."""
+    out = np.array(h, dtype=summaries.dtype, copy=True, order="C")
+    return (True, out) if linear_block_carry_try(summaries, out) else (False, None)
+
+
+def _selective_carry_try(summaries, h):
+    P, Q = summaries
+    out = np.array(h, dtype=P.dtype, copy=True, order="C")
+    return (True, out) if selective_block_carry_try(P, Q, out) else (False, None)
+
+
+def _hold(*inputs):
+    """A time block's inputs as one tuple (references, no copies)."""
+    return inputs
+
+
+class _Star:
+    """``fn(*held, *rest)``: a block function applied to a hold task's tuple of inputs."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, held, *rest, **kwargs):
+        return self.fn(*held, *rest, **kwargs)
+
+    def __dask_tokenize__(self):
+        from dask.base import tokenize
+
+        return ("nbssm.dask._Star", tokenize(self.fn))
+
+
+class _Keys:
+    """The dask keys of one time block's inputs, carried as plain data (not dependencies)."""
+
+    __slots__ = ("keys",)
+
+    def __init__(self, keys):
+        self.keys = list(keys)
+
+    def __dask_tokenize__(self):
+        return ("nbssm.dask._Keys", tuple(self.keys))
+
+
+def _on_distributed() -> bool:
+    """Whether the default scheduler is a ``distributed`` client (graph-build time)."""
+    try:
+        from distributed import default_client
+
+        default_client()
+        return True
+    except (ImportError, ValueError):
+        return False
+
+
+def _carry_from_data(carry, keys, summaries, h):
+    """Phase 2 over one block that needs a re-run: ``carry`` submitted next to the block's
+    inputs (held in the cluster's memory: the block's fix-up still needs them) from this task."""
+    try:
+        from distributed import Future, worker_client
+
+        with worker_client() as client:
+            futures = [Future(k, client) for k in keys.keys]
+            return client.submit(carry, *futures, summaries, h, pure=False).result()
+    except ValueError as exc:  # not inside a distributed worker
+        raise RuntimeError(
+            "nbssm.dask: a time block's carry must re-run chunks from the block's data (non-finite or "
+            "huge values), which needs the distributed scheduler the graph was built for; build the graph "
+            "without a distributed client to compute it with another scheduler") from exc
+
+
+def _central_carry(try_carry, carry, h0, keys, *summaries):
+    """Phase 2 in one task: the states entering every time block (and the final one), from the
+    blocks' chunk summaries (a few numbers per chunk and lane) with the kernels' rule; a block
+    whose summaries cannot stand (``try_carry`` fails) is carried by ``carry`` on its data."""
+    states = [np.asarray(h0)]
+    for j, sj in enumerate(summaries):
+        ok, h = try_carry(sj, states[-1])
+        if not ok:
+            h = _carry_from_data(carry, keys[j], sj, states[-1])
+        states.append(h)
+    return states
+
+
+def _gate(h, _after):
+    """``h``, once ``_after`` exists (a dependency that orders the graph)."""
+    return h
+
+
+def _pick(states, j):
+    return states[j]
+
+
 def _first(pair):
     return pair[0]
 
@@ -235,6 +342,31 @@ def _second(pair):
 
 
 # --------------------------------------------------------------------------- graph
+class _Graph:
+    """``dask.delayed`` calls named from one token of the whole graph: deterministic keys (as
+    ``pure=True`` gives) without tokenizing the arguments of every call (most of the time of
+    building a graph of a few dozen tasks)."""
+
+    def __init__(self, *parts):
+        import dask
+        from dask.base import tokenize
+
+        self._delayed = dask.delayed
+        self.token = tokenize(*parts)
+        self._leaves: dict = {}
+        self._n = 0
+
+    def __call__(self, fn, *args, nout=None, **kwargs):
+        from dask.utils import funcname
+
+        leaf = self._leaves.get((id(fn), nout))
+        if leaf is None:
+            leaf = self._leaves[(id(fn), nout)] = (fn, self._delayed(fn, pure=True, nout=nout))
+        self._n += 1
+        label = funcname(fn.fn if isinstance(fn, _Star) else fn).strip("_")
+        return leaf[1](*args, dask_key_name=f"{label}-{self.token}-{self._n}", **kwargs)
+
+
 def _check_time_blocks(time_chunks, chunk_length, name):
     for j, c in enumerate(time_chunks[:-1]):
         if c % chunk_length:
@@ -255,7 +387,7 @@ def _run(run_block, want_final, *args):
 
 
 def _time_parallel(seqs, h0_blocks, summarize, carry, run_block, strategy, chunk_length, combine, name,
-                   fixup=None):
+                   fixup=None, carry_try=None):
     """Shared graph of the time-parallel scans.
 
     ``seqs``: dask arrays whose blocks ``[i, j, 0]`` (batch chunk i, time block j) are the
@@ -265,9 +397,6 @@ def _time_parallel(seqs, h0_blocks, summarize, carry, run_block, strategy, chunk
     ``run_block``); ``h0_blocks[i]``: the initial state of batch chunk i. Returns ``results[i][j]``: delayed outputs, the last block's a pair
     ``(out, final_state)``.
     """
-    import dask
-
-    delayed = dask.delayed
     if combine not in COMBINES:
         raise ValueError(f"combine: expected one of {COMBINES}, got {combine!r}")
     nb, nt = seqs[0].numblocks[0], seqs[0].numblocks[1]
@@ -275,40 +404,72 @@ def _time_parallel(seqs, h0_blocks, summarize, carry, run_block, strategy, chunk
     chunked = strategy == "chunked"
     if chunked and nt > 1:
         _check_time_blocks(seqs[0].chunks[1], chunk_length, name)
+    # the carry in one task where the graph runs on a distributed cluster (the chain's hops
+    # between workers cost a scheduler round trip each); else a chain of small tasks
+    central = carry_try if combine == "serial" and carry_try is not None and _on_distributed() else None
+    if combine == "chain":
+        combine = "serial"
+    delayed = _Graph("nbssm.dask.time_parallel", name, [x.name for x in seqs], [np.asarray(h) for h in h0_blocks],
+                     summarize, carry, run_block, fixup, strategy, chunk_length, combine, central is not None)
+    if central is not None and chunked and nt > 1:
+        # the block functions take a hold task's tuple of inputs (below)
+        summarize, carry, run_block = _Star(summarize), _Star(carry), _Star(run_block)
+        fixup = None if fixup is None else _Star(fixup)
     results = []
     for i in range(nb):
         args = [[blk[i, j, 0] for blk in blocks] for j in range(nt)]
+        if central is not None and chunked and nt > 1:
+            # one task per block holding its inputs (a tuple of references): a key of this graph
+            # that no optimisation fuses away, for the central carry's re-runs
+            holds = [delayed(_hold, *args[j]) for j in range(nt)]
+            args = [[h] for h in holds]
         entering: list[tuple[Any, int | None]] = [(h0_blocks[i], None)]
         if not chunked:
             # sequential: each block from the final state of the previous one
             row = []
             for j in range(nt):
-                pair = delayed(_run, pure=True, nout=2)(run_block, True, *args[j], *entering[-1])
+                pair = delayed(_run, run_block, True, *args[j], *entering[-1], nout=2)
                 entering.append((pair[1], None))
                 row.append(pair[0] if j < nt - 1 else pair)
             results.append(row)
             continue
-        sums = [delayed(summarize, pure=True)(*args[j]) for j in range(nt - 1)]
+        sums = [delayed(summarize, *args[j]) for j in range(nt - 1)]
         if fixup is not None and combine == "serial" and nt > 1:
             # the last block's chunks but its last, summarised with the others
-            sums.append(delayed(summarize, pure=True)(*args[nt - 1], last=True))
-        if combine == "serial" and nt > 1:
+            sums.append(delayed(summarize, *args[nt - 1], last=True))
+        if combine == "serial" and nt > 1 and central is not None:
+            # one task carries the state over every block's summaries (only they travel: a few
+            # numbers per chunk and lane); a block needing a re-run is carried next to its data,
+            # its inputs found by the key of a task that holds them (alive until its fix-up)
+            keys = [_Keys([h.key]) for h in holds[:nt - 1]]
+            states = delayed(_central_carry, central, carry, h0_blocks[i], keys, *sums[:nt - 1])
+            entering += [(states, j) for j in range(1, nt)]
+        elif combine == "serial" and nt > 1:
             # one small task per block, where the block lives (a re-run reads its data);
             # only the state (batch x channels (x state) numbers) moves between them
             h = h0_blocks[i]
             for j in range(nt - 1):
-                h = delayed(carry, pure=True)(*args[j], sums[j], h)
+                h = delayed(carry, *args[j], sums[j], h)
                 entering.append((h, None))
         elif nt > 1:
-            bsum = [delayed(_block_summary, pure=True)(s) for s in sums]
+            bsum = [delayed(_block_summary, s) for s in sums]
             prefixes = _tree_prefixes(delayed, bsum)
-            entering += [(delayed(_apply, pure=True)(p, h0_blocks[i]), None) for p in prefixes]
+            entering += [(delayed(_apply, p, h0_blocks[i]), None) for p in prefixes]
         row = []
         for j in range(nt):
             if fixup is not None and combine == "serial" and nt > 1:
-                row.append(delayed(fixup, pure=True)(*args[j], sums[j], entering[j][0], last=j == nt - 1))
+                ent, idx = entering[j]
+                if idx is not None:
+                    h_in = delayed(_pick, ent, idx)
+                elif central is not None:
+                    h_in = ent
+                else:
+                    # after the whole carry chain (its last state): the chain's small tasks then
+                    # never wait behind a block's fix-up on a busy worker
+                    h_in = delayed(_gate, ent, entering[-1][0])
+                row.append(delayed(fixup, *args[j], sums[j], h_in, last=j == nt - 1))
             else:
-                row.append(delayed(_run, pure=True)(run_block, j == nt - 1, *args[j], *entering[j]))
+                row.append(delayed(_run, run_block, j == nt - 1, *args[j], *entering[j]))
         results.append(row)
     return results
 
@@ -385,10 +546,13 @@ def linear_scan(a, b, initial_state=None, return_final_state=False, strategy="au
     chunk_length : int, optional
         The kernel's chunk length (default ``nbssm.ops.LINEAR_CHUNK_LENGTH``). For the
         chunked strategy every time chunk but the last must be a multiple of it.
-    combine : {"serial", "tree"}
-        How the time blocks' summaries are combined (module docstring): "serial" is bitwise
-        equal to the single-machine chunked scan, "tree" has logarithmic depth and equals
-        it up to rounding.
+    combine : {"serial", "chain", "tree"}
+        How the time blocks' summaries are combined (module docstring): "serial" and "chain"
+        are bitwise equal to the single-machine chunked scan ("serial": one task on a
+        distributed cluster, "chain": a task per block), "tree" has logarithmic depth and
+        equals it up to rounding. A graph built for a distributed client with "serial" and
+        computed by another scheduler raises ``RuntimeError`` if a block must be re-run
+        from its data (non-finite or huge values); use "chain" there.
 
     Returns
     -------
@@ -423,7 +587,7 @@ def linear_scan(a, b, initial_state=None, return_final_state=False, strategy="au
         res = _time_parallel(
             [ak, bk], h0b, partial(_linear_summaries, chunk_length=cl), partial(_linear_carry_args, chunk_length=cl),
             partial(_linear_block, strategy=strat, chunk_length=cl), strat, cl, combine, "a",
-            fixup=partial(_linear_fixup_args, chunk_length=cl))
+            fixup=partial(_linear_fixup_args, chunk_length=cl), carry_try=_linear_carry_try)
         o = _assemble(res, (a.chunks[0], a.chunks[1], (cw,)), dt, lambda nbat: (nbat, cw), True)
         outs.append(o[0])
         finals.append(o[1])
@@ -506,7 +670,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     run = partial(_selective_run_args, has_z=has_z, A=A_, D=D_, delta_bias=bias_, delta_softplus=sp,
                   strategy=strat, chunk_length=cl)
 
-    res = _time_parallel(seqs, h0b, summarize, carry, run, strat, cl, combine, "u")
+    res = _time_parallel(seqs, h0b, summarize, carry, run, strat, cl, combine, "u", carry_try=_selective_carry_try)
     return _assemble(res, u.chunks, dt, lambda nbat: (nbat, channels, n), return_final_state)
 
 
