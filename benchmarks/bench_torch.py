@@ -194,7 +194,7 @@ def machine(threads: int) -> dict:
 
 
 def write_md(res: dict, path: str) -> None:
-    m, tr, sc = res["machine"], res["training_step"], res["selective_scan"]
+    m, tr, sc = res["machine"], res["training_step"], res.get("selective_scan")
     ms = lambda s: f"{s['median'] * 1e3:.1f} ms (min {s['min'] * 1e3:.1f}, n={s['n']})"
     lines = [
         "# PyTorch bridge (nbssm.torch) benchmark",
@@ -203,7 +203,8 @@ def write_md(res: dict, path: str) -> None:
         f"numpy {m['numpy']}, numba {m['numba']}, torch {m['torch']}, transformers {m['transformers']}.",
         f"Load average (1, 5, 15 min) before: {res['load_before']}, after: {res['load_after']} "
         "(a shared machine: other jobs ran beside this one; every repetition times both sides back to back).",
-        "Command: `flock /tmp/nbssm-bench.lock python benchmarks/bench_torch.py`" + (" --quick" if res["quick"] else ""),
+        "Command: `flock /tmp/nbssm-bench.lock python benchmarks/bench_torch.py`" + (" --quick" if res["quick"] else "")
+        + (" --skip-scan" if not sc else ""),
         "",
         "## One training step (forward + backward + Adam)",
         "",
@@ -217,21 +218,6 @@ def write_md(res: dict, path: str) -> None:
         f"Speed-up (medians): **{tr['speedup_median']:.1f}x** (target >= 5x). Losses of the first steps "
         f"(same weights, same batch): {tr['loss_first_steps']}.",
         "",
-        "## Selective scan forward + backward at S1",
-        "",
-        f"Shape {sc['shape']}, with D, z, delta_bias and softplus; gradients for all eight inputs.",
-        "",
-        "| path | time |",
-        "|---|---|",
-        f"| PyTorch autograd through a torch `selective_scan_ref` | {ms(sc['torch_autograd_ref'])} |",
-        f"| `nbssm.torch.selective_scan` (Numba forward + VJP) | {ms(sc['nbssm_bridge'])} |",
-        f"| nbssm forward alone (`nbssm.ops.selective_scan`) | {ms(sc['nbssm_forward'])} |",
-        "",
-        f"Speed-up (medians): **{sc['speedup_median']:.1f}x** (target >= 20x); forward + backward = "
-        f"**{sc['bridge_over_forward']:.2f}x** nbssm's forward (target <= 4x).",
-        "Largest relative difference from the reference (float32 both): "
-        + ", ".join(f"{k} {v:.1e}" for k, v in sc["max_rel_diff_vs_reference"].items()) + ".",
-        "",
         "## Where a bridge training step spends its time (torch.profiler, self CPU time)",
         "",
         "```",
@@ -239,6 +225,28 @@ def write_md(res: dict, path: str) -> None:
         "```",
         "",
     ]
+    if sc:
+        at = lines.index("## Where a bridge training step spends its time (torch.profiler, self CPU time)")
+        lines[at:at] = [
+            "## Selective scan forward + backward at S1",
+            "",
+            f"Shape {sc['shape']}, with D, z, delta_bias and softplus; gradients for all eight inputs.",
+            "",
+            "| path | time |",
+            "|---|---|",
+            f"| PyTorch autograd through a torch `selective_scan_ref` | {ms(sc['torch_autograd_ref'])} |",
+            f"| `nbssm.torch.selective_scan` (Numba forward + VJP) | {ms(sc['nbssm_bridge'])} |",
+            f"| nbssm forward alone (`nbssm.ops.selective_scan`) | {ms(sc['nbssm_forward'])} |",
+            "",
+            f"Speed-up (medians): **{sc['speedup_median']:.1f}x** (target >= 20x); forward + backward = "
+            f"**{sc['bridge_over_forward']:.2f}x** nbssm's forward (target <= 4x).",
+            "Largest relative difference from the reference (float32 both): "
+            + ", ".join(f"{k} {v:.1e}" for k, v in sc["max_rel_diff_vs_reference"].items()) + ".",
+            "",
+        ]
+    else:
+        lines[-1:-1] = ["The S1 selective scan was not timed in this run (`--skip-scan`): see "
+                        "`benchmarks/results/vjp.md`.", ""]
     with open(path, "w") as f:
         f.write("\n".join(lines))
 
@@ -249,6 +257,8 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--scan-reps", type=int, default=3, help="repetitions of the S1 scan (the reference takes minutes)")
     p.add_argument("--quick", action="store_true", help="small shapes (a smoke run, not a measurement)")
+    p.add_argument("--skip-scan", action="store_true",
+                   help="the training step only (the S1 scan's reference takes minutes; bench_vjp.py times it too)")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     args = p.parse_args(argv)
     _threads_env(args.threads)
@@ -261,17 +271,20 @@ def main(argv=None) -> int:
     res["training_step"] = training_step_bench(args.reps, args.quick)
     with open(os.path.join(args.out, name + ".json"), "w") as f:  # the first half, in case the second is cut
         json.dump(res, f, indent=1)
-    res["selective_scan"] = scan_bench(args.scan_reps, args.quick)
+    if not args.skip_scan:
+        res["selective_scan"] = scan_bench(args.scan_reps, args.quick)
     res["load_after"] = list(os.getloadavg())
     with open(os.path.join(args.out, name + ".json"), "w") as f:
         json.dump(res, f, indent=1)
     write_md(res, os.path.join(args.out, name + ".md"))
-    tr, sc = res["training_step"], res["selective_scan"]
+    tr = res["training_step"]
     print(f"training step: transformers {tr['transformers_cpu']['median'] * 1e3:.1f} ms, bridge "
           f"{tr['nbssm_bridge']['median'] * 1e3:.1f} ms, {tr['speedup_median']:.1f}x")
-    print(f"selective scan fwd+bwd: ref {sc['torch_autograd_ref']['median'] * 1e3:.1f} ms, bridge "
-          f"{sc['nbssm_bridge']['median'] * 1e3:.1f} ms, {sc['speedup_median']:.1f}x; "
-          f"forward {sc['nbssm_forward']['median'] * 1e3:.1f} ms ({sc['bridge_over_forward']:.2f}x)")
+    sc = res.get("selective_scan")
+    if sc:
+        print(f"selective scan fwd+bwd: ref {sc['torch_autograd_ref']['median'] * 1e3:.1f} ms, bridge "
+              f"{sc['nbssm_bridge']['median'] * 1e3:.1f} ms, {sc['speedup_median']:.1f}x; "
+              f"forward {sc['nbssm_forward']['median'] * 1e3:.1f} ms ({sc['bridge_over_forward']:.2f}x)")
     return 0
 
 
