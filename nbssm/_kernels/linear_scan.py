@@ -188,6 +188,46 @@ def _linear_group_run(a, b, H, out, bi, d0, nd, k0, ng, cl, t_end):
 
 
 @njit(cache=_config.CACHE, parallel=True, error_model="numpy")
+def linear_chunk_summaries(a, b, chunk_length, PQ):
+    """Summaries ``PQ (batch, n_chunks, 2, channels)`` (``P`` then ``Q``) of the first
+    ``n_chunks`` chunks (full): phase 1 of ``linear_scan_kernel`` (and a time block's summaries,
+    :mod:`nbssm._kernels.summary`): the jobs
+    (``_linear_group_summary`` over batch, blocks of ``_LBLK`` channels, groups of ``_G``
+    chunks)."""
+    batch, length, channels = a.shape
+    nsum = PQ.shape[1]
+    nblk = (channels + _LBLK - 1) // _LBLK
+    ngs = (nsum + _G - 1) // _G
+    for job in prange(batch * nblk * ngs):
+        grp = job % ngs
+        rest = job // ngs
+        bi = rest // nblk
+        d0 = (rest % nblk) * _LBLK
+        k0 = grp * _G
+        _linear_group_summary(a, b, PQ, bi, d0, min(_LBLK, channels - d0), k0, min(_G, nsum - k0), chunk_length)
+
+
+@njit(cache=_config.CACHE, parallel=True, error_model="numpy")
+def linear_chunks_run(a, b, H, out, chunk_length):
+    """Every chunk run from its entering state ``H[bi, k, d]`` into ``out`` (phase 3, parallel
+    over batch, blocks of ``_LBLK`` channels and groups of ``_G`` chunks; also a time
+    block's fix-up, :func:`nbssm._kernels.summary.linear_block_fixup`). ``H[bi, k]`` becomes
+    the state after chunk ``k``."""
+    batch, length, channels = a.shape
+    nrun = H.shape[1] if length > 0 else 0
+    nblk = (channels + _LBLK - 1) // _LBLK
+    ngr = (nrun + _G - 1) // _G
+    for job in prange(batch * nblk * ngr):
+        grp = job % ngr
+        rest = job // ngr
+        bi = rest // nblk
+        d0 = (rest % nblk) * _LBLK
+        k0 = grp * _G
+        _linear_group_run(a, b, H, out, bi, d0, min(_LBLK, channels - d0), k0, min(_G, nrun - k0), chunk_length,
+                          length)
+
+
+@njit(cache=_config.CACHE, parallel=True, error_model="numpy")
 def linear_scan_kernel(a, b, h0, out, hT, chunk_length):
     """``h_t = a_t * h_{t-1} + b_t``, chunked in time (``chunked_diagonal_scan``).
 
@@ -209,15 +249,7 @@ def linear_scan_kernel(a, b, h0, out, hT, chunk_length):
     nsum = max(nchunks - 1, 0)
     # phase 1: summaries of the full chunks 0 .. nsum-1
     PQ = np.empty((batch, nsum, 2, channels), dtype=a.dtype)
-    ngs = (nsum + _G - 1) // _G
-    for job in prange(batch * nblk * ngs):
-        grp = job % ngs
-        rest = job // ngs
-        bi = rest // nblk
-        d0 = (rest % nblk) * _LBLK
-        nd = min(_LBLK, channels - d0)
-        k0 = grp * _G
-        _linear_group_summary(a, b, PQ, bi, d0, nd, k0, min(_G, nsum - k0), chunk_length)
+    linear_chunk_summaries(a, b, chunk_length, PQ)
     # phase 2: serial carry; H[:, k] is the state entering chunk k
     H = np.empty((batch, max(nchunks, 1), channels), dtype=a.dtype)
     for job in prange(batch * nblk):
@@ -232,15 +264,7 @@ def linear_scan_kernel(a, b, h0, out, hT, chunk_length):
                 H[bi, k + 1, d0 + j] = linear_carry_lane(a, b, PQ[bi, k, 0, d0 + j], PQ[bi, k, 1, d0 + j],
                                                          H[bi, k, d0 + j], bi, d0 + j, k, chunk_length, tiny, huge)
     # phase 3: fix-up of every chunk from its carried state
-    ngr = (nchunks + _G - 1) // _G
-    for job in prange(batch * nblk * ngr):
-        grp = job % ngr
-        rest = job // ngr
-        bi = rest // nblk
-        d0 = (rest % nblk) * _LBLK
-        nd = min(_LBLK, channels - d0)
-        k0 = grp * _G
-        _linear_group_run(a, b, H, out, bi, d0, nd, k0, min(_G, nchunks - k0), chunk_length, length)
+    linear_chunks_run(a, b, H, out, chunk_length)
     # final state: the state after the last chunk (h0 when there is none)
     for job in prange(batch * nblk):
         bi = job // nblk

@@ -28,30 +28,11 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _config
-from ._jit import njit, prange
+from ._jit import njit
 from .chunking import carry_ok
 from .fastmath import exp_, softplus_
-from .linear_scan import _G, _LBLK, _linear_group_run, _linear_group_summary, linear_carry_lane
+from .linear_scan import linear_carry_lane, linear_chunk_summaries, linear_chunks_run  # noqa: F401 (re-exported)
 from .selective_scan import _sel_rerun
-
-
-@njit(cache=_config.CACHE, parallel=True, error_model="numpy")
-def linear_chunk_summaries(a, b, chunk_length, PQ):
-    """Summaries ``PQ (batch, n_chunks, 2, channels)`` (``P`` then ``Q``) of the first
-    ``n_chunks`` chunks (full): phase 1 of ``linear_scan_kernel``, the same jobs
-    (``_linear_group_summary`` over batch, blocks of ``_LBLK`` channels, groups of ``_G``
-    chunks)."""
-    batch, length, channels = a.shape
-    nsum = PQ.shape[1]
-    nblk = (channels + _LBLK - 1) // _LBLK
-    ngs = (nsum + _G - 1) // _G
-    for job in prange(batch * nblk * ngs):
-        grp = job % ngs
-        rest = job // ngs
-        bi = rest // nblk
-        d0 = (rest % nblk) * _LBLK
-        k0 = grp * _G
-        _linear_group_summary(a, b, PQ, bi, d0, min(_LBLK, channels - d0), k0, min(_G, nsum - k0), chunk_length)
 
 
 @njit(cache=_config.CACHE, error_model="numpy")
@@ -96,7 +77,7 @@ def linear_block_carry_try(PQ, h):
     return True
 
 
-@njit(cache=_config.CACHE, parallel=True, error_model="numpy")
+@njit(cache=_config.CACHE, error_model="numpy")
 def linear_block_fixup(a, b, PQ, h, out, hT, chunk_length):
     """Every state of a time block entered with ``h (batch, channels)``, into ``out``, and the
     state after it into ``hT``: the carry gives the state entering every chunk from the
@@ -116,16 +97,7 @@ def linear_block_fixup(a, b, PQ, h, out, hT, chunk_length):
                 hk = linear_carry_lane(a, b, PQ[bi, k, 0, j], PQ[bi, k, 1, j], hk, bi, j, k, chunk_length, tiny,
                                        huge)
                 H[bi, k + 1, j] = hk
-    nblk = (channels + _LBLK - 1) // _LBLK
-    ngr = (nrun + _G - 1) // _G
-    for job in prange(batch * nblk * ngr):
-        grp = job % ngr
-        rest = job // ngr
-        bi = rest // nblk
-        d0 = (rest % nblk) * _LBLK
-        k0 = grp * _G
-        _linear_group_run(a, b, H, out, bi, d0, min(_LBLK, channels - d0), k0, min(_G, nrun - k0), chunk_length,
-                          length)
+    linear_chunks_run(a, b, H, out, chunk_length)
     for bi in range(batch):
         for j in range(channels):
             hT[bi, j] = H[bi, nrun - 1, j] if nrun > 0 else h[bi, j]
