@@ -183,16 +183,16 @@ def _sel_vjp_checkpoints(dl, uu, A, B, h0, bi, d0, cl, ck):
 
 
 @njit(cache=_config.CACHE, error_model="numpy")
-def _sel_vjp_chunk(dl, uu, gr, sp, A, B, C, D, has_D, has_z, softplus, bi, d0, jw, t0, t1, cl, hk, acc,
-                   gB, gC):
+def _sel_vjp_chunk(dl, uu, gr, sp, B, C, has_D, has_z, softplus, bi, jw, t0, t1, cl, hk, acc, gB, gC):
     """Tokens ``t1-1 .. t0`` of one block backward, from the chunk's checkpoint ``hk (n, W)``.
 
-    ``acc (2n + 2, W)`` carries, from chunk to chunk: rows ``[0, n)`` the state cotangent,
+    ``acc (3n + 3, W)`` carries, from chunk to chunk: rows ``[0, n)`` the state cotangent,
     ``[n, 2n)`` the sum for ``A``, row ``2n`` the sum for ``D``, ``2n + 1`` that for
-    ``delta_bias``. The chunk's states and transitions are recomputed into stack scratch
+    ``delta_bias``; rows ``2n + 2`` (the lanes' ``D``) and ``[2n + 3, 3n + 3)`` (their
+    ``A``, transposed) are constants. The chunk's states and transitions are recomputed into stack scratch
     (``(cl + 1) n W`` and ``cl n W`` elements); every lane loop is branch-free.
     """
-    nstate = A.shape[1]
+    nstate = B.shape[2]
     ns = max(nstate, 1)
     dt = dl.dtype
     zero = np.zeros(1, dtype=dt)[0]
@@ -212,12 +212,12 @@ def _sel_vjp_chunk(dl, uu, gr, sp, A, B, C, D, has_D, has_z, softplus, bi, d0, j
     gDa = carray(stack_buffer(_W, dt), (_W,))
     gba = carray(stack_buffer(_W, dt), (_W,))
     for j in range(_W):
-        Dl[j] = D[d0 + j] if has_D else zero
         gDa[j] = acc[2 * nstate, j]
         gba[j] = acc[2 * nstate + 1, j]
+        Dl[j] = acc[2 * nstate + 2, j]
     for n in range(nstate):
         for j in range(_W):
-            At[n, j] = A[d0 + j, n]
+            At[n, j] = acc[2 * nstate + 3 + n, j]
             gh[n, j] = acc[n, j]
             gAa[n, j] = acc[nstate + n, j]
             Hs[0, n, j] = hk[n, j]
@@ -328,14 +328,18 @@ def _sel_vjp_job(dl, uu, gr, sp, A, B, C, D, has_D, has_z, softplus, h0, ghT, cl
     nstate = A.shape[1]
     nchunks = ck.shape[0]
     _sel_vjp_checkpoints(dl, uu, A, B, h0, bi, d0, cl, ck)
-    acc = np.zeros((2 * nstate + 2, _W), dtype=dl.dtype)
+    acc = np.zeros((3 * nstate + 3, _W), dtype=dl.dtype)
     for n in range(nstate):
         for j in range(_W):
             acc[n, j] = ghT[bi, d0 + j, n]
+            acc[2 * nstate + 3 + n, j] = A[d0 + j, n]
+    if has_D:
+        for j in range(_W):
+            acc[2 * nstate + 2, j] = D[d0 + j]
     for k in range(nchunks - 1, -1, -1):
         t0 = k * cl
-        _sel_vjp_chunk(dl, uu, gr, sp, A, B, C, D, has_D, has_z, softplus, bi, d0, jw, t0, min(t0 + cl, length),
-                       cl, ck[k], acc, gB, gC)
+        _sel_vjp_chunk(dl, uu, gr, sp, B, C, has_D, has_z, softplus, bi, jw, t0, min(t0 + cl, length), cl,
+                       ck[k], acc, gB, gC)
     for n in range(nstate):
         for j in range(jw, _W):
             gh0[bi, d0 + j, n] = acc[n, j]
