@@ -5,6 +5,8 @@ Run (torch must be installed: ``pip install torch==2.13.0``, CPU wheel)::
 
     python benchmarks/bench_vjp.py                 # S1 (1, 2048, 1536, 16) float32
     python benchmarks/bench_vjp.py --quick         # a small shape
+    python benchmarks/bench_vjp.py --no-torch      # nbssm only (no torch needed; the torch
+                                                   # autograd round takes minutes at S1)
 
 Writes ``benchmarks/results/vjp.md`` and ``vjp.json``. Targets: forward + backward at least 20x
 faster than torch autograd, and at most 4x nbssm's own forward. The machine may be shared:
@@ -47,16 +49,17 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--no-torch", action="store_true", help="time nbssm only (no torch autograd rounds)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "vjp.md"))
     args = p.parse_args(argv)
-    import torch
+    torch = None if args.no_torch else __import__("torch")
 
     shape = (1, 256, 256, 16) if args.quick else (1, 2048, 1536, 16)
     kw = R.random_inputs("selective", shape, dtype=np.float32, seed=0, initial_state=False)
     gy = np.random.default_rng(1).standard_normal(shape[:3]).astype(np.float32)
     names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-    tin = {k: torch.from_numpy(np.array(kw[k])).requires_grad_(True) for k in names}
-    tgy = torch.from_numpy(gy)
+    tin = {} if torch is None else {k: torch.from_numpy(np.array(kw[k])).requires_grad_(True) for k in names}
+    tgy = None if torch is None else torch.from_numpy(gy)
 
     def nb_fwd():
         return O.selective_scan(**kw)
@@ -72,16 +75,19 @@ def main(argv=None) -> int:
         y.backward(tgy)
 
     nb_fwd_bwd()  # compile / load
-    torch_fwd_bwd()
-    # agreement of the two gradients (float32 vs float32)
-    g = O.selective_scan_vjp(gy, **kw)
-    agree = {k: float(np.max(np.abs(getattr(g, k) - tin[k].grad.numpy())) /
-                      max(float(np.max(np.abs(tin[k].grad.numpy()))), 1e-30)) for k in names}
-    rows = {"fwd": [], "fwd_bwd": [], "torch": []}
+    agree = {}
+    if torch is not None:
+        torch_fwd_bwd()
+        # agreement of the two gradients (float32 vs float32)
+        g = O.selective_scan_vjp(gy, **kw)
+        agree = {k: float(np.max(np.abs(getattr(g, k) - tin[k].grad.numpy())) /
+                          max(float(np.max(np.abs(tin[k].grad.numpy()))), 1e-30)) for k in names}
+    timed = [("fwd", nb_fwd), ("fwd_bwd", nb_fwd_bwd)] + ([("torch", torch_fwd_bwd)] if torch else [])
+    rows = {key: [] for key, _ in timed}
     loads = []
     for _ in range(args.rounds):
         loads.append(os.getloadavg()[0])
-        for key, f in (("fwd", nb_fwd), ("fwd_bwd", nb_fwd_bwd), ("torch", torch_fwd_bwd)):
+        for key, f in timed:
             t = time.perf_counter()
             f()
             rows[key].append(time.perf_counter() - t)
@@ -90,10 +96,11 @@ def main(argv=None) -> int:
     result = {
         "shape": shape, "dtype": "float32", "rounds": args.rounds, "times_s": rows,
         "median_s": med, "min_s": mn, "loadavg_1min": loads, "cpus": os.cpu_count(),
-        "numba_threads": __import__("numba").get_num_threads(), "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-        "speedup_vs_torch": med["torch"] / med["fwd_bwd"], "fwd_bwd_over_fwd": med["fwd_bwd"] / med["fwd"],
-        "grad_rel_diff_vs_torch": agree,
+        "numba_threads": __import__("numba").get_num_threads(),
+        "torch": torch.__version__ if torch else None, "torch_threads": torch.get_num_threads() if torch else None,
+        "machine": platform.processor() or platform.machine(),
+        "speedup_vs_torch": med["torch"] / med["fwd_bwd"] if torch else None,
+        "fwd_bwd_over_fwd": med["fwd_bwd"] / med["fwd"], "grad_rel_diff_vs_torch": agree,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -103,20 +110,22 @@ def main(argv=None) -> int:
         "",
         f"{args.rounds} interleaved rounds; median (min) wall seconds; 1-min load average per round "
         f"{', '.join(f'{x:.1f}' for x in loads)} on {os.cpu_count()} CPUs (a shared machine); "
-        f"numba threads {result['numba_threads']}, torch {torch.__version__} threads {result['torch_threads']}.",
+        f"numba threads {result['numba_threads']}, "
+        + (f"torch {torch.__version__} threads {result['torch_threads']}." if torch else "torch not run."),
         "",
         "| what | median s | min s |",
         "|---|---|---|",
         f"| nbssm forward | {med['fwd']:.3f} | {mn['fwd']:.3f} |",
         f"| nbssm forward + selective_scan_vjp | {med['fwd_bwd']:.3f} | {mn['fwd_bwd']:.3f} |",
-        f"| torch autograd (selective_scan_ref port) forward + backward | {med['torch']:.3f} | {mn['torch']:.3f} |",
-        "",
-        f"- speedup over torch autograd: **{result['speedup_vs_torch']:.1f}x** (target >= 20x)",
-        f"- (forward + backward) / forward: **{result['fwd_bwd_over_fwd']:.2f}** (target <= 4)",
-        f"- max relative gradient difference nbssm vs torch (both float32): "
-        f"{max(agree.values()):.1e}",
-        "",
     ]
+    if torch:
+        lines.append(f"| torch autograd (selective_scan_ref port) forward + backward | {med['torch']:.3f} | "
+                     f"{mn['torch']:.3f} |")
+    lines += ["", f"- (forward + backward) / forward: **{result['fwd_bwd_over_fwd']:.2f}** (target <= 4)"]
+    if torch:
+        lines += [f"- speedup over torch autograd: **{result['speedup_vs_torch']:.1f}x** (target >= 20x)",
+                  f"- max relative gradient difference nbssm vs torch (both float32): {max(agree.values()):.1e}"]
+    lines.append("")
     out.write_text("\n".join(lines))
     print("\n".join(lines))
     return 0

@@ -573,7 +573,7 @@ def _grad_arg(g, name: str, dt, shape: tuple, unbatched: bool, what: str):
 
 
 #: chunk of the backward kernels' state checkpoints (tokens between two stored states)
-VJP_CHUNK_LENGTH = 64
+VJP_CHUNK_LENGTH = 16
 
 
 def selective_scan_vjp(grad_y, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -590,10 +590,11 @@ def selective_scan_vjp(grad_y, u, delta, A, B, C, D=None, z=None, delta_bias=Non
     grad_final_state : array_like, shape of the final state, optional
         Cotangent of the final state (zero if omitted).
     chunk_length : int, optional
-        Tokens between two checkpointed states (default ``VJP_CHUNK_LENGTH`` = 64): the
+        Tokens between two checkpointed states (default ``VJP_CHUNK_LENGTH`` = 16): the
         kernel runs the forward once storing the state every ``chunk_length`` tokens, then,
         chunk by chunk from the last, recomputes the chunk's states and runs it backward.
-        Any integer >= 1; the gradients do not depend on it (bitwise).
+        Any integer >= 1 (the kernel caps it so that a chunk's states fit a stack scratch of
+        ``_SCRATCH`` = 16384 elements); the gradients do not depend on it (bitwise).
 
     Returns
     -------
@@ -607,7 +608,8 @@ def selective_scan_vjp(grad_y, u, delta, A, B, C, D=None, z=None, delta_bias=Non
     The derivative is that of the forward's formula (the softplus's derivative is the
     plain sigmoid of ``delta + delta_bias``; with the float32 cut-off above 20 the
     forward's value is ``x`` itself, whose derivative 1 differs from the sigmoid by less
-    than 2.1e-9). Memory: the outputs, checkpoints of size
+    than 2.1e-9). Memory: the outputs, four blocked copies of size ``b * l * d`` (the
+    per-token inputs, then results, of the 32-channel blocks), checkpoints of size
     ``b * d * n * length / chunk_length`` and O(chunk_length * n * 32) per thread.
     Deterministic: bitwise the same on any number of threads (sums over channels and over
     the batch are done in a fixed order). NaN/Inf: not refused; they propagate through
@@ -660,16 +662,18 @@ def _selective_vjp(gy, u, delta, A, B, C, D, z, bias, has_D, has_z, has_bias, so
     A_, h0_, ghT_ = pad(A, 0), pad(h0, 1), pad(ghT, 1)
     D_, bias_, z_ = pad(D, 0, has_D), pad(bias, 0, has_bias), pad(z, 2, has_z)
     nblk = (chans + W - 1) // W
-    gu = np.zeros((batch, length, chans), dt)
-    gdelta = np.zeros((batch, length, chans), dt)
-    gz = np.zeros((batch, length, chans) if has_z else (1, 1, 1), dt)
+    run = bool(batch and length and chans)
+    full = np.empty if run else np.zeros  # the kernel writes every entry of these
+    gu = full((batch, length, chans), dt)
+    gdelta = full((batch, length, chans), dt)
+    gz = full((batch, length, chans) if has_z else (1, 1, 1), dt)
     gA_part = np.zeros((batch, nblk, nstate, W), dt)
     gD_part = np.zeros((batch, nblk, W), dt)
     gbias_part = np.zeros((batch, nblk, W), dt)
-    gB_part = np.zeros((nblk, batch, length, nstate), dt)
-    gC_part = np.zeros((nblk, batch, length, nstate), dt)
+    gB_part = full((nblk, batch, length, nstate), dt)
+    gC_part = full((nblk, batch, length, nstate), dt)
     gh0 = np.zeros((batch, chans, nstate), dt)
-    if batch and length and chans:
+    if run:
         selective_scan_vjp_kernel(gy_, u_, delta_, A_, B, C, D_, z_, bias_, has_D, has_z, has_bias, softplus,
                                   h0_, ghT_, cl, gu, gdelta, gz, gA_part, gD_part, gbias_part, gB_part,
                                   gC_part, gh0)

@@ -44,7 +44,7 @@ def _directional_check(loss, kw, grads, names, seed=0, eps=1e-6):
 
 
 @pytest.mark.parametrize("shape,cl", [((2, 37, 3, 4), 8), ((2, 300, 70, 5), 128), ((1, 5, 32, 3), None),
-                                      ((3, 129, 33, 2), 64), ((1, 1, 1, 1), None)])
+                                      ((3, 129, 33, 2), 64), ((1, 1, 1, 1), None), ((1, 45, 65, 40), 64)])
 @pytest.mark.parametrize("extras", [True, False])
 def test_selective_vjp_matches_reference(shape, cl, extras):
     kw, gy, gT = _sel_inputs(shape, seed=sum(shape), extras=extras)
@@ -88,9 +88,11 @@ def test_selective_vjp_bitwise_independent_of_threads_and_chunk_length():
     with threads.threads(2):
         g2 = O.selective_scan_vjp(gy, **kw, grad_final_state=gT)
     g3 = O.selective_scan_vjp(gy, **kw, grad_final_state=gT, chunk_length=7)
+    g4 = O.selective_scan_vjp(gy, **kw, grad_final_state=gT, chunk_length=1000)  # capped by the scratch
     for name in SEL_NAMES:
         np.testing.assert_array_equal(getattr(g1, name), getattr(g2, name), err_msg=name)
         np.testing.assert_array_equal(getattr(g1, name), getattr(g3, name), err_msg=name)
+        np.testing.assert_array_equal(getattr(g1, name), getattr(g4, name), err_msg=name)
 
 
 def test_selective_vjp_float32_within_tolerance():

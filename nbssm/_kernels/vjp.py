@@ -5,25 +5,35 @@ Validation, layouts and the final reductions live in :mod:`nbssm.ops`
 (``b`` batch, ``l`` length, ``d`` channels, ``n`` state): sequences ``(b, l, d)``,
 ``B, C (b, l, n)``, ``A (d, n)``, states ``(b, d, n)``.
 
-Selective scan (:func:`selective_scan_vjp_kernel`): one parallel job per
-(batch, block of ``VJP_WIDTH`` = 32 channels). A job
+Selective scan (:func:`selective_scan_vjp_kernel`), three parallel phases:
 
-1. runs the forward recurrence over the whole sequence and keeps the state at
-   the start of every chunk of ``chunk_length`` tokens (the checkpoints);
-2. for every chunk from the last to the first: recomputes the chunk's states
-   and transitions from its checkpoint into a per-job scratch
-   ``(chunk_length, n, 32)``, then runs the chunk backward in time, carrying the
-   state cotangent ``gh``.
+1. prep, one job per (batch, tile of ``_TILE`` tokens), reading whole
+   ``(b, l, d)`` rows: blocked copies ``(b, nblk, l, 32)`` of the per-token
+   inputs of every block of ``VJP_WIDTH`` = 32 channels (``dl = softplus(delta +
+   delta_bias)``, ``u``, the readout cotangent ``grad_y * silu(z)`` and the
+   softplus derivative), so that the softplus and the gate are evaluated once
+   and the jobs below read contiguous ``(l, 32)`` slices;
+2. one job per (batch, block): runs the forward recurrence over the whole
+   sequence and keeps the state at the start of every chunk of ``chunk_length``
+   tokens (the checkpoints); then, for every chunk from the last to the first,
+   recomputes the chunk's states and transitions from its checkpoint into a
+   stack scratch ``(chunk_length, n, 32)`` (kept in the L1/L2 cache) and runs
+   the chunk backward in time, carrying the state cotangent ``gh``; the
+   per-token results overwrite the blocked inputs they replace;
+3. post, one job per (batch, tile of tokens): the blocked per-lane results
+   written back to whole ``(b, l, d)`` rows (and the gate's cotangent).
 
 Per-lane gradients (``u, delta, z``, the initial state) are owned by one
-job. Gradients summed over channels (``B, C``) are written per job as
+block. Gradients summed over channels (``B, C``) are written per job as
 partial sums over the block's lanes, reduced inside the block by a fixed
-halving tree (lanes ``j`` and ``j + 16``, then ``j + 8``, ...), and summed over
-blocks by the caller in block order. Gradients summed over the batch (``A, D,
-delta_bias``) are written per job and summed by the caller in batch order.
-The block width is a constant (not chosen from the thread count), so every
-sum has one fixed order and the results are bitwise the same on any number
-of threads.
+tree (lanes ``j``, ``j + 16``, ``j + 8``, ``j + 24`` in registers while the
+terms are computed, then the 8 partials ``((0+4)+(2+6)) + ((1+5)+(3+7))``),
+and summed over blocks by the caller in block order. Gradients summed over
+the batch (``A, D, delta_bias``) are written per job and summed by the caller
+in batch order. The block width and the token tiles are constants (not
+chosen from the thread count), so every sum has one fixed order and the
+results are bitwise the same on any number of threads and for any
+``chunk_length``.
 
 The forward recomputation uses exactly the operations of the forward kernel
 (:mod:`nbssm._kernels.selective_scan`), so in float64 the recomputed states
@@ -33,90 +43,130 @@ are those of the forward, bit for bit.
 from __future__ import annotations
 
 import numpy as np
+from numba import carray
 
 from .. import _config
 from ._jit import njit, prange
 from .fastmath import exp_, sigmoid_, softplus_
-from .intrinsics import prefetch
+from .intrinsics import stack_buffer
 
 #: channels per job of the selective-scan backward (a constant: fixes the order of the
 #: sums over channels)
 VJP_WIDTH = 32
 _W = VJP_WIDTH
-#: how many tokens ahead (forward passes) or behind (backward pass) rows are prefetched
-_PREFETCH = 16
+#: tokens per job of the selective-scan backward's prep and post phases
+_TILE = 64
+#: elements of the stack scratch of a chunk's states (and of its transitions): caps the
+#: chunk length of the selective-scan backward at ``_SCRATCH // (n * 32)`` tokens
+_SCRATCH = 16384
 
 
 @njit(cache=_config.CACHE, error_model="numpy")
-def _lane_sums(T, rows, jw, out):
-    """``out[r] = sum_j T[r, j]`` over lanes ``j >= jw`` for ``r < rows``, ``T (rows, 32)``:
-    lanes below ``jw`` zeroed, then the fixed halving tree ``j + 16``, ``j + 8``, then
-    ``((0+4)+(2+6)) + ((1+5)+(3+7))``."""
-    for r in range(rows):
-        for j in range(jw):
-            T[r, j] = 0
-    for r in range(rows):
-        for j in range(16):
-            T[r, j] = T[r, j] + T[r, j + 16]
-        for j in range(8):
-            T[r, j] = T[r, j] + T[r, j + 8]
-    for r in range(rows):
-        out[r] = ((T[r, 0] + T[r, 4]) + (T[r, 2] + T[r, 6])) + ((T[r, 1] + T[r, 5]) + (T[r, 3] + T[r, 7]))
+def _sel_vjp_prep(gy, u, delta, z, delta_bias, has_z, has_bias, softplus, bi, t0, t1, DL, UU, GR, SP):
+    """Blocked per-token inputs of tokens ``t0 .. t1-1`` of batch ``bi`` (reads whole rows).
 
-
-@njit(cache=_config.CACHE, error_model="numpy")
-def _sel_vjp_job(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, softplus,
-                 h0, ghT, cl, bi, d0, jw, ck, gu, gdelta, gz, gA, gD, gbias, gB, gC, gh0):
-    """Backward of one (batch ``bi``, block ``d0 .. d0+31``) job; lanes ``j >= jw`` are owned.
-
-    ``ck (nchunks, n, W)`` is this job's checkpoint scratch; ``gA (n, W)``, ``gD, gbias (W,)``
-    receive this job's batch-partial sums, ``gB, gC (l, n)`` its channel-partial sums.
+    For every block ``blk`` (lanes ``d0 .. d0+31``, the last block shifted left to end at the last channel) and lane ``j``
+    (``d = d0 + j``): ``DL = softplus(delta + delta_bias)`` (as requested; the forward's
+    operations), ``UU = u``, ``GR = grad_y * silu(z)`` (``grad_y`` without ``z``) and, with
+    the softplus, ``SP = sigmoid(delta + delta_bias)`` (its derivative); all ``(b, nblk, l, 32)``.
     """
     length = u.shape[1]
     channels = u.shape[2]
-    nstate = A.shape[1]
+    nblk = DL.shape[1]
     dt = u.dtype
-    one = np.ones(1, dtype=dt)[0]
-    line = 64 // u.itemsize  # elements per cache line
-    nchunks = (length + cl - 1) // cl
-    At = np.empty((nstate, _W), dtype=dt)
-    h = np.empty((nstate, _W), dtype=dt)
-    gh = np.empty((nstate, _W), dtype=dt)
-    gAa = np.zeros((nstate, _W), dtype=dt)
-    Hs = np.empty((cl + 1, nstate, _W), dtype=dt)  # Hs[0] the checkpoint, Hs[tt+1] after token tt
-    As = np.empty((cl, nstate, _W), dtype=dt)  # transitions exp(dl * A) of each token
-    TB = np.empty((cl * nstate, _W), dtype=dt)  # per-lane terms of the B and C cotangents
-    TC = np.empty((cl * nstate, _W), dtype=dt)
-    sums = np.empty(cl * nstate, dtype=dt)
-    dls = np.empty((cl, _W), dtype=dt)
-    gyrs = np.empty((cl, _W), dtype=dt)  # cotangent of the readout before the gate
-    Dl = np.zeros(_W, dtype=dt)
-    bl = np.zeros(_W, dtype=dt)
-    dl = np.empty(_W, dtype=dt)
-    uu = np.empty(_W, dtype=dt)
-    yr = np.empty(_W, dtype=dt)
-    gdl = np.empty(_W, dtype=dt)
-    guu = np.empty(_W, dtype=dt)
-    gDa = np.zeros(_W, dtype=dt)
-    gba = np.zeros(_W, dtype=dt)
-    for j in range(_W):
-        if has_D:
-            Dl[j] = D[d0 + j]
-        if has_bias:
-            bl[j] = delta_bias[d0 + j]
-    for n in range(nstate):
-        for j in range(_W):
-            At[n, j] = A[d0 + j, n]
-            h[n, j] = h0[bi, d0 + j, n]
-            gh[n, j] = ghT[bi, d0 + j, n]
+    x = carray(stack_buffer(_W, dt), (_W,))
     uf = u.reshape(u.size)
     df = delta.reshape(delta.size)
+    zf = z.reshape(z.size)
+    gyf = gy.reshape(gy.size)
+    DLf = DL.reshape(DL.size)
+    UUf = UU.reshape(UU.size)
+    GRf = GR.reshape(GR.size)
+    SPf = SP.reshape(SP.size)
+    # every lane loop below is branch-free (the flags are tested outside): they vectorise
+    for t in range(t0, t1):  # whole rows (contiguous reads); the writes go to nblk streams
+        for blk in range(nblk):
+            d0 = min(blk * _W, channels - _W)
+            src = np.uint64((bi * length + t) * channels + d0)
+            dst = np.uint64(((bi * nblk + blk) * length + t) * _W)
+            for j in range(_W):
+                x[j] = df[src + np.uint64(j)]
+            if has_bias:
+                for j in range(_W):
+                    x[j] = x[j] + delta_bias[d0 + j]
+            if softplus:
+                for j in range(_W):
+                    SPf[dst + np.uint64(j)] = sigmoid_(x[j])
+                for j in range(_W):
+                    DLf[dst + np.uint64(j)] = softplus_(x[j])
+            else:
+                for j in range(_W):
+                    DLf[dst + np.uint64(j)] = x[j]
+            for j in range(_W):
+                UUf[dst + np.uint64(j)] = uf[src + np.uint64(j)]
+            if has_z:
+                for j in range(_W):
+                    zv = zf[src + np.uint64(j)]
+                    x[j] = zv * sigmoid_(zv)
+                for j in range(_W):
+                    GRf[dst + np.uint64(j)] = gyf[src + np.uint64(j)] * x[j]
+            else:
+                for j in range(_W):
+                    GRf[dst + np.uint64(j)] = gyf[src + np.uint64(j)]
+
+
+@njit(cache=_config.CACHE, error_model="numpy")
+def _sel_vjp_post(gy, z, has_z, bi, t0, t1, DL, UU, GR, gu, gdelta, gz):
+    """Scatter the blocked results of tokens ``t0 .. t1-1`` of batch ``bi`` to ``(b, l, d)`` rows.
+
+    Each block writes its owned lanes: ``gu = UU``, ``gdelta = DL`` and, with ``z``,
+    ``gz = grad_y * GR * silu'(z)`` (``GR`` then holds the readout before the gate).
+    """
+    length = gu.shape[1]
+    channels = gu.shape[2]
+    nblk = DL.shape[1]
+    dt = gu.dtype
+    one = np.ones(1, dtype=dt)[0]
     zf = z.reshape(z.size)
     gyf = gy.reshape(gy.size)
     guf = gu.reshape(gu.size)
     gdf = gdelta.reshape(gdelta.size)
     gzf = gz.reshape(gz.size)
-    # 1. forward: checkpoints at chunk starts
+    DLf = DL.reshape(DL.size)
+    UUf = UU.reshape(UU.size)
+    GRf = GR.reshape(GR.size)
+    for t in range(t0, t1):
+        for blk in range(nblk):
+            dstart = blk * _W
+            d0 = min(dstart, channels - _W)
+            jw = dstart - d0
+            dst = np.uint64((bi * length + t) * channels + d0)
+            src = np.uint64(((bi * nblk + blk) * length + t) * _W)
+            for j in range(jw, _W):
+                guf[dst + np.uint64(j)] = UUf[src + np.uint64(j)]
+                gdf[dst + np.uint64(j)] = DLf[src + np.uint64(j)]
+                if has_z:
+                    zv = zf[dst + np.uint64(j)]
+                    s = sigmoid_(zv)
+                    gzf[dst + np.uint64(j)] = gyf[dst + np.uint64(j)] * GRf[src + np.uint64(j)] * \
+                        (s * (one + zv * (one - s)))
+
+
+@njit(cache=_config.CACHE, error_model="numpy")
+def _sel_vjp_checkpoints(dl, uu, A, B, h0, bi, d0, cl, ck):
+    """``ck[k] (n, W)``: the block's state entering chunk ``k`` (the forward's operations)."""
+    nstate = A.shape[1]
+    ns = max(nstate, 1)
+    nchunks = ck.shape[0]
+    dt = dl.dtype
+    At = carray(stack_buffer(ns * _W, dt), (ns, _W))
+    h = carray(stack_buffer(ns * _W, dt), (ns, _W))
+    for n in range(nstate):
+        for j in range(_W):
+            At[n, j] = A[d0 + j, n]
+            h[n, j] = h0[bi, d0 + j, n]
+    dlf = dl.reshape(dl.size)
+    uuf = uu.reshape(uu.size)
     for k in range(nchunks):
         for n in range(nstate):
             for j in range(_W):
@@ -124,130 +174,179 @@ def _sel_vjp_job(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias
         if k == nchunks - 1:
             break  # the last chunk's end state is never needed
         for t in range(k * cl, (k + 1) * cl):
-            row = np.uint64((bi * length + t) * channels + d0)
-            ahead = (bi * length + t + _PREFETCH) * channels + d0
-            for q in range(0, _W, line):
-                prefetch(u, ahead + q)
-                prefetch(delta, ahead + q)
-            for j in range(_W):
-                dv = df[row + np.uint64(j)]
-                if has_bias:
-                    dv = dv + bl[j]
-                if softplus:
-                    dv = softplus_(dv)
-                dl[j] = dv
-                uu[j] = uf[row + np.uint64(j)]
+            row = np.uint64(t * _W)
             for n in range(nstate):
                 bn = B[bi, t, n]
                 for j in range(_W):
-                    dv = dl[j]
-                    h[n, j] = exp_(dv * At[n, j]) * h[n, j] + (dv * bn) * uu[j]
-    # 2. chunks backward
+                    dv = dlf[row + np.uint64(j)]
+                    h[n, j] = exp_(dv * At[n, j]) * h[n, j] + (dv * bn) * uuf[row + np.uint64(j)]
+
+
+@njit(cache=_config.CACHE, error_model="numpy")
+def _sel_vjp_chunk(dl, uu, gr, sp, B, C, has_D, has_z, softplus, bi, jw, t0, t1, cl, hk, acc, gB, gC):
+    """Tokens ``t1-1 .. t0`` of one block backward, from the chunk's checkpoint ``hk (n, W)``.
+
+    ``acc (3n + 3, W)`` carries, from chunk to chunk: rows ``[0, n)`` the state cotangent,
+    ``[n, 2n)`` the sum for ``A``, row ``2n`` the sum for ``D``, ``2n + 1`` that for
+    ``delta_bias``; rows ``2n + 2`` (the lanes' ``D``) and ``[2n + 3, 3n + 3)`` (their
+    ``A``, transposed) are constants. The chunk's states and transitions are recomputed into stack scratch
+    (``(cl + 1) n W`` and ``cl n W`` elements); every lane loop is branch-free.
+    """
+    nstate = B.shape[2]
+    ns = max(nstate, 1)
+    dt = dl.dtype
+    zero = np.zeros(1, dtype=dt)[0]
+    At = carray(stack_buffer(ns * _W, dt), (ns, _W))
+    gh = carray(stack_buffer(ns * _W, dt), (ns, _W))
+    gAa = carray(stack_buffer(ns * _W, dt), (ns, _W))
+    Hs = carray(stack_buffer((cl + 1) * ns * _W, dt), (cl + 1, ns, _W))  # Hs[tt+1]: after token tt
+    As = carray(stack_buffer(cl * ns * _W, dt), (cl, ns, _W))  # transitions exp(dl * A)
+    TB = carray(stack_buffer(cl * ns * 8, dt), (cl * ns, 8))  # B, C cotangent terms, 32 -> 8 lanes
+    TC = carray(stack_buffer(cl * ns * 8, dt), (cl * ns, 8))
+    ys = carray(stack_buffer(cl * _W, dt), (cl, _W))  # readout before the gate
+    tmp = carray(stack_buffer(_W, dt), (_W,))
+    Dl = carray(stack_buffer(_W, dt), (_W,))
+    yr = carray(stack_buffer(_W, dt), (_W,))
+    gdl = carray(stack_buffer(_W, dt), (_W,))
+    guu = carray(stack_buffer(_W, dt), (_W,))
+    gDa = carray(stack_buffer(_W, dt), (_W,))
+    gba = carray(stack_buffer(_W, dt), (_W,))
+    for j in range(_W):
+        gDa[j] = acc[2 * nstate, j]
+        gba[j] = acc[2 * nstate + 1, j]
+        Dl[j] = acc[2 * nstate + 2, j]
+    for n in range(nstate):
+        for j in range(_W):
+            At[n, j] = acc[2 * nstate + 3 + n, j]
+            gh[n, j] = acc[n, j]
+            gAa[n, j] = acc[nstate + n, j]
+            Hs[0, n, j] = hk[n, j]
+    dlf = dl.reshape(dl.size)
+    uuf = uu.reshape(uu.size)
+    grf = gr.reshape(gr.size)
+    spf = sp.reshape(sp.size)
+    gBf = gB.reshape(gB.size)
+    gCf = gC.reshape(gC.size)
+    for t in range(t0, t1):  # recompute the chunk: states, transitions, readout, C terms
+        tt = t - t0
+        row = np.uint64(t * _W)
+        if has_D:  # the readout before the gate (for z's cotangent; not used without z)
+            for j in range(_W):
+                yr[j] = Dl[j] * uuf[row + np.uint64(j)]
+        else:
+            for j in range(_W):
+                yr[j] = zero
+        for n in range(nstate):
+            bn = B[bi, t, n]
+            cn = C[bi, t, n]
+            for j in range(_W):
+                dv = dlf[row + np.uint64(j)]
+                a = exp_(dv * At[n, j])
+                hv = a * Hs[tt, n, j] + (dv * bn) * uuf[row + np.uint64(j)]
+                As[tt, n, j] = a
+                Hs[tt + 1, n, j] = hv
+                yr[j] = yr[j] + hv * cn
+                v = grf[row + np.uint64(j)] * hv
+                tmp[j] = v if j >= jw else zero
+            r = tt * nstate + n
+            for q in range(8):
+                TC[r, q] = (tmp[q] + tmp[q + 16]) + (tmp[q + 8] + tmp[q + 24])
+        if has_z:
+            for j in range(_W):
+                ys[tt, j] = yr[j]
+    for t in range(t1 - 1, t0 - 1, -1):  # backward through the chunk
+        tt = t - t0
+        row = np.uint64(t * _W)
+        if has_D:
+            for j in range(_W):
+                g = grf[row + np.uint64(j)]
+                gDa[j] += g * uuf[row + np.uint64(j)]
+                guu[j] = g * Dl[j]
+        else:
+            for j in range(_W):
+                guu[j] = zero
+        for j in range(_W):
+            gdl[j] = zero
+        for n in range(nstate):
+            bn = B[bi, t, n]
+            cn = C[bi, t, n]
+            for j in range(_W):
+                a = As[tt, n, j]
+                g = gh[n, j] + grf[row + np.uint64(j)] * cn
+                ga = (g * Hs[tt, n, j]) * a
+                dv = dlf[row + np.uint64(j)]
+                uv = uuf[row + np.uint64(j)]
+                gdl[j] = gdl[j] + (ga * At[n, j] + g * (bn * uv))
+                gAa[n, j] = gAa[n, j] + ga * dv
+                v = g * (dv * uv)
+                tmp[j] = v if j >= jw else zero
+                guu[j] = guu[j] + g * (dv * bn)
+                gh[n, j] = g * a
+            r = tt * nstate + n
+            for q in range(8):
+                TB[r, q] = (tmp[q] + tmp[q + 16]) + (tmp[q + 8] + tmp[q + 24])
+        if softplus:
+            for j in range(_W):
+                gdl[j] = gdl[j] * spf[row + np.uint64(j)]
+        for j in range(_W):
+            gba[j] += gdl[j]
+            dlf[row + np.uint64(j)] = gdl[j]
+            uuf[row + np.uint64(j)] = guu[j]
+        if has_z:
+            for j in range(_W):
+                grf[row + np.uint64(j)] = ys[tt, j]
+    base = t0 * nstate
+    for r in range((t1 - t0) * nstate):
+        gBf[base + r] = ((TB[r, 0] + TB[r, 4]) + (TB[r, 2] + TB[r, 6])) + \
+            ((TB[r, 1] + TB[r, 5]) + (TB[r, 3] + TB[r, 7]))
+        gCf[base + r] = ((TC[r, 0] + TC[r, 4]) + (TC[r, 2] + TC[r, 6])) + \
+            ((TC[r, 1] + TC[r, 5]) + (TC[r, 3] + TC[r, 7]))
+    for n in range(nstate):
+        for j in range(_W):
+            acc[n, j] = gh[n, j]
+            acc[nstate + n, j] = gAa[n, j]
+    for j in range(_W):
+        acc[2 * nstate, j] = gDa[j]
+        acc[2 * nstate + 1, j] = gba[j]
+
+
+@njit(cache=_config.CACHE, error_model="numpy")
+def _sel_vjp_job(dl, uu, gr, sp, A, B, C, D, has_D, has_z, softplus, h0, ghT, cl, bi, d0, jw, ck,
+                 gA, gD, gbias, gB, gC, gh0):
+    """Backward of one (batch ``bi``, block ``d0 .. d0+31``) job; lanes ``j >= jw`` are owned.
+
+    ``dl, uu, gr, sp (l, 32)`` are the block's blocked inputs (:func:`_sel_vjp_prep`); on
+    exit ``dl`` holds the cotangent of ``delta``, ``uu`` that of ``u`` and, with ``z``,
+    ``gr`` the readout before the gate (each token is overwritten once its backward step
+    is done). ``ck (nchunks, n, W)`` is this job's checkpoint scratch; ``gA (n, W)``,
+    ``gD, gbias (W,)`` receive this job's batch-partial sums, ``gB, gC (l, n)`` its
+    channel-partial sums (lanes below ``jw`` contribute 0; the 32 lanes are summed by
+    the fixed tree ``((j + j+16) + (j+8 + j+24))`` for ``j < 8``, then
+    ``((0+4)+(2+6)) + ((1+5)+(3+7))``).
+    """
+    length = dl.shape[0]
+    nstate = A.shape[1]
+    nchunks = ck.shape[0]
+    _sel_vjp_checkpoints(dl, uu, A, B, h0, bi, d0, cl, ck)
+    acc = np.zeros((3 * nstate + 3, _W), dtype=dl.dtype)
+    for n in range(nstate):
+        for j in range(_W):
+            acc[n, j] = ghT[bi, d0 + j, n]
+            acc[2 * nstate + 3 + n, j] = A[d0 + j, n]
+    if has_D:
+        for j in range(_W):
+            acc[2 * nstate + 2, j] = D[d0 + j]
     for k in range(nchunks - 1, -1, -1):
         t0 = k * cl
-        t1 = min(t0 + cl, length)
-        for n in range(nstate):
-            for j in range(_W):
-                Hs[0, n, j] = ck[k, n, j]
-        for t in range(t0, t1):  # recompute the chunk; the gate's cotangents
-            tt = t - t0
-            row = np.uint64((bi * length + t) * channels + d0)
-            ahead = (bi * length + t + _PREFETCH) * channels + d0
-            for q in range(0, _W, line):
-                prefetch(u, ahead + q)
-                prefetch(delta, ahead + q)
-                prefetch(gy, ahead + q)
-                if has_z:
-                    prefetch(z, ahead + q)
-            for j in range(_W):
-                dv = df[row + np.uint64(j)]
-                if has_bias:
-                    dv = dv + bl[j]
-                if softplus:
-                    dv = softplus_(dv)
-                dls[tt, j] = dv
-                uv = uf[row + np.uint64(j)]
-                uu[j] = uv
-                yr[j] = Dl[j] * uv if has_D else 0
-                g = gyf[row + np.uint64(j)]
-                if has_z:
-                    zv = zf[row + np.uint64(j)]
-                    g = g * (zv * sigmoid_(zv))
-                gyrs[tt, j] = g
-            for n in range(nstate):
-                bn = B[bi, t, n]
-                cn = C[bi, t, n]
-                r = tt * nstate + n
-                for j in range(_W):
-                    dv = dls[tt, j]
-                    a = exp_(dv * At[n, j])
-                    hv = a * Hs[tt, n, j] + (dv * bn) * uu[j]
-                    As[tt, n, j] = a
-                    Hs[tt + 1, n, j] = hv
-                    yr[j] = yr[j] + hv * cn
-                    TC[r, j] = gyrs[tt, j] * hv
-            if has_z:
-                for j in range(jw, _W):
-                    zv = zf[row + np.uint64(j)]
-                    s = sigmoid_(zv)
-                    gzf[row + np.uint64(j)] = gyf[row + np.uint64(j)] * yr[j] * (s * (one + zv * (one - s)))
-        for t in range(t1 - 1, t0 - 1, -1):  # backward through the chunk
-            tt = t - t0
-            row = np.uint64((bi * length + t) * channels + d0)
-            behind = (bi * length + max(t - _PREFETCH, 0)) * channels + d0
-            for q in range(0, _W, line):
-                prefetch(gu, behind + q)
-                prefetch(gdelta, behind + q)
-            for j in range(_W):
-                uv = uf[row + np.uint64(j)]
-                uu[j] = uv
-                g = gyrs[tt, j]
-                if has_D:
-                    gDa[j] += g * uv
-                    guu[j] = g * Dl[j]
-                else:
-                    guu[j] = 0
-                gdl[j] = 0
-            for n in range(nstate):
-                bn = B[bi, t, n]
-                cn = C[bi, t, n]
-                r = tt * nstate + n
-                for j in range(_W):
-                    a = As[tt, n, j]
-                    g = gh[n, j] + gyrs[tt, j] * cn
-                    ga = (g * Hs[tt, n, j]) * a
-                    dv = dls[tt, j]
-                    gdl[j] = gdl[j] + (ga * At[n, j] + g * (bn * uu[j]))
-                    gAa[n, j] = gAa[n, j] + ga * dv
-                    TB[r, j] = g * (dv * uu[j])
-                    guu[j] = guu[j] + g * (dv * bn)
-                    gh[n, j] = g * a
-            for j in range(_W):
-                gp = gdl[j]
-                if softplus:
-                    pre = df[row + np.uint64(j)]
-                    if has_bias:
-                        pre = pre + bl[j]
-                    gp = gp * sigmoid_(pre)
-                gba[j] += gp
-                gdl[j] = gp
-            for j in range(jw, _W):
-                guf[row + np.uint64(j)] = guu[j]
-                gdf[row + np.uint64(j)] = gdl[j]
-        rows = (t1 - t0) * nstate
-        _lane_sums(TB, rows, jw, sums)
-        for r in range(rows):
-            gB[t0 + r // nstate, r % nstate] = sums[r]
-        _lane_sums(TC, rows, jw, sums)
-        for r in range(rows):
-            gC[t0 + r // nstate, r % nstate] = sums[r]
+        _sel_vjp_chunk(dl, uu, gr, sp, B, C, has_D, has_z, softplus, bi, jw, t0, min(t0 + cl, length), cl,
+                       ck[k], acc, gB, gC)
     for n in range(nstate):
         for j in range(jw, _W):
-            gh0[bi, d0 + j, n] = gh[n, j]
-            gA[n, j] = gAa[n, j]
+            gh0[bi, d0 + j, n] = acc[n, j]
+            gA[n, j] = acc[nstate + n, j]
     for j in range(jw, _W):
-        gD[j] = gDa[j]
-        gbias[j] = gba[j]
+        gD[j] = acc[2 * nstate, j]
+        gbias[j] = acc[2 * nstate + 1, j]
 
 
 @njit(cache=_config.CACHE, parallel=True, error_model="numpy")
@@ -257,25 +356,42 @@ def selective_scan_vjp_kernel(gy, u, delta, A, B, C, D, z, delta_bias, has_D, ha
     """Backward of the selective scan; see the module docstring. Requires ``channels >= 32``
     (or 0): :mod:`nbssm.ops` pads.
 
-    Outputs: ``gu, gdelta, gz (b, l, d)``, ``gh0 (b, d, n)``; per-job partials
-    ``gA_part (b, nblk, n, 32)``, ``gD_part, gbias_part (b, nblk, 32)`` (lanes below a
-    block's first owned lane are left 0) and ``gB_part, gC_part (nblk, b, l, n)``.
+    Outputs: ``gu, gdelta, gz (b, l, d)`` (every entry written), ``gh0 (b, d, n)``; per-job
+    partials ``gA_part (b, nblk, n, 32)``, ``gD_part, gbias_part (b, nblk, 32)`` (lanes below
+    a block's first owned lane are left as they were) and ``gB_part, gC_part (nblk, b, l, n)``
+    (every entry written).
     """
     batch, length, channels = u.shape
     nstate = A.shape[1]
+    dt = u.dtype
     nblk = (channels + _W - 1) // _W
-    nchunks = (length + chunk_length - 1) // chunk_length
-    ck_all = np.empty((batch * nblk, max(nchunks, 1), nstate, _W), dtype=u.dtype)
+    # the chunk's states and transitions live on the stack: at most _SCRATCH elements each
+    cl = max(1, min(chunk_length, _SCRATCH // (max(nstate, 1) * _W)))
+    nchunks = (length + cl - 1) // cl
+    DL = np.empty((batch, nblk, length, _W), dtype=dt)
+    UU = np.empty((batch, nblk, length, _W), dtype=dt)
+    GR = np.empty((batch, nblk, length, _W), dtype=dt)
+    SP = np.empty((batch, nblk, length if softplus else 1, _W), dtype=dt)
+    ntiles = (length + _TILE - 1) // _TILE
+    for job in prange(batch * ntiles):
+        bi = job // ntiles
+        t0 = (job % ntiles) * _TILE
+        _sel_vjp_prep(gy, u, delta, z, delta_bias, has_z, has_bias, softplus, bi, t0, min(t0 + _TILE, length),
+                      DL, UU, GR, SP)
+    ck_all = np.empty((batch * nblk, nchunks, nstate, _W), dtype=dt)
     for job in prange(batch * nblk):
         bi = job // nblk
         blk = job % nblk
         dstart = blk * _W
         d0 = min(dstart, channels - _W)
         jw = dstart - d0
-        _sel_vjp_job(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, softplus,
-                     h0, ghT, chunk_length, bi, d0, jw, ck_all[job], gu, gdelta, gz,
-                     gA_part[bi, blk], gD_part[bi, blk], gbias_part[bi, blk], gB_part[blk, bi],
-                     gC_part[blk, bi], gh0)
+        _sel_vjp_job(DL[bi, blk], UU[bi, blk], GR[bi, blk], SP[bi, blk], A, B, C, D, has_D, has_z, softplus,
+                     h0, ghT, cl, bi, d0, jw, ck_all[job], gA_part[bi, blk], gD_part[bi, blk],
+                     gbias_part[bi, blk], gB_part[blk, bi], gC_part[blk, bi], gh0)
+    for job in prange(batch * ntiles):
+        bi = job // ntiles
+        t0 = (job % ntiles) * _TILE
+        _sel_vjp_post(gy, z, has_z, bi, t0, min(t0 + _TILE, length), DL, UU, GR, gu, gdelta, gz)
 
 
 @njit(cache=_config.CACHE, parallel=True, error_model="numpy")
