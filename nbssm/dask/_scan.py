@@ -329,8 +329,11 @@ def _gate(h, _after):
     return h
 
 
-def _pick(states, j):
-    return states[j]
+def _fixup_at(fixup, *args, last=False):
+    """``fixup(*inputs, summaries, h)`` with ``h = entering[index]`` (or ``entering`` when
+    ``index`` is None): the block's entering state taken where it is used (no task of its own)."""
+    *inputs, summaries, entering, index = args
+    return fixup(*inputs, summaries, entering if index is None else entering[index], last=last)
 
 
 def _first(pair):
@@ -356,15 +359,17 @@ class _Graph:
         self._leaves: dict = {}
         self._n = 0
 
-    def __call__(self, fn, *args, nout=None, **kwargs):
+    def __call__(self, fn, *args, nout=None, key=None, **kwargs):
         from dask.utils import funcname
 
         leaf = self._leaves.get((id(fn), nout))
         if leaf is None:
             leaf = self._leaves[(id(fn), nout)] = (fn, self._delayed(fn, pure=True, nout=nout))
         self._n += 1
-        label = funcname(fn.fn if isinstance(fn, _Star) else fn).strip("_")
-        return leaf[1](*args, dask_key_name=f"{label}-{self.token}-{self._n}", **kwargs)
+        if key is None:
+            label = funcname(fn.fn if isinstance(fn, _Star) else fn).strip("_")
+            key = f"{label}-{self.token}-{self._n}"
+        return leaf[1](*args, dask_key_name=key, **kwargs)
 
 
 def _check_time_blocks(time_chunks, chunk_length, name):
@@ -387,15 +392,18 @@ def _run(run_block, want_final, *args):
 
 
 def _time_parallel(seqs, h0_blocks, summarize, carry, run_block, strategy, chunk_length, combine, name,
-                   fixup=None, carry_try=None):
+                   fixup=None, carry_try=None, name_prefix="nbssm-scan", final_ndim=1):
     """Shared graph of the time-parallel scans.
 
     ``seqs``: dask arrays whose blocks ``[i, j, 0]`` (batch chunk i, time block j) are the
     inputs of ``summarize``/``carry``/``run_block``; ``carry(*inputs, summaries, h)``: the
     state after the block from ``h``; ``fixup(*inputs, summaries, h)``, optional: the output
     of a block but the last from ``h`` and its summaries (``combine="serial"``; else
-    ``run_block``); ``h0_blocks[i]``: the initial state of batch chunk i. Returns ``results[i][j]``: delayed outputs, the last block's a pair
-    ``(out, final_state)``.
+    ``run_block``); ``h0_blocks[i]``: the initial state of batch chunk i. Returns
+    ``(results, finals, out_name, final_name)``: ``results[i][j]`` the delayed output blocks,
+    keyed ``(out_name, i, j, 0)``, and ``finals[i]`` the final states, keyed
+    ``(final_name, i, 0, ...)`` (``final_ndim`` zeros): the keys of dask arrays
+    (:func:`_assemble`), so that no task only renames another.
     """
     if combine not in COMBINES:
         raise ValueError(f"combine: expected one of {COMBINES}, got {combine!r}")
@@ -415,7 +423,8 @@ def _time_parallel(seqs, h0_blocks, summarize, carry, run_block, strategy, chunk
         # the block functions take a hold task's tuple of inputs (below)
         summarize, carry, run_block = _Star(summarize), _Star(carry), _Star(run_block)
         fixup = None if fixup is None else _Star(fixup)
-    results = []
+    out_name, final_name = f"{name_prefix}-{delayed.token}", f"{name_prefix}-final-{delayed.token}"
+    results, finals = [], []
     for i in range(nb):
         args = [[blk[i, j, 0] for blk in blocks] for j in range(nt)]
         if central is not None and chunked and nt > 1:
@@ -428,9 +437,12 @@ def _time_parallel(seqs, h0_blocks, summarize, carry, run_block, strategy, chunk
             # sequential: each block from the final state of the previous one
             row = []
             for j in range(nt):
-                pair = delayed(_run, run_block, True, *args[j], *entering[-1], nout=2)
-                entering.append((pair[1], None))
-                row.append(pair[0] if j < nt - 1 else pair)
+                pair = delayed(_run, run_block, True, *args[j], *entering[-1])
+                entering.append((delayed(_second, pair), None))
+                row.append(delayed(_first, pair, key=(out_name, i, j, 0)) if j < nt - 1 else pair)
+            last = row[-1]
+            row[-1] = delayed(_first, last, key=(out_name, i, nt - 1, 0))
+            finals.append(delayed(_second, last, key=(final_name, i) + (0,) * final_ndim))
             results.append(row)
             continue
         sums = [delayed(summarize, *args[j]) for j in range(nt - 1)]
@@ -457,53 +469,56 @@ def _time_parallel(seqs, h0_blocks, summarize, carry, run_block, strategy, chunk
             entering += [(delayed(_apply, p, h0_blocks[i]), None) for p in prefixes]
         row = []
         for j in range(nt):
+            key = (out_name, i, j, 0) if j < nt - 1 else None
             if fixup is not None and combine == "serial" and nt > 1:
                 ent, idx = entering[j]
-                if idx is not None:
-                    h_in = delayed(_pick, ent, idx)
-                elif central is not None:
-                    h_in = ent
-                else:
+                if idx is None and central is None:
                     # after the whole carry chain (its last state): the chain's small tasks then
                     # never wait behind a block's fix-up on a busy worker
-                    h_in = delayed(_gate, ent, entering[-1][0])
-                row.append(delayed(fixup, *args[j], sums[j], h_in, last=j == nt - 1))
+                    ent = delayed(_gate, ent, entering[-1][0])
+                row.append(delayed(_fixup_at, fixup, *args[j], sums[j], ent, idx, last=j == nt - 1, key=key))
             else:
-                row.append(delayed(_run, run_block, j == nt - 1, *args[j], *entering[j]))
+                row.append(delayed(_run, run_block, j == nt - 1, *args[j], *entering[j], key=key))
+        last = row[-1]
+        row[-1] = delayed(_first, last, key=(out_name, i, nt - 1, 0))
+        finals.append(delayed(_second, last, key=(final_name, i) + (0,) * final_ndim))
         results.append(row)
-    return results
+    return results, finals, out_name, final_name
 
 
-def _assemble(results, chunks, dtype, state_of_chunk, return_final_state):
+def _array_graph(name, leaves):
+    """A ``HighLevelGraph`` with the delayed ``leaves`` (keyed ``(name, ...)``, nothing depends
+    on them) gathered in one layer ``name``: the graph of a dask array whose chunks are those
+    tasks themselves, not renaming tasks after them."""
+    from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+    layers, deps, tasks, top = {}, {}, {}, set()
+    for d in leaves:
+        g = d.dask
+        for lname, layer in g.layers.items():
+            if lname == d.key:
+                tasks[d.key] = layer[d.key]
+                top |= set(g.dependencies.get(lname, ()))
+            elif lname not in layers:
+                layers[lname] = layer
+                deps[lname] = set(g.dependencies.get(lname, ()))
+    layers[name] = MaterializedLayer(tasks)
+    deps[name] = top - set(tasks)
+    return HighLevelGraph(layers, deps)
+
+
+def _assemble(res, chunks, dtype, state_of_chunk, return_final_state):
+    """The output (and final-state) dask arrays over the keys :func:`_time_parallel` gave."""
     da = require_dask()
-    nb, nt = len(results), len(results[0])
-    rows = []
-    for i in range(nb):
-        row = []
-        for j in range(nt):
-            d = results[i][j]
-            if j == nt - 1:
-                d = _first_delayed(d)
-            row.append([da.from_delayed(d, shape=(chunks[0][i], chunks[1][j], chunks[2][0]), dtype=dtype)])
-        rows.append(row)
-    out = da.block(rows)
+    results, finals, out_name, final_name = res
+    out = da.Array(_array_graph(out_name, [d for row in results for d in row]), out_name, chunks=chunks,
+                   dtype=dtype)
     if not return_final_state:
         return out
-    finals = [da.from_delayed(_second_delayed(results[i][-1]), shape=state_of_chunk(chunks[0][i]), dtype=dtype)
-              for i in range(nb)]
-    return out, da.concatenate(finals, axis=0)
-
-
-def _first_delayed(pair):
-    import dask
-
-    return dask.delayed(_first, pure=True)(pair)
-
-
-def _second_delayed(pair):
-    import dask
-
-    return dask.delayed(_second, pure=True)(pair)
+    tail = state_of_chunk(1)[1:]
+    final = da.Array(_array_graph(final_name, finals), final_name,
+                     chunks=(tuple(chunks[0]),) + tuple((n,) for n in tail), dtype=dtype)
+    return out, final
 
 
 def _h0_blocks(initial_state, batch_chunks, shape_tail, dtype, name):
@@ -587,7 +602,8 @@ def linear_scan(a, b, initial_state=None, return_final_state=False, strategy="au
         res = _time_parallel(
             [ak, bk], h0b, partial(_linear_summaries, chunk_length=cl), partial(_linear_carry_args, chunk_length=cl),
             partial(_linear_block, strategy=strat, chunk_length=cl), strat, cl, combine, "a",
-            fixup=partial(_linear_fixup_args, chunk_length=cl), carry_try=_linear_carry_try)
+            fixup=partial(_linear_fixup_args, chunk_length=cl), carry_try=_linear_carry_try,
+            name_prefix="nbssm-linear-scan", final_ndim=1)
         o = _assemble(res, (a.chunks[0], a.chunks[1], (cw,)), dt, lambda nbat: (nbat, cw), True)
         outs.append(o[0])
         finals.append(o[1])
@@ -670,7 +686,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     run = partial(_selective_run_args, has_z=has_z, A=A_, D=D_, delta_bias=bias_, delta_softplus=sp,
                   strategy=strat, chunk_length=cl)
 
-    res = _time_parallel(seqs, h0b, summarize, carry, run, strat, cl, combine, "u", carry_try=_selective_carry_try)
+    res = _time_parallel(seqs, h0b, summarize, carry, run, strat, cl, combine, "u", carry_try=_selective_carry_try,
+                         name_prefix="nbssm-selective-scan", final_ndim=2)
     return _assemble(res, u.chunks, dt, lambda nbat: (nbat, channels, n), return_final_state)
 
 
