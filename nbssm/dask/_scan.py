@@ -302,7 +302,7 @@ def _carry_from_data(carry, keys, summaries, h):
         from distributed import Future, worker_client
 
         with worker_client() as client:
-            futures = [Future(k, client) for k in keys.keys]
+            futures: list[Any] = [Future(k, client) for k in keys.keys]
             return client.submit(carry, *futures, summaries, h, pure=False).result()
     except ValueError as exc:  # not inside a distributed worker
         raise RuntimeError(

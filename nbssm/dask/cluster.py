@@ -45,7 +45,7 @@ def local_cluster(n_workers: int = 2, threads_per_worker: int = 1, processes: bo
     kwargs.setdefault("dashboard_address", None)
     if processes:
         kwargs["env"] = env
-    overrides = {}
+    overrides: dict[str, None] = {}
     if not trim_memory and _TRIM not in env and _TRIM not in os.environ:
         overrides[f"distributed.nanny.pre-spawn-environ.{_TRIM}"] = None
     with dask.config.set(overrides):
