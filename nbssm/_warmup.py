@@ -172,12 +172,13 @@ def stop_aside(aside) -> None:
 def warmup_generate(model, aside=None, prompt_length: int = 1) -> None:
     """Compile (or load from the cache) exactly the kernels ``model.generate`` calls.
 
-    One decode step of ``model`` itself (batch 1, the model's dtype only, the
-    specialisations its shapes select), on a fresh state, and, for a prompt longer than
-    :data:`nbssm.lm.model.STEP_PREFILL_MAX_TOKENS` (prefilled by :meth:`MambaLM.forward`, not
-    by the decode kernel), a one-token forward first; nothing else compiles. ``nbssm
-    generate`` calls it before the prefill, so that the prefill time it reports excludes
-    compiling and cache loading.
+    One decode step of a tiny model of ``model``'s dtype and weight format (the decode
+    kernel's specialisation does not depend on the sizes, so this costs a fraction of a step
+    of ``model``), and, for a prompt longer than :data:`nbssm.lm.model.STEP_PREFILL_MAX_TOKENS`
+    (prefilled by :meth:`MambaLM.forward`, not by the decode kernel), first a one-token forward
+    of ``model`` itself (batch 1, the specialisations its shapes select); nothing else
+    compiles. ``nbssm generate`` calls it before the prefill, so that the prefill time it
+    reports excludes compiling and cache loading.
 
     Parameters
     ----------
@@ -203,4 +204,11 @@ def warmup_generate(model, aside=None, prompt_length: int = 1) -> None:
         except Exception:  # noqa: BLE001  # a stuck child: compile here instead
             aside.kill()
             aside.wait()
-    model.step(np.zeros(1, dtype=np.int64))
+    # the decode kernel's argument types do not depend on the model's sizes: a tiny model of
+    # the same dtype and weight format selects the same specialisation, for a fraction of a
+    # step of the real model
+    from .lm import MambaLM
+
+    tiny = MambaLM.random(seed=0, dtype=model.dtype, weights=model.weights, d_model=4, n_layer=1, vocab_size=8,
+                          d_state=2, d_conv=2)
+    tiny.step(np.zeros(1, dtype=np.int64))

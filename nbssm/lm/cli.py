@@ -162,15 +162,15 @@ def run(args: argparse.Namespace) -> int:
     from .._warmup import compile_decode_aside, stop_aside, warmup_generate
     from .model import STEP_PREFILL_MAX_TOKENS
 
-    shown: set = set()  # cache states already reported (each message at most once)
+    reported: set = set()  # cache states already reported (each message at most once)
 
     def announce(state: str) -> None:
-        if state == "cold" and state not in shown:
+        if state == "cold" and state not in reported:
             print(f"[nbssm] {COMPILING_MESSAGE}", file=err, flush=True)
-        elif state == "no cache" and state not in shown:
+        elif state == "no cache" and state not in reported:
             print("[nbssm] compiling kernels (no kernel cache here: every run compiles; set NBSSM_CACHE_DIR to a "
                   "writable directory)", file=err, flush=True)
-        shown.add(state)
+        reported.add(state)
 
     dtype = np.dtype(args.dtype)
     weights = getattr(args, "weights", None)
@@ -206,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
                 return 2
         eos = model.config.eos_token_id if args.stop_at_eos else None
         announce(kernel_cache_state(model.dtype, prefill=ids.size > STEP_PREFILL_MAX_TOKENS))
-        cache_state = "no cache" if "no cache" in shown else "cold" if "cold" in shown else "cached"
+        cache_state = "no cache" if "no cache" in reported else "cold" if "cold" in reported else "cached"
         t1 = time.perf_counter()
         # compile or load exactly what generate calls, so the prefill is timed alone
         warmup_generate(model, aside, prompt_length=int(ids.size))
