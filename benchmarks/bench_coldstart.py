@@ -64,9 +64,10 @@ def write_checkpoint(path: str, seed: int = 0, **dims) -> str:
     return path
 
 
-def run_generate(model_dir: str, env: dict, threads: int, tokens: int = 4) -> dict:
+def run_generate(model_dir: str, env: dict, threads: int, tokens: int = 4, prompt_tokens: int = 3) -> dict:
     """One ``nbssm generate`` in a fresh process: wall time to the first token, and its own report."""
-    cmd = [sys.executable, "-m", "nbssm.cli", "generate", model_dir, "--ids", "1,2,3", "-n", str(tokens),
+    ids = ",".join(str(1 + i % 1000) for i in range(prompt_tokens))
+    cmd = [sys.executable, "-m", "nbssm.cli", "generate", model_dir, "--ids", ids, "-n", str(tokens),
            "--timings", "--threads", str(threads)]
     import resource
 
@@ -101,22 +102,26 @@ def main() -> int:
     ap.add_argument("--warm", type=int, default=3, help="warm runs after the cold one")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--model-dir", default=None, help="use this checkpoint instead of writing a random one")
+    ap.add_argument("--prompt-tokens", type=int, default=3,
+                    help="prompt length (default 3, the issue's '1,2,3'; above nbssm.lm.model.STEP_PREFILL_MAX_TOKENS "
+                         "the prefill path's kernels compile too)")
+    ap.add_argument("--tag", default="", help="suffix of the result files (coldstart<TAG>.json/.md)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="nbssm-coldstart-") as tmp:
         model_dir = args.model_dir or write_checkpoint(os.path.join(tmp, "mamba130m"))
         env = dict(os.environ, NUMBA_CACHE_DIR=os.path.join(tmp, "numba"), NBSSM_CACHE_DIR=os.path.join(tmp, "nbssm"))
         load_before = os.getloadavg()
-        cold = run_generate(model_dir, env, args.threads)
-        warm = [run_generate(model_dir, env, args.threads) for _ in range(args.warm)]
+        cold = run_generate(model_dir, env, args.threads, prompt_tokens=args.prompt_tokens)
+        warm = [run_generate(model_dir, env, args.threads, prompt_tokens=args.prompt_tokens) for _ in range(args.warm)]
         load_after = os.getloadavg()
     res = {"machine": f"{platform.machine()} {_cpu_name()} ({os.cpu_count()} cpus)", "threads": args.threads,
-           "shape": SHAPE, "load_average_before": load_before, "load_average_after": load_after,
+           "shape": SHAPE, "prompt_tokens": args.prompt_tokens, "load_average_before": load_before, "load_average_after": load_after,
            "cold": cold, "warm": warm, "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "coldstart.json"), "w") as f:
+    with open(os.path.join(args.out, f"coldstart{args.tag}.json"), "w") as f:
         json.dump(res, f, indent=1)
     md = markdown(res)
-    with open(os.path.join(args.out, "coldstart.md"), "w") as f:
+    with open(os.path.join(args.out, f"coldstart{args.tag}.md"), "w") as f:
         f.write(md)
     print(md)
     return 0
@@ -131,7 +136,7 @@ def markdown(res: dict) -> str:
                 f"{'yes' if r['compiling_message'] else 'no'} |")
 
     lines = [f"# Cold and warm start of `nbssm generate` (mamba-130m shape, float32, random weights, "
-             f"{res['threads']} threads)", "",
+             f"{res['threads']} threads, {res.get('prompt_tokens', 3)}-token prompt)", "",
              f"Machine: {res['machine']}, shared with other jobs: load average {[round(v, 2) for v in res['load_average_before']]} "
              f"before, {[round(v, 2) for v in res['load_average_after']]} after; {res['date_utc']} UTC. "
              "Targets: cold < 20 s, warm < 1 s to the first token.", "",

@@ -121,21 +121,30 @@ _DECODE_CHILD = r"""
 import sys
 import numpy as np
 from nbssm.lm import MambaLM
-lm = MambaLM.random(seed=0, dtype=np.dtype(sys.argv[1]), d_model=4, n_layer=1, vocab_size=8, d_state=2, d_conv=2)
+weights = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] != "-" else None
+lm = MambaLM.random(seed=0, dtype=np.dtype(sys.argv[1]), weights=weights, d_model=4, n_layer=1, vocab_size=8,
+                    d_state=2, d_conv=2)
 lm.step(np.zeros(1, dtype=np.int64))
 """
 
 
-def compile_decode_aside(dtype):
+def compile_decode_aside(dtype, weights: str | None = None):
     """Start compiling the fused decode step for ``dtype`` in a child process (into the shared cache).
 
-    Numba compiles one function at a time per process; the decode step and the prefill
-    kernels are independent, so on a machine with a free core a cold start compiles them at
-    the same time: the child fills the kernel cache with the decode step (the types of its
-    arguments do not depend on the model's sizes, so a tiny random model compiles the same
-    specialisation) while this process compiles the prefill kernels. Returns the
-    :class:`subprocess.Popen` (wait for it before the first decode step), or None when there is
-    no kernel cache to share or only one CPU.
+    Numba compiles one function at a time per process; the decode step is independent of
+    everything else a cold ``nbssm generate`` does, so on a machine with a free core the child
+    fills the kernel cache with the decode step (the types of its arguments do not depend on
+    the model's sizes, so a tiny random model compiles the same specialisation) while this
+    process reads the checkpoint and compiles the prefill kernels (long prompts only). Returns
+    the :class:`subprocess.Popen` (wait for it before the first decode step), or None when there
+    is no kernel cache to share or only one CPU.
+
+    Parameters
+    ----------
+    dtype : numpy dtype
+        The compute dtype.
+    weights : str, optional
+        The storage format of the decode weights (:mod:`nbssm.lm.quant`); None: ``dtype``'s.
     """
     import os
     import subprocess
@@ -147,17 +156,27 @@ def compile_decode_aside(dtype):
     if cache_directory() is None or _affinity() < 2:
         return None
     try:
-        return subprocess.Popen([sys.executable, "-c", _DECODE_CHILD, np.dtype(dtype).name], stdin=subprocess.DEVNULL,
+        return subprocess.Popen([sys.executable, "-c", _DECODE_CHILD, np.dtype(dtype).name, weights or "-"], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
     except OSError:
         return None
 
 
-def warmup_generate(model, aside=None) -> None:
+def stop_aside(aside) -> None:
+    """Stop a child of :func:`compile_decode_aside` that is still running (None: nothing)."""
+    if aside is not None and aside.poll() is None:
+        aside.kill()
+        aside.wait()
+
+
+def warmup_generate(model, aside=None, prompt_length: int = 1) -> None:
     """Compile (or load from the cache) exactly the kernels ``model.generate`` calls.
 
-    A one-token prefill and one decode step of ``model`` itself (batch 1, the model's
-    dtype only, the specialisations its shapes select), on a fresh state; nothing else
+    One decode step of a tiny model of ``model``'s dtype and weight format (the decode
+    kernel's specialisation does not depend on the sizes, so this costs a fraction of a step
+    of ``model``), and, for a prompt longer than :data:`nbssm.lm.model.STEP_PREFILL_MAX_TOKENS`
+    (prefilled by :meth:`MambaLM.forward`, not by the decode kernel), first a one-token forward
+    of ``model`` itself (batch 1, the specialisations its shapes select); nothing else
     compiles. ``nbssm generate`` calls it before the prefill, so that the prefill time it
     reports excludes compiling and cache loading.
 
@@ -167,14 +186,17 @@ def warmup_generate(model, aside=None) -> None:
     aside : subprocess.Popen, optional
         A child compiling the decode step (:func:`compile_decode_aside`); waited for after
         the prefill kernels, so the decode step then loads from the cache.
+    prompt_length : int
+        The length of the prompt ``generate`` will be given.
     """
+    from .lm.model import STEP_PREFILL_MAX_TOKENS
+
     ids = np.zeros((1, 1), dtype=np.int64)
     try:
-        model.forward(ids, last_only=True)
+        if prompt_length > STEP_PREFILL_MAX_TOKENS:
+            model.forward(ids, last_only=True)
     except BaseException:
-        if aside is not None:
-            aside.kill()
-            aside.wait()
+        stop_aside(aside)
         raise
     if aside is not None:
         try:
@@ -182,4 +204,11 @@ def warmup_generate(model, aside=None) -> None:
         except Exception:  # noqa: BLE001  # a stuck child: compile here instead
             aside.kill()
             aside.wait()
-    model.step(np.zeros(1, dtype=np.int64))
+    # the decode kernel's argument types do not depend on the model's sizes: a tiny model of
+    # the same dtype and weight format selects the same specialisation, for a fraction of a
+    # step of the real model
+    from .lm import MambaLM
+
+    tiny = MambaLM.random(seed=0, dtype=model.dtype, weights=model.weights, d_model=4, n_layer=1, vocab_size=8,
+                          d_state=2, d_conv=2)
+    tiny.step(np.zeros(1, dtype=np.int64))

@@ -69,7 +69,7 @@ def test_compiling_message_only_when_the_cache_is_cold(capsys, monkeypatch):
     from nbssm.lm import cli
 
     for state, shown in (("cold", True), ("cached", False), ("no cache", False)):
-        monkeypatch.setattr(cli, "kernel_cache_state", lambda dtype, s=state: s)
+        monkeypatch.setattr(cli, "kernel_cache_state", lambda dtype, prefill=True, s=state: s)
         assert main(["generate", UNTIED, "--ids", "5", "-n", "1"]) == 0
         err = capsys.readouterr().err
         assert (cli.COMPILING_MESSAGE in err) is shown and err.count(cli.COMPILING_MESSAGE) <= 1

@@ -6,10 +6,17 @@ checkpoint that cannot be used (the message names the file), 1 generation failed
 non-finite logits), 130 interrupted.
 
 On stderr: one line ``compiling kernels, first run only; ...`` when the kernel cache holds no
-compiled decode/prefill kernels for the model's dtype (checked cheaply from the cache's index
-files, before anything compiles), and at the end the decode rate with the time to the first
-token split into Python imports, checkpoint load, kernels (compiled, or loaded from the cache)
-and prefill; ``--timings`` adds the same as one JSON line (``[nbssm] timings: {...}``).
+compiled kernels of those the run needs for the model's dtype (checked cheaply from the cache's
+index files, before anything compiles), and at the end the decode rate with the time to the
+first token split into Python imports, checkpoint load, kernels (compiled, or loaded from the
+cache) and prefill; ``--timings`` adds the same as one JSON line (``[nbssm] timings: {...}``).
+
+Cold start: a prompt of at most :data:`nbssm.lm.model.STEP_PREFILL_MAX_TOKENS` tokens is
+prefilled by the decode kernel, so the run needs that one kernel only; longer prompts also need
+the prefill path's scan and convolution kernels. When the decode kernel is not in the cache, a
+child process starts compiling it (into the cache) before the checkpoint is read, so compiling
+and reading overlap (:func:`nbssm._warmup.compile_decode_aside`); "kernels" in the timings is
+what is left of that after the load, plus the prefill kernels of a long prompt.
 """
 
 from __future__ import annotations
@@ -92,23 +99,28 @@ def _since_process_start() -> float | None:
         return None
 
 
-def kernel_cache_state(dtype) -> str:
+def kernel_cache_state(dtype, prefill: bool = True) -> str:
     """``"cached"``, ``"cold"`` (the first call compiles) or ``"no cache"`` for generate's kernels.
 
-    Reads the kernel cache's index files of the decode step and the prefill scan and
-    convolution (no compiling, no loading): cold when one of them holds no compilation for
-    ``dtype``.
+    Reads the kernel cache's index files of the decode step and (``prefill``: the kernels of
+    :meth:`MambaLM.forward`, which prefills prompts longer than
+    :data:`~nbssm.lm.model.STEP_PREFILL_MAX_TOKENS`) the prefill scan and convolution (no
+    compiling, no loading): cold when one of them holds no compilation for ``dtype``.
     """
     import numpy as np
 
     from .._kernels._jit import cached_signatures
-    from .._kernels.conv import causal_conv1d_kernel
     from .._kernels.decode import decode_step
-    from .._kernels.selective_scan import selective_scan_kernel
 
+    kernels = [decode_step]
+    if prefill:
+        from .._kernels.conv import causal_conv1d_kernel
+        from .._kernels.selective_scan import selective_scan_kernel
+
+        kernels += [selective_scan_kernel, causal_conv1d_kernel]
     name = np.dtype(dtype).name
     state = "cached"
-    for disp in (decode_step, selective_scan_kernel, causal_conv1d_kernel):
+    for disp in kernels:
         sigs = cached_signatures(disp)
         if sigs is None:
             return "no cache"
@@ -147,10 +159,34 @@ def run(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         print(f"{prog}: error: {exc}", file=err)
         return 2
-    t_import = _since_process_start()
+    from .._warmup import compile_decode_aside, stop_aside, warmup_generate
+    from .model import STEP_PREFILL_MAX_TOKENS
+
+    reported: set = set()  # cache states already reported (each message at most once)
+
+    def announce(state: str) -> None:
+        if state == "cold" and state not in reported:
+            print(f"[nbssm] {COMPILING_MESSAGE}", file=err, flush=True)
+        elif state == "no cache" and state not in reported:
+            print("[nbssm] compiling kernels (no kernel cache here: every run compiles; set NBSSM_CACHE_DIR to a "
+                  "writable directory)", file=err, flush=True)
+        reported.add(state)
+
+    dtype = np.dtype(args.dtype)
+    weights = getattr(args, "weights", None)
+    aside = None
+    # every run needs the decode kernel: when the cache lacks it, a child compiles it while the
+    # checkpoint is read (only for a plausible checkpoint and a valid dtype/weights pair)
+    if os.path.isfile(os.path.join(args.model_dir, "config.json")) and (
+            weights in (None, dtype.name) or (dtype == np.float32 and weights in ("bf16", "fp16", "int8"))):
+        decode_state = kernel_cache_state(dtype, prefill=False)
+        announce(decode_state)
+        if decode_state == "cold":
+            aside = compile_decode_aside(dtype, weights)
+    t_import = _since_process_start()  # imports, and the cache check above
     try:
         t0 = time.perf_counter()
-        model = MambaLM.from_pretrained(args.model_dir, dtype=np.dtype(args.dtype), weights=getattr(args, "weights", None))
+        model = MambaLM.from_pretrained(args.model_dir, dtype=dtype, weights=weights)
         load_s = time.perf_counter() - t0
         tok = model.tokenizer
         if args.prompt is not None:
@@ -169,17 +205,11 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{prog}: error: --ids: token ids must lie in [0, {V}), got {int(ids.max())}", file=err)
                 return 2
         eos = model.config.eos_token_id if args.stop_at_eos else None
-        cache_state = kernel_cache_state(model.dtype)
-        if cache_state == "cold":
-            print(f"[nbssm] {COMPILING_MESSAGE}", file=err, flush=True)
-        elif cache_state == "no cache":
-            print("[nbssm] compiling kernels (no kernel cache here: every run compiles; set NBSSM_CACHE_DIR to a "
-                  "writable directory)", file=err, flush=True)
-        from .._warmup import compile_decode_aside, warmup_generate
-
+        announce(kernel_cache_state(model.dtype, prefill=ids.size > STEP_PREFILL_MAX_TOKENS))
+        cache_state = "no cache" if "no cache" in reported else "cold" if "cold" in reported else "cached"
         t1 = time.perf_counter()
-        aside = compile_decode_aside(model.dtype) if cache_state == "cold" else None
-        warmup_generate(model, aside)  # compile or load exactly what generate calls, so prefill is timed alone
+        # compile or load exactly what generate calls, so the prefill is timed alone
+        warmup_generate(model, aside, prompt_length=int(ids.size))
         kernels_s = time.perf_counter() - t1
         t1 = time.perf_counter()
         gen = model.generate(ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -191,6 +221,8 @@ def run(args: argparse.Namespace) -> int:
     except MemoryError:
         print(f"{prog}: error: {args.model_dir}: not enough memory to load and run this checkpoint", file=err)
         return 1
+    finally:
+        stop_aside(aside)  # on an error before the kernels were ready (waited for otherwise)
     as_text = tok is not None and not args.print_ids
     if tok is not None and as_text:
         out.write(args.prompt if args.prompt is not None else tok.decode(ids))

@@ -29,6 +29,16 @@ They agree within rounding (the projections sum in different orders); the tolera
 ``tests/tolerances.py`` and the checks in ``tests/test_lm_model.py`` and
 ``tests/test_lm_fixture.py``.
 
+Short prompts (:meth:`MambaLM.prefill`, hence :meth:`MambaLM.generate`): a prompt of at most
+:data:`STEP_PREFILL_MAX_TOKENS` tokens is prefilled by the decode kernel, one token at a time,
+instead of :meth:`MambaLM.forward`. Generation needs the decode kernel anyway, so a first
+``generate`` on a short prompt compiles (or loads from the kernel cache) that one kernel and
+not the prefill path's scan and convolution kernels as well (the largest part of a cold start),
+and a few tokens cost about as much either way (each pass reads every weight once). The rule
+depends only on the prompt lengths, never on what is compiled, so the same call gives the same
+bits in every process; the result is the decode path's (within ``lm_decode_vs_prefill_abs`` of
+:meth:`forward`, bitwise batch-invariant). :meth:`forward` always runs the prefill path.
+
 Input shapes: token ids are ``(batch, length)``; a 1-D array of ids is one sequence (its
 logits come back as ``(length, vocab)`` and its state has batch 1). :meth:`MambaLM.step` takes
 ``(batch,)`` ids, or one int for one sequence.
@@ -54,7 +64,11 @@ from ..state import ModelState, weights_digest
 from .config import MambaLMConfig
 from .sampling import check_sampling_args, sample_next
 
-__all__ = ["Generation", "MambaLM", "rms_norm"]
+__all__ = ["STEP_PREFILL_MAX_TOKENS", "Generation", "MambaLM", "rms_norm"]
+
+#: prompts of at most this many tokens are prefilled by the decode kernel, token by token (see
+#: "Short prompts" above): up to this length the cold start of ``generate`` compiles one kernel
+STEP_PREFILL_MAX_TOKENS = 8
 
 _STACKED = {
     # stacked name -> checkpoint suffix of each layer's tensor
@@ -665,8 +679,10 @@ class MambaLM:
 
         Prompts of different lengths are each run alone (so each row is bitwise what running it
         alone gives); prompts of one common length run as one batch (rows equal running alone
-        up to the BLAS rounding of the projections). The decode that follows is bitwise
-        batch-invariant either way.
+        up to the BLAS rounding of the projections, bitwise for short prompts). Prompts of at
+        most :data:`STEP_PREFILL_MAX_TOKENS` tokens go through the decode kernel, token by token
+        (see "Short prompts" in :mod:`nbssm.lm.model`), longer ones through :meth:`forward`. The
+        decode that follows is bitwise batch-invariant either way.
 
         Parameters
         ----------
@@ -689,17 +705,32 @@ class MambaLM:
         if state is not None:
             self.check_state(state, len(prompts))
         lengths = {p.size for p in prompts}
-        if len(lengths) == 1 and len(prompts) > 1:
+        if len(lengths) == 1:
+            ids = np.stack(prompts)                                          # (b, l)
+            if ids.shape[1] <= STEP_PREFILL_MAX_TOKENS:
+                return self._prefill_by_steps(ids, state)
             # one batched call; each row is still computed independently
-            logits, new = self.forward(np.stack(prompts), state, last_only=True)
+            logits, new = self.forward(ids, state, last_only=True)
             return logits[:, -1], new
         outs, states = [], []
-        for i, p in enumerate(prompts):
-            s = None if state is None else state.select([i])
-            logits, s = self.forward(p[None], s, last_only=True)
-            outs.append(logits[0, -1])
+        for i, p in enumerate(prompts):  # ragged: each prompt alone, by its own length's path
+            last, s = self.prefill([p], None if state is None else state.select([i]))
+            outs.append(last[0])
             states.append(s)
         return np.stack(outs), ModelState.concatenate(states)
+
+    def _prefill_by_steps(self, ids: np.ndarray, state: ModelState | None):
+        """:meth:`prefill` of ``ids (b, l)``, ``l >= 1``, through the decode kernel, one :meth:`step`
+        per token (see "Short prompts" in :mod:`nbssm.lm.model`); ``state`` is not modified.
+
+        The rows advance as one batch: the decode kernel is bitwise batch-invariant, so each row
+        is what running its prompt alone gives.
+        """
+        st = self.initial_state(ids.shape[0]) if state is None else state.copy()
+        logits = None
+        for t in range(ids.shape[1]):
+            logits, st = self.step(np.ascontiguousarray(ids[:, t]), st, inplace=True)
+        return logits, st
 
     def generate(self, prompt, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int | None = None,
                  seed: int | None = None, eos_token_id: int | None = None,
