@@ -187,7 +187,7 @@ def _linear_group_run(a, b, H, out, bi, d0, nd, k0, ng, cl, t_end):
             H[bi, k0 + g, d0 + j] = h[g, j]
 
 
-@njit(cache=_config.CACHE, parallel=True, error_model="numpy")
+@njit(cache=_config.CACHE, parallel=True, error_model="numpy", nogil=True)
 def linear_chunk_summaries(a, b, chunk_length, PQ):
     """Summaries ``PQ (batch, n_chunks, 2, channels)`` (``P`` then ``Q``) of the first
     ``n_chunks`` chunks (full): phase 1 of ``linear_scan_kernel`` (and a time block's summaries,

@@ -20,7 +20,9 @@ Chained over the blocks, the carries give the states the single-machine chunked 
 carries into every chunk, bit for bit. Shapes: ``a, b (batch, n_chunks * chunk_length,
 channels)``; linear summaries ``PQ (batch, n_chunks, 2, channels)`` (``P`` then ``Q``,
 the linear kernel's layout), selective ``P, Q (batch, n_chunks, channels, state)``; the state ``h (batch, channels)`` (selective ``(batch, channels,
-state)``) is updated in place. All arrays C-contiguous, one float dtype.
+state)``) is updated in place. All arrays C-contiguous, one float dtype. The entry points release the GIL
+(``nogil=True``): a dask worker's event loop keeps answering the scheduler, and the next
+task arrives, while a block runs.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from .linear_scan import linear_carry_lane, linear_chunk_summaries, linear_chunk
 from .selective_scan import _sel_rerun
 
 
-@njit(cache=_config.CACHE, error_model="numpy")
+@njit(cache=_config.CACHE, error_model="numpy", nogil=True)
 def linear_block_carry(a, b, PQ, h, chunk_length):
     """The carry over the block's chunks: ``h (batch, channels)`` becomes the state after them
     (phase 2 of ``linear_scan_kernel``, :func:`~nbssm._kernels.linear_scan.linear_carry_lane`)."""
@@ -52,7 +54,7 @@ def linear_block_carry(a, b, PQ, h, chunk_length):
             h[bi, j] = hk
 
 
-@njit(cache=_config.CACHE, error_model="numpy")
+@njit(cache=_config.CACHE, error_model="numpy", nogil=True)
 def linear_block_carry_try(PQ, h):
     """The carry over a block's chunks from the summaries alone: ``h (batch, channels)``
     becomes the state after them and True is returned when the rule
@@ -77,7 +79,7 @@ def linear_block_carry_try(PQ, h):
     return True
 
 
-@njit(cache=_config.CACHE, error_model="numpy")
+@njit(cache=_config.CACHE, error_model="numpy", nogil=True)
 def linear_block_fixup(a, b, PQ, h, out, hT, chunk_length):
     """Every state of a time block entered with ``h (batch, channels)``, into ``out``, and the
     state after it into ``hT``: the carry gives the state entering every chunk from the
@@ -114,7 +116,7 @@ def _sel_transition(u, delta, a_dn, B, delta_bias, has_bias, delta_softplus, bi,
     return exp_(dv * a_dn), (dv * B[bi, t, n]) * u[bi, t, d]
 
 
-@njit(cache=_config.CACHE, error_model="numpy")
+@njit(cache=_config.CACHE, error_model="numpy", nogil=True)
 def selective_chunk_summaries(u, delta, A, B, delta_bias, has_bias, delta_softplus, chunk_length, P, Q):
     """Summaries ``P, Q (batch, n_chunks, channels, state)`` of the full chunks, with the
     selective kernel's transition ``a = exp(dl * A)``, ``b = (dl * B) * u``."""
@@ -137,7 +139,7 @@ def selective_chunk_summaries(u, delta, A, B, delta_bias, has_bias, delta_softpl
                     Q[bi, k, d, n] = q
 
 
-@njit(cache=_config.CACHE, error_model="numpy")
+@njit(cache=_config.CACHE, error_model="numpy", nogil=True)
 def selective_block_carry(u, delta, A, B, delta_bias, has_bias, delta_softplus, P, Q, h, chunk_length):
     """The carry over the block's chunks: ``h (batch, channels, state)`` becomes the state
     after them (phase 2 of ``selective_scan_kernel``, re-runs by ``_sel_rerun``)."""
@@ -161,7 +163,7 @@ def selective_block_carry(u, delta, A, B, delta_bias, has_bias, delta_softplus, 
                 h[bi, d, n] = hk
 
 
-@njit(cache=_config.CACHE, error_model="numpy")
+@njit(cache=_config.CACHE, error_model="numpy", nogil=True)
 def selective_block_carry_try(P, Q, h):
     """:func:`linear_block_carry_try` for the selective scan: ``h (batch, channels, state)``
     carried over the summaries ``P, Q (batch, n_chunks, channels, state)`` alone; False as

@@ -284,6 +284,27 @@ class _Keys:
         return ("nbssm.dask._Keys", tuple(self.keys))
 
 
+def _persisted(seqs) -> bool:
+    """Whether every block of every array is a ``distributed`` future (``client.persist``):
+    its key then stays in the cluster's memory while the graph holds the future."""
+    try:
+        from distributed import Future
+    except ImportError:  # pragma: no cover
+        return False
+    for x in seqs:
+        graph = x.__dask_graph__()
+        for key in _flat_keys(x):
+            if not isinstance(graph.get(key), Future):
+                return False
+    return True
+
+
+def _flat_keys(x):
+    from dask.core import flatten
+
+    return list(flatten(x.__dask_keys__()))
+
+
 def _on_distributed() -> bool:
     """Whether the default scheduler is a ``distributed`` client (graph-build time)."""
     try:
@@ -419,7 +440,8 @@ def _time_parallel(seqs, h0_blocks, summarize, carry, run_block, strategy, chunk
         combine = "serial"
     delayed = _Graph("nbssm.dask.time_parallel", name, [x.name for x in seqs], [np.asarray(h) for h in h0_blocks],
                      summarize, carry, run_block, fixup, strategy, chunk_length, combine, central is not None)
-    if central is not None and chunked and nt > 1:
+    held = central is not None and chunked and nt > 1 and not _persisted(seqs)
+    if held:
         # the block functions take a hold task's tuple of inputs (below)
         summarize, carry, run_block = _Star(summarize), _Star(carry), _Star(run_block)
         fixup = None if fixup is None else _Star(fixup)
@@ -427,11 +449,15 @@ def _time_parallel(seqs, h0_blocks, summarize, carry, run_block, strategy, chunk
     results, finals = [], []
     for i in range(nb):
         args = [[blk[i, j, 0] for blk in blocks] for j in range(nt)]
-        if central is not None and chunked and nt > 1:
+        if held:
             # one task per block holding its inputs (a tuple of references): a key of this graph
             # that no optimisation fuses away, for the central carry's re-runs
             holds = [delayed(_hold, *args[j]) for j in range(nt)]
             args = [[h] for h in holds]
+            input_keys = [[h.key] for h in holds]
+        else:
+            # inputs persisted on the cluster: their own keys stay in its memory
+            input_keys = [[blk[i, j, 0].key for blk in blocks] for j in range(nt)]
         entering: list[tuple[Any, int | None]] = [(h0_blocks[i], None)]
         if not chunked:
             # sequential: each block from the final state of the previous one
@@ -453,7 +479,7 @@ def _time_parallel(seqs, h0_blocks, summarize, carry, run_block, strategy, chunk
             # one task carries the state over every block's summaries (only they travel: a few
             # numbers per chunk and lane); a block needing a re-run is carried next to its data,
             # its inputs found by the key of a task that holds them (alive until its fix-up)
-            keys = [_Keys([h.key]) for h in holds[:nt - 1]]
+            keys = [_Keys(input_keys[j]) for j in range(nt - 1)]
             states = delayed(_central_carry, central, carry, h0_blocks[i], keys, *sums[:nt - 1])
             entering += [(states, j) for j in range(1, nt)]
         elif combine == "serial" and nt > 1:
