@@ -82,7 +82,7 @@ DecodeWeights = namedtuple("DecodeWeights", "embed norm_w in_proj conv_w conv_b 
 #: The recurrent state, updated in place: conv (L, b, W-1, E) oldest first; ssm (L, b, E, N).
 DecodeState = namedtuple("DecodeState", "conv ssm")
 #: Work buffers for a batch of b (see :func:`decode_work_shapes`); logits (b, V) is the output.
-DecodeWork = namedtuple("DecodeWork", "logits hidden hn xz u xdbl y part_x part_o")
+DecodeWork = namedtuple("DecodeWork", "logits hidden hn xz u xdbl dt y part_x out")
 
 
 # ----------------------------------------------------------------------------- weight formats
@@ -110,6 +110,27 @@ def f16_to_f32(typingctx, bits):
 
     def codegen(context, builder, signature, args):
         return builder.fpext(builder.bitcast(args[0], _ir.HalfType()), _ir.FloatType())
+
+    return sig, codegen
+
+
+@intrinsic
+def _opaque(typingctx, n):
+    """``n`` (int64) through an empty inline-asm statement: the same value, but LLVM cannot see it.
+
+    The lane loops of the dot products run ``range(_opaque(LANES))``: with a trip count it does
+    not know, LLVM keeps the loop and its loop vectoriser turns it into vector loads, conversions
+    and FMAs; with the constant 32 it unrolls the loop fully first, and Numba leaves the SLP
+    vectoriser (which would be needed then) off, so every lane was a scalar instruction.
+    """
+    if not isinstance(n, types.Integer):
+        return None
+    sig = types.int64(n)
+
+    def codegen(context, builder, signature, args):
+        i64 = _ir.IntType(64)
+        v = context.cast(builder, args[0], signature.args[0], types.int64)
+        return builder.asm(_ir.FunctionType(i64, [i64]), "", "=r,0", [v], side_effect=False)
 
     return sig, codegen
 
@@ -172,7 +193,8 @@ _UQB = np.uint64(QBLOCK)
 def _dot1(data, scale, r, c0, n, x, b0):
     """``W[r, c0:c0+n] . x[b0, c0:c0+n]`` in the lane order (``c0`` a multiple of ``QBLOCK``)."""
     acc = carray(stack_buffer(LANES, x.dtype), (1, LANES))
-    for l in range(LANES):
+    nl = _opaque(LANES)
+    for l in range(nl):
         acc[0, l] = 0.0
     ur, uc, ub = np.uint64(r), np.uint64(c0), np.uint64(b0)
     nfull = np.uint64((n // LANES) * LANES)
@@ -180,13 +202,17 @@ def _dot1(data, scale, r, c0, n, x, b0):
     while uk < nfull:
         i0 = uc + uk
         s = _wscale(data, scale, ur, i0 // _UQB)
-        for l in range(LANES):
+        for l in range(nl):
             i = i0 + np.uint64(l)
             acc[0, l] += _wval(data, ur, i, s) * x[ub, i]
         uk += _ULANES
-    for l in range(n - (n // LANES) * LANES):
-        i = uc + nfull + np.uint64(l)
-        acc[0, l] += _wval(data, ur, i, _wscale(data, scale, ur, i // _UQB)) * x[ub, i]
+    tail = n - (n // LANES) * LANES
+    if tail > 0:
+        i0 = uc + nfull
+        s = _wscale(data, scale, ur, i0 // _UQB)  # the tail lies in one scale block (QBLOCK == LANES)
+        for l in range(tail):
+            i = i0 + np.uint64(l)
+            acc[0, l] += _wval(data, ur, i, s) * x[ub, i]
     return _fold(acc, 0)
 
 
@@ -195,7 +221,8 @@ def _dot2(data, scale, r, c0, n, x, b0):
     """:func:`_dot1` for sequences ``b0`` and ``b0 + 1`` at once: each weight is loaded and
     converted once; each sequence's sum is bitwise the one :func:`_dot1` gives."""
     acc = carray(stack_buffer(2 * LANES, x.dtype), (2, LANES))
-    for l in range(LANES):
+    nl = _opaque(LANES)
+    for l in range(nl):
         acc[0, l] = 0.0
         acc[1, l] = 0.0
     ur, uc, ub = np.uint64(r), np.uint64(c0), np.uint64(b0)
@@ -205,17 +232,21 @@ def _dot2(data, scale, r, c0, n, x, b0):
     while uk < nfull:
         i0 = uc + uk
         s = _wscale(data, scale, ur, i0 // _UQB)
-        for l in range(LANES):
+        for l in range(nl):
             i = i0 + np.uint64(l)
             v = _wval(data, ur, i, s)
             acc[0, l] += v * x[ub, i]
             acc[1, l] += v * x[ub1, i]
         uk += _ULANES
-    for l in range(n - (n // LANES) * LANES):
-        i = uc + nfull + np.uint64(l)
-        v = _wval(data, ur, i, _wscale(data, scale, ur, i // _UQB))
-        acc[0, l] += v * x[ub, i]
-        acc[1, l] += v * x[ub1, i]
+    tail = n - (n // LANES) * LANES
+    if tail > 0:
+        i0 = uc + nfull
+        s = _wscale(data, scale, ur, i0 // _UQB)
+        for l in range(tail):
+            i = i0 + np.uint64(l)
+            v = _wval(data, ur, i, s)
+            acc[0, l] += v * x[ub, i]
+            acc[1, l] += v * x[ub1, i]
     return _fold(acc, 0), _fold(acc, 1)
 
 
@@ -268,21 +299,25 @@ def _rmsnorm_rows(x, weight, eps, out):
 #: channels per work chunk of the fused layer step. Chunk boundaries depend only on d_inner,
 #: never on the thread count, so the partial sums (and the bits) do not either.
 CHUNK = 128
+#: out_proj rows per parallel work item
+OUT_ROWS = 64
 
 
 @njit(cache=_config.CACHE, parallel=True, fastmath=_FASTMATH)
 def _layer_step(hidden, norm_w, eps, in_proj, conv_w, conv_b, x_proj, dt_w, dt_b, A_neg, Dskip, out_proj,
-                hist, ssm, hn, xz, u, xdbl, y, part_x, part_o):
+                hist, ssm, hn, xz, u, xdbl, dtv, y, part_x, out):
     """Advance one layer by one token (in place on ``hidden``, ``hist``, ``ssm``).
 
     hidden (b, Dm) residual stream; hist (b, W-1, E) the previous W-1 conv inputs, oldest
     first; ssm (b, E, N). ``in_proj``, ``x_proj``, ``dt_w``, ``out_proj``: 2-D :data:`QMat`.
-    Work buffers: hn (b, Dm), xz (b, 2E), u (b, E), xdbl (b, R+2N), y (b, E),
-    part_x (n_chunks, b, R+2N), part_o (n_chunks, b, Dm).
+    Work buffers: hn (b, Dm), xz (b, 2E), u (b, E), xdbl (b, R+2N), dtv (b, E), y (b, E),
+    part_x (n_chunks, b, R+2N), out (b, Dm).
 
-    Two parallel regions over fixed channel chunks: (1) in_proj rows of the chunk's x and z
-    channels, conv update, SiLU, partial x_proj sums; (2) Δ, scan step, D skip, gate, partial
-    out_proj sums. The partial sums are reduced serially in chunk order. Every projection
+    Three parallel regions: (1) over fixed channel chunks, in_proj rows of the chunk's x and z
+    channels, conv update, SiLU, partial x_proj sums (reduced serially in chunk order); (2) over
+    the same chunks, the dt_proj rows, Δ, scan step, D skip, gate; (3) over blocks of
+    :data:`OUT_ROWS` rows, out_proj over whole rows (partial sums over 128-channel chunks cost
+    a lane fold and a call per 128 weights: about 4x the time of whole rows). Every projection
     loops rows outer and sequences inner (:func:`_rows`).
     """
     nb = hidden.shape[0]
@@ -333,13 +368,12 @@ def _layer_step(hidden, norm_w, eps, in_proj, conv_w, conv_b, x_proj, dt_w, dt_b
     for c in prange(n_chunks):
         d0 = c * CHUNK
         d1 = min(d0 + CHUNK, e_dim)
-        for d in range(d0, d1):
-            for bb in range(nb):
-                # Δ (low rank), the scan step, the D skip and the gate
-                s = zero
-                for r in range(rank):
-                    s += _wval(dt_d, d, r, _wscale(dt_d, dt_s, d, r // QBLOCK)) * xdbl[bb, r]
-                dt = _softplus(s + dt_b[d])
+        # Δ before softplus (low rank): dt_proj rows of this chunk                 (b, E)
+        _rows(dt_d, dt_s, d0, d1, 0, rank, xdbl, dtv, d0)
+        for bb in range(nb):
+            for d in range(d0, d1):
+                # the scan step, the D skip and the gate
+                dt = _softplus(dtv[bb, d] + dt_b[d])
                 ud = u[bb, d]
                 acc = zero
                 for n in range(n_state):
@@ -348,14 +382,14 @@ def _layer_step(hidden, norm_w, eps, in_proj, conv_w, conv_b, x_proj, dt_w, dt_b
                     acc += h * xdbl[bb, rank + n_state + n]
                 zz = xz[bb, e_dim + d]
                 y[bb, d] = (acc + ud * Dskip[d]) * (zz / (one + _exp(-zz)))
-        # partial out_proj over this chunk's channels                         (b, Dm)
-        _rows(op_d, op_s, 0, dm, d0, d1 - d0, y, part_o[c], 0)
+    # out_proj over whole rows (every channel's y is needed), rows in blocks   (b, Dm)
+    n_oblk = -(-dm // OUT_ROWS)
+    for t in prange(n_oblk):
+        r0 = t * OUT_ROWS
+        _rows(op_d, op_s, r0, min(r0 + OUT_ROWS, dm), 0, e_dim, y, out, r0)
     for bb in range(nb):
         for j in range(dm):
-            acc = zero
-            for c in range(n_chunks):
-                acc += part_o[c, bb, j]
-            hidden[bb, j] += acc
+            hidden[bb, j] += out[bb, j]
 
 
 #: LM-head rows per parallel work item
@@ -372,8 +406,8 @@ def decode_work_shapes(batch: int, d_model: int, d_inner: int, d_state: int, dt_
     """Shapes of the :class:`DecodeWork` buffers for a batch of ``batch`` sequences."""
     b, n_chunks = batch, -(-d_inner // CHUNK)
     return {"logits": (b, vocab_size), "hidden": (b, d_model), "hn": (b, d_model), "xz": (b, 2 * d_inner),
-            "u": (b, d_inner), "xdbl": (b, dt_rank + 2 * d_state), "y": (b, d_inner),
-            "part_x": (n_chunks, b, dt_rank + 2 * d_state), "part_o": (n_chunks, b, d_model)}
+            "u": (b, d_inner), "xdbl": (b, dt_rank + 2 * d_state), "dt": (b, d_inner), "y": (b, d_inner),
+            "part_x": (n_chunks, b, dt_rank + 2 * d_state), "out": (b, d_model)}
 
 
 @njit(cache=_config.CACHE, parallel=True, fastmath=_FASTMATH)
@@ -402,8 +436,8 @@ def decode_step(tokens, weights, state, work):
     for layer in range(n_layer):
         _layer_step(k.hidden, w.norm_w[layer], w.eps, _layer(w.in_proj, layer), w.conv_w[layer], w.conv_b[layer],
                     _layer(w.x_proj, layer), _layer(w.dt_w, layer), w.dt_b[layer], w.A[layer], w.D[layer],
-                    _layer(w.out_proj, layer), s.conv[layer], s.ssm[layer], k.hn, k.xz, k.u, k.xdbl, k.y,
-                    k.part_x, k.part_o)
+                    _layer(w.out_proj, layer), s.conv[layer], s.ssm[layer], k.hn, k.xz, k.u, k.xdbl, k.dt, k.y,
+                    k.part_x, k.out)
     _rmsnorm_rows(k.hidden, w.norm_f, w.eps, k.hn)
     hd, hs = w.head.data, w.head.scale
     hn = k.hn
