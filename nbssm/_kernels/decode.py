@@ -135,6 +135,114 @@ def _opaque(typingctx, n):
     return sig, codegen
 
 
+_VL = 8  # float32 lanes of one AVX2 vector: LANES = 4 vectors
+
+
+def _make_vsteps(nseq):
+    """An intrinsic ``vsteps(data, scale, r, c0, nfull, x, b0, acc)``: the full lane steps of
+    :func:`_dot1` (``nseq`` 1) or :func:`_dot2` (``nseq`` 2) with the lane accumulators in
+    vector registers.
+
+    For ``k`` in ``0, LANES, ..., nfull - LANES`` and lane ``l``: ``acc[q, l] += w(r, c0 + k + l)
+    * x[b0 + q, c0 + k + l]``, the weight converted exactly as :func:`_wval` does and the sum one
+    ``contract`` multiply-add, as in the scalar loop: the same operations on the same lanes in the
+    same order, so the same bits. Written in LLVM IR because Numba's own lane loop keeps the
+    accumulators in memory (a store and a load per lane step: a latency chain that bounds int8
+    and bf16 rows well below the memory bandwidth). float32 compute, C-contiguous arrays only.
+    """
+
+    @intrinsic
+    def vsteps(typingctx, data, scale, r, c0, nfull, x, b0, acc):
+        ok = (isinstance(data, types.Array) and data.ndim == 2 and data.layout == "C"
+              and data.dtype in (types.float32, types.uint16, types.int16, types.int8)
+              and isinstance(x, types.Array) and x.ndim == 2 and x.layout == "C" and x.dtype == types.float32
+              and isinstance(acc, types.Array) and acc.dtype == types.float32 and acc.layout == "C")
+        if not ok:
+            return None
+        sig = types.void(data, scale, r, c0, nfull, x, b0, acc)
+        kind = data.dtype
+
+        def codegen(context, builder, signature, args):
+            from numba.core import cgutils
+
+            dty, sty, rty, cty, nty, xty, bty, aty = signature.args
+            i64, f32 = _ir.IntType(64), _ir.FloatType()
+            vf = _ir.VectorType(f32, _VL)
+            flags = ("contract",)
+            dar = context.make_array(dty)(context, builder, args[0])
+            sar = context.make_array(sty)(context, builder, args[1])
+            xar = context.make_array(xty)(context, builder, args[5])
+            aar = context.make_array(aty)(context, builder, args[7])
+            r_ = context.cast(builder, args[2], rty, types.int64)
+            c0_ = context.cast(builder, args[3], cty, types.int64)
+            nf = context.cast(builder, args[4], nty, types.int64)
+            b0_ = context.cast(builder, args[6], bty, types.int64)
+            i8p = _ir.IntType(8).as_pointer()
+            dstr = cgutils.unpack_tuple(builder, dar.strides, 2)
+            xstr = cgutils.unpack_tuple(builder, xar.strides, 2)
+            isz = context.get_abi_sizeof(context.get_data_type(dty.dtype))
+            drow = builder.gep(builder.bitcast(dar.data, i8p), [builder.mul(r_, dstr[0])])
+            xrows = [builder.gep(builder.bitcast(xar.data, i8p), [builder.mul(builder.add(b0_, i64(q)), xstr[0])])
+                     for q in range(nseq)]
+            if kind == types.int8:
+                sstr = cgutils.unpack_tuple(builder, sar.strides, 2)
+                srow = builder.gep(builder.bitcast(sar.data, i8p), [builder.mul(r_, sstr[0])])
+            aptr = builder.bitcast(aar.data, vf.as_pointer())
+            nv = LANES // _VL
+            slots = []
+            for q in range(nseq):
+                for v in range(nv):
+                    slot = cgutils.alloca_once(builder, vf)
+                    src = builder.gep(aptr, [i64(q * nv + v)])
+                    builder.store(builder.load(src, align=4), slot)
+                    slots.append(slot)
+            with cgutils.for_range_slice(builder, i64(0), nf, i64(LANES), intp=i64) as (k, _):
+                i0 = builder.add(c0_, k)
+                if kind == types.int8:
+                    sp = builder.gep(srow, [builder.mul(builder.lshr(i0, i64(5)), i64(4))])
+                    sv = builder.load(builder.bitcast(sp, f32.as_pointer()), align=4)
+                    splat = builder.insert_element(_ir.Constant(vf, None), sv, _ir.IntType(32)(0))
+                    splat = builder.shuffle_vector(splat, _ir.Constant(vf, None),
+                                                   _ir.Constant(_ir.VectorType(_ir.IntType(32), _VL), [0] * _VL))
+                for v in range(nv):
+                    iv = builder.add(i0, i64(v * _VL))
+                    wp = builder.gep(drow, [builder.mul(iv, i64(isz))])
+                    if kind == types.float32:
+                        w = builder.load(builder.bitcast(wp, vf.as_pointer()), align=1)
+                    elif kind == types.uint16:
+                        vi16 = _ir.VectorType(_ir.IntType(16), _VL)
+                        vi32 = _ir.VectorType(_ir.IntType(32), _VL)
+                        raw = builder.load(builder.bitcast(wp, vi16.as_pointer()), align=1)
+                        wide = builder.shl(builder.zext(raw, vi32), _ir.Constant(vi32, [16] * _VL))
+                        w = builder.bitcast(wide, vf)
+                    elif kind == types.int16:
+                        vi16 = _ir.VectorType(_ir.IntType(16), _VL)
+                        raw = builder.load(builder.bitcast(wp, vi16.as_pointer()), align=1)
+                        w = builder.fpext(builder.bitcast(raw, _ir.VectorType(_ir.HalfType(), _VL)), vf)
+                    else:
+                        vi8 = _ir.VectorType(_ir.IntType(8), _VL)
+                        raw = builder.load(builder.bitcast(wp, vi8.as_pointer()), align=1)
+                        w = builder.fmul(builder.sitofp(raw, vf), splat)
+                    for q in range(nseq):
+                        xp = builder.gep(xrows[q], [builder.mul(iv, i64(4))])
+                        xv = builder.load(builder.bitcast(xp, vf.as_pointer()), align=1)
+                        slot = slots[q * nv + v]
+                        prod = builder.fmul(w, xv, flags=flags)
+                        builder.store(builder.fadd(builder.load(slot), prod, flags=flags), slot)
+            for q in range(nseq):
+                for v in range(nv):
+                    builder.store(builder.load(slots[q * nv + v]), builder.gep(aptr, [i64(q * nv + v)]), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return vsteps
+
+
+_vsteps1 = _make_vsteps(1)
+_vsteps2 = _make_vsteps(2)
+
+
 def _wval(w, r, i, s):
     """Weight ``(r, i)`` of a stored matrix ``w`` as a float (``s``: its int8 block scale)."""
     raise NotImplementedError
@@ -189,6 +297,61 @@ _ULANES = np.uint64(LANES)
 _UQB = np.uint64(QBLOCK)
 
 
+def _vsteps_ok(data, x):
+    return (data.layout == "C" and x.layout == "C" and x.dtype == types.float32
+            and data.dtype in (types.float32, types.uint16, types.int16, types.int8))
+
+
+def _steps1(data, scale, ur, uc, nfull, x, ub, acc):
+    """Full lane steps of one sequence into ``acc`` (1, LANES): :func:`_vsteps1` for float32
+    compute, else a lane loop (float64)."""
+    raise NotImplementedError
+
+
+def _steps2(data, scale, ur, uc, nfull, x, ub, acc):
+    """:func:`_steps1` for sequences ``ub`` and ``ub + 1`` (acc (2, LANES))."""
+    raise NotImplementedError
+
+
+@overload(_steps1, jit_options={"fastmath": _DOT_FASTMATH})
+def _ov_steps1(data, scale, ur, uc, nfull, x, ub, acc):
+    if _vsteps_ok(data, x):
+        return lambda data, scale, ur, uc, nfull, x, ub, acc: _vsteps1(data, scale, ur, uc, nfull, x, ub, acc)
+
+    def impl(data, scale, ur, uc, nfull, x, ub, acc):
+        nl = _opaque(LANES)
+        uk = _U0
+        while uk < nfull:
+            i0 = uc + uk
+            s = _wscale(data, scale, ur, i0 // _UQB)
+            for l in range(nl):
+                i = i0 + np.uint64(l)
+                acc[0, l] += _wval(data, ur, i, s) * x[ub, i]
+            uk += _ULANES
+    return impl
+
+
+@overload(_steps2, jit_options={"fastmath": _DOT_FASTMATH})
+def _ov_steps2(data, scale, ur, uc, nfull, x, ub, acc):
+    if _vsteps_ok(data, x):
+        return lambda data, scale, ur, uc, nfull, x, ub, acc: _vsteps2(data, scale, ur, uc, nfull, x, ub, acc)
+
+    def impl(data, scale, ur, uc, nfull, x, ub, acc):
+        nl = _opaque(LANES)
+        ub1 = ub + _U1
+        uk = _U0
+        while uk < nfull:
+            i0 = uc + uk
+            s = _wscale(data, scale, ur, i0 // _UQB)
+            for l in range(nl):
+                i = i0 + np.uint64(l)
+                v = _wval(data, ur, i, s)
+                acc[0, l] += v * x[ub, i]
+                acc[1, l] += v * x[ub1, i]
+            uk += _ULANES
+    return impl
+
+
 @njit(cache=_config.CACHE, fastmath=_DOT_FASTMATH)
 def _dot1(data, scale, r, c0, n, x, b0):
     """``W[r, c0:c0+n] . x[b0, c0:c0+n]`` in the lane order (``c0`` a multiple of ``QBLOCK``)."""
@@ -198,14 +361,7 @@ def _dot1(data, scale, r, c0, n, x, b0):
         acc[0, l] = 0.0
     ur, uc, ub = np.uint64(r), np.uint64(c0), np.uint64(b0)
     nfull = np.uint64((n // LANES) * LANES)
-    uk = _U0
-    while uk < nfull:
-        i0 = uc + uk
-        s = _wscale(data, scale, ur, i0 // _UQB)
-        for l in range(nl):
-            i = i0 + np.uint64(l)
-            acc[0, l] += _wval(data, ur, i, s) * x[ub, i]
-        uk += _ULANES
+    _steps1(data, scale, ur, uc, nfull, x, ub, acc)
     tail = n - (n // LANES) * LANES
     if tail > 0:
         i0 = uc + nfull
@@ -228,16 +384,7 @@ def _dot2(data, scale, r, c0, n, x, b0):
     ur, uc, ub = np.uint64(r), np.uint64(c0), np.uint64(b0)
     ub1 = ub + _U1
     nfull = np.uint64((n // LANES) * LANES)
-    uk = _U0
-    while uk < nfull:
-        i0 = uc + uk
-        s = _wscale(data, scale, ur, i0 // _UQB)
-        for l in range(nl):
-            i = i0 + np.uint64(l)
-            v = _wval(data, ur, i, s)
-            acc[0, l] += v * x[ub, i]
-            acc[1, l] += v * x[ub1, i]
-        uk += _ULANES
+    _steps2(data, scale, ur, uc, nfull, x, ub, acc)
     tail = n - (n // LANES) * LANES
     if tail > 0:
         i0 = uc + nfull
