@@ -14,6 +14,11 @@ converted to float in registers (exactly: a shift, ``vcvtph2ps``, ``float(q) * s
 state and accumulation stay in the compute dtype. The loops are rows outer and sequences
 inner (:func:`_rows`): a row segment is read from memory once for the whole batch, and each
 weight vector is loaded and converted once per register block of :data:`BLOCK` sequences.
+For float32 compute the lane steps are written in LLVM IR (:func:`_make_vsteps`: four
+8-float vectors of accumulators per sequence, kept in registers); Numba's own code for the
+same loop was scalar (a constant 32-trip loop is unrolled before the loop vectoriser sees it,
+and Numba turns the SLP vectoriser off) or, with an opaque trip count, kept the accumulators
+in memory.
 
 The dot products fold in an order written out in the code, not left to the compiler (no
 ``reassoc`` flag): element ``i`` goes into lane ``i % LANES`` in order, then the lanes are summed
@@ -475,6 +480,8 @@ def _layer_step(hidden, norm_w, eps, in_proj, conv_w, conv_b, x_proj, dt_w, dt_b
     rank = dt_w.data.shape[1]
     n_x = x_proj.data.shape[0]
     n_chunks = part_x.shape[0]
+    ob = np.uint64(rank)
+    oc = np.uint64(rank + n_state)
     one = hidden.dtype.type(1.0)
     zero = hidden.dtype.type(0.0)
     # the parallel regions take arrays, not named tuples
@@ -524,9 +531,11 @@ def _layer_step(hidden, norm_w, eps, in_proj, conv_w, conv_b, x_proj, dt_w, dt_b
                 ud = u[bb, d]
                 acc = zero
                 for n in range(n_state):
-                    h = ssm[bb, d, n] * _exp(dt * A_neg[d, n]) + (dt * xdbl[bb, rank + n]) * ud
-                    ssm[bb, d, n] = h
-                    acc += h * xdbl[bb, rank + n_state + n]
+                    # unsigned offsets: no negative-index wrap-around selects (25% of the scan's time)
+                    un = np.uint64(n)
+                    h = ssm[bb, d, un] * _exp(dt * A_neg[d, un]) + (dt * xdbl[bb, ob + un]) * ud
+                    ssm[bb, d, un] = h
+                    acc += h * xdbl[bb, oc + un]
                 zz = xz[bb, e_dim + d]
                 y[bb, d] = (acc + ud * Dskip[d]) * (zz / (one + _exp(-zz)))
     # out_proj over whole rows (every channel's y is needed), rows in blocks   (b, Dm)
