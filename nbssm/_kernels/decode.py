@@ -402,71 +402,18 @@ def _dot2(data, scale, r, c0, n, x, b0):
     return _fold(acc, 0), _fold(acc, 1)
 
 
-#: float32 elements of the row buffer of :func:`_rows` (a compressed row is converted into it
-#: once when the batch has more than one register block; 32 KiB of stack)
-ROWBUF = 8192
-
-
-def _compressed(data):
-    """True (at compile time) for bf16, fp16 and int8 storage."""
-    raise NotImplementedError
-
-
-@overload(_compressed)
-def _ov_compressed(data):
-    flag = data.dtype in (types.uint16, types.int16, types.int8)
-    return lambda data: flag
-
-
-@njit(cache=_config.CACHE, fastmath=_DOT_FASTMATH)
-def _convert_row(data, scale, r, c0, n, buf):
-    """``buf[0, c0:c0+n] = W[r, c0:c0+n]`` as float32 (exactly :func:`_wval`)."""
-    ur, uc = np.uint64(r), np.uint64(c0)
-    nl = _opaque(LANES)
-    nfull = np.uint64((n // LANES) * LANES)
-    uk = _U0
-    while uk < nfull:
-        i0 = uc + uk
-        s = _wscale(data, scale, ur, i0 // _UQB)
-        for l in range(nl):
-            i = i0 + np.uint64(l)
-            buf[0, i] = _wval(data, ur, i, s)
-        uk += _ULANES
-    tail = n - (n // LANES) * LANES
-    if tail > 0:
-        i0 = uc + nfull
-        s = _wscale(data, scale, ur, i0 // _UQB)
-        for l in range(tail):
-            i = i0 + np.uint64(l)
-            buf[0, i] = _wval(data, ur, i, s)
-
-
 @njit(cache=_config.CACHE, fastmath=_DOT_FASTMATH)
 def _rows(data, scale, r0, r1, c0, n, x, out, oc):
     """``out[bb, oc + r - r0] = W[r, c0:c0+n] . x[bb, c0:c0+n]`` for rows ``r0 <= r < r1``, all bb.
 
     ``W`` the 2-D :data:`QMat` ``(data, scale)``; ``c0`` a multiple of ``QBLOCK``. Rows outer,
     sequences inner in blocks of :data:`BLOCK` (a row segment is read from memory once for the
-    whole batch, and converted once per block). A compressed row with more than one block of
-    sequences is converted once into a float32 row buffer (the same values :func:`_wval`
-    gives, so the same bits) and the blocks read that.
+    whole batch, and converted once per block).
     """
     nb = x.shape[0]
-    buffered = _compressed(data) and nb > 2 and c0 + n <= ROWBUF
-    buf = carray(stack_buffer(ROWBUF, np.float32), (1, ROWBUF))
     for r in range(r0, r1):
         j = oc + r - r0
         b0 = 0
-        if buffered:
-            _convert_row(data, scale, r, c0, n, buf)
-            while b0 + 2 <= nb:
-                v0, v1 = _dot2(buf, scale, 0, c0, n, x, b0)
-                out[b0, j] = v0
-                out[b0 + 1, j] = v1
-                b0 += 2
-            if b0 < nb:
-                out[b0, j] = _dot1(buf, scale, 0, c0, n, x, b0)
-            continue
         while b0 + 2 <= nb:
             v0, v1 = _dot2(data, scale, r, c0, n, x, b0)
             out[b0, j] = v0
