@@ -24,6 +24,12 @@ rounds, the load average recorded), with the weight bytes read per token and the
 weight-streaming floor (those bytes / the memory bandwidth, measured here with a numpy triad
 and a BLAS matrix-vector product over arrays larger than the last-level cache). Writes
 ``benchmarks/results/bench_lm_quant.json`` and ``.md``.
+
+``--weights ... --split`` profiles the same formats in two parts, per token and in CPU
+milliseconds of this process (``time.process_time``; run it with ``--threads 1``): the 24
+layers without the head (vocabulary 8) and the head with one layer (vocabulary 50280), each
+with the GB/s of its weight bytes, and the triad bandwidth of the same run. Writes
+``benchmarks/results/bench_lm_quant_split{_tN}.md``.
 """
 
 from __future__ import annotations
@@ -255,6 +261,49 @@ def quant_main(args) -> dict:
     return res
 
 
+def split_main(args) -> str:
+    """Layers and head separately, CPU ms per token (see the module docstring)."""
+    import numba
+    import numpy as np
+
+    from nbssm import bench
+    from nbssm.lm import MambaLM, MambaLMConfig
+
+    formats = [f.strip() for f in args.weights.split(",") if f.strip()]
+    base = dict(d_model=SHAPE["d_model"], d_state=SHAPE["d_state"], d_conv=SHAPE["d_conv"])
+    parts = {"layers": dict(base, n_layer=SHAPE["n_layer"], vocab_size=8),
+             "head + 1 layer": dict(base, n_layer=1, vocab_size=SHAPE["vocab_size"])}
+    models = {(fmt, part): MambaLM.random(MambaLMConfig(**cfg), seed=0, weights=fmt)
+              for fmt in formats for part, cfg in parts.items()}
+    load0 = os.getloadavg()
+    per: dict = {}
+    for _ in range(args.rounds):
+        for (fmt, part), m in models.items():
+            for b in (1, 8):
+                st = m.initial_state(b)
+                tok = np.zeros(b, np.int64)
+                for _ in range(2):
+                    m.step(tok, st, inplace=True)
+                for _ in range(args.tokens):
+                    c = time.process_time()
+                    m.step(tok, st, inplace=True)
+                    per.setdefault((fmt, part, b), []).append(time.process_time() - c)
+    th = numba.get_num_threads()
+    bw = bench.bench_bandwidth(5, [th], log=lambda *a: None)[f"gbs_{th}thr"]
+    lines = [f"# Decode profile: layers and head (mamba-130m shape, {th} thread(s), CPU ms per token)", "",
+             f"Load average at start {tuple(round(x, 2) for x in load0)}, at end "
+             f"{tuple(round(x, 2) for x in os.getloadavg())}; triad {bw:.2f} GB/s in the same run; medians of "
+             f"{args.rounds} x {args.tokens} tokens.", "",
+             "| weights | part | MB | batch 1 ms | GB/s | batch 8 ms | b8 / b1 time |", "|---|---|---|---|---|---|---|"]
+    for fmt in formats:
+        for part in parts:
+            wb = models[fmt, part].weight_bytes
+            t1 = float(np.median(per[fmt, part, 1])) * 1e3
+            t8 = float(np.median(per[fmt, part, 8])) * 1e3
+            lines.append(f"| {fmt} | {part} | {wb / 1e6:.1f} | {t1:.2f} | {wb / t1 / 1e6:.2f} | {t8:.2f} | {t8 / t1:.2f} |")
+    return "\n".join(lines + [""])
+
+
 def _quant_markdown(r: dict) -> str:
     n = r["nbssm"]
     bw = n["bandwidth"]
@@ -337,12 +386,21 @@ def main() -> int:
     ap.add_argument("--weights", default=None,
                     help="comma-separated decode weight formats (float32,bf16,fp16,int8): the format comparison only")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the --weights comparison")
+    ap.add_argument("--split", action="store_true", help="with --weights: layers and head profiled separately")
     args = ap.parse_args()
     _threads_env(args.threads)
     if args.torch_only:
         return torch_main(args)
     result = {"machine": f"{platform.machine()} {_cpu_name()} ({os.cpu_count()} cpus)", "python": platform.python_version(),
               "length": args.length, "shape": SHAPE}
+    if args.weights and args.split:
+        md = split_main(args)
+        os.makedirs(args.out, exist_ok=True)
+        tag = "" if args.threads == 2 else f"_t{args.threads}"
+        with open(os.path.join(args.out, f"bench_lm_quant_split{tag}.md"), "w") as f:
+            f.write(md)
+        print(md)
+        return 0
     if args.weights:
         result["nbssm"] = quant_main(args)
         os.makedirs(args.out, exist_ok=True)

@@ -14,6 +14,11 @@ converted to float in registers (exactly: a shift, ``vcvtph2ps``, ``float(q) * s
 state and accumulation stay in the compute dtype. The loops are rows outer and sequences
 inner (:func:`_rows`): a row segment is read from memory once for the whole batch, and each
 weight vector is loaded and converted once per register block of :data:`BLOCK` sequences.
+For float32 compute the lane steps are written in LLVM IR (:func:`_make_vsteps`: four
+8-float vectors of accumulators per sequence, kept in registers); Numba's own code for the
+same loop was scalar (a constant 32-trip loop is unrolled before the loop vectoriser sees it,
+and Numba turns the SLP vectoriser off) or, with an opaque trip count, kept the accumulators
+in memory.
 
 The dot products fold in an order written out in the code, not left to the compiler (no
 ``reassoc`` flag): element ``i`` goes into lane ``i % LANES`` in order, then the lanes are summed
@@ -82,7 +87,7 @@ DecodeWeights = namedtuple("DecodeWeights", "embed norm_w in_proj conv_w conv_b 
 #: The recurrent state, updated in place: conv (L, b, W-1, E) oldest first; ssm (L, b, E, N).
 DecodeState = namedtuple("DecodeState", "conv ssm")
 #: Work buffers for a batch of b (see :func:`decode_work_shapes`); logits (b, V) is the output.
-DecodeWork = namedtuple("DecodeWork", "logits hidden hn xz u xdbl y part_x part_o")
+DecodeWork = namedtuple("DecodeWork", "logits hidden hn xz u xdbl dt y part_x out")
 
 
 # ----------------------------------------------------------------------------- weight formats
@@ -112,6 +117,135 @@ def f16_to_f32(typingctx, bits):
         return builder.fpext(builder.bitcast(args[0], _ir.HalfType()), _ir.FloatType())
 
     return sig, codegen
+
+
+@intrinsic
+def _opaque(typingctx, n):
+    """``n`` (int64) through an empty inline-asm statement: the same value, but LLVM cannot see it.
+
+    The lane loops of the dot products run ``range(_opaque(LANES))``: with a trip count it does
+    not know, LLVM keeps the loop and its loop vectoriser turns it into vector loads, conversions
+    and FMAs; with the constant 32 it unrolls the loop fully first, and Numba leaves the SLP
+    vectoriser (which would be needed then) off, so every lane was a scalar instruction.
+    """
+    if not isinstance(n, types.Integer):
+        return None
+    sig = types.int64(n)
+
+    def codegen(context, builder, signature, args):
+        i64 = _ir.IntType(64)
+        v = context.cast(builder, args[0], signature.args[0], types.int64)
+        return builder.asm(_ir.FunctionType(i64, [i64]), "", "=r,0", [v], side_effect=False)
+
+    return sig, codegen
+
+
+_VL = 8  # float32 lanes of one AVX2 vector: LANES = 4 vectors
+
+
+def _make_vsteps(nseq):
+    """An intrinsic ``vsteps(data, scale, r, c0, nfull, x, b0, acc)``: the full lane steps of
+    :func:`_dot1` (``nseq`` 1) or :func:`_dot2` (``nseq`` 2) with the lane accumulators in
+    vector registers.
+
+    For ``k`` in ``0, LANES, ..., nfull - LANES`` and lane ``l``: ``acc[q, l] += w(r, c0 + k + l)
+    * x[b0 + q, c0 + k + l]``, the weight converted exactly as :func:`_wval` does and the sum one
+    ``contract`` multiply-add, as in the scalar loop: the same operations on the same lanes in the
+    same order, so the same bits. Written in LLVM IR because Numba's own lane loop keeps the
+    accumulators in memory (a store and a load per lane step: a latency chain that bounds int8
+    and bf16 rows well below the memory bandwidth). float32 compute, C-contiguous arrays only.
+    """
+
+    @intrinsic
+    def vsteps(typingctx, data, scale, r, c0, nfull, x, b0, acc):
+        ok = (isinstance(data, types.Array) and data.ndim == 2 and data.layout == "C"
+              and data.dtype in (types.float32, types.uint16, types.int16, types.int8)
+              and isinstance(x, types.Array) and x.ndim == 2 and x.layout == "C" and x.dtype == types.float32
+              and isinstance(acc, types.Array) and acc.dtype == types.float32 and acc.layout == "C")
+        if not ok:
+            return None
+        sig = types.void(data, scale, r, c0, nfull, x, b0, acc)
+        kind = data.dtype
+
+        def codegen(context, builder, signature, args):
+            from numba.core import cgutils
+
+            dty, sty, rty, cty, nty, xty, bty, aty = signature.args
+            i64, f32 = _ir.IntType(64), _ir.FloatType()
+            vf = _ir.VectorType(f32, _VL)
+            flags = ("contract",)
+            dar = context.make_array(dty)(context, builder, args[0])
+            sar = context.make_array(sty)(context, builder, args[1])
+            xar = context.make_array(xty)(context, builder, args[5])
+            aar = context.make_array(aty)(context, builder, args[7])
+            r_ = context.cast(builder, args[2], rty, types.int64)
+            c0_ = context.cast(builder, args[3], cty, types.int64)
+            nf = context.cast(builder, args[4], nty, types.int64)
+            b0_ = context.cast(builder, args[6], bty, types.int64)
+            i8p = _ir.IntType(8).as_pointer()
+            dstr = cgutils.unpack_tuple(builder, dar.strides, 2)
+            xstr = cgutils.unpack_tuple(builder, xar.strides, 2)
+            isz = context.get_abi_sizeof(context.get_data_type(dty.dtype))
+            drow = builder.gep(builder.bitcast(dar.data, i8p), [builder.mul(r_, dstr[0])])
+            xrows = [builder.gep(builder.bitcast(xar.data, i8p), [builder.mul(builder.add(b0_, i64(q)), xstr[0])])
+                     for q in range(nseq)]
+            if kind == types.int8:
+                sstr = cgutils.unpack_tuple(builder, sar.strides, 2)
+                srow = builder.gep(builder.bitcast(sar.data, i8p), [builder.mul(r_, sstr[0])])
+            aptr = builder.bitcast(aar.data, vf.as_pointer())
+            nv = LANES // _VL
+            slots = []
+            for q in range(nseq):
+                for v in range(nv):
+                    slot = cgutils.alloca_once(builder, vf)
+                    src = builder.gep(aptr, [i64(q * nv + v)])
+                    builder.store(builder.load(src, align=4), slot)
+                    slots.append(slot)
+            with cgutils.for_range_slice(builder, i64(0), nf, i64(LANES), intp=i64) as (k, _):
+                i0 = builder.add(c0_, k)
+                if kind == types.int8:
+                    sp = builder.gep(srow, [builder.mul(builder.lshr(i0, i64(5)), i64(4))])
+                    sv = builder.load(builder.bitcast(sp, f32.as_pointer()), align=4)
+                    splat = builder.insert_element(_ir.Constant(vf, None), sv, _ir.IntType(32)(0))
+                    splat = builder.shuffle_vector(splat, _ir.Constant(vf, None),
+                                                   _ir.Constant(_ir.VectorType(_ir.IntType(32), _VL), [0] * _VL))
+                for v in range(nv):
+                    iv = builder.add(i0, i64(v * _VL))
+                    wp = builder.gep(drow, [builder.mul(iv, i64(isz))])
+                    if kind == types.float32:
+                        w = builder.load(builder.bitcast(wp, vf.as_pointer()), align=1)
+                    elif kind == types.uint16:
+                        vi16 = _ir.VectorType(_ir.IntType(16), _VL)
+                        vi32 = _ir.VectorType(_ir.IntType(32), _VL)
+                        raw = builder.load(builder.bitcast(wp, vi16.as_pointer()), align=1)
+                        wide = builder.shl(builder.zext(raw, vi32), _ir.Constant(vi32, [16] * _VL))
+                        w = builder.bitcast(wide, vf)
+                    elif kind == types.int16:
+                        vi16 = _ir.VectorType(_ir.IntType(16), _VL)
+                        raw = builder.load(builder.bitcast(wp, vi16.as_pointer()), align=1)
+                        w = builder.fpext(builder.bitcast(raw, _ir.VectorType(_ir.HalfType(), _VL)), vf)
+                    else:
+                        vi8 = _ir.VectorType(_ir.IntType(8), _VL)
+                        raw = builder.load(builder.bitcast(wp, vi8.as_pointer()), align=1)
+                        w = builder.fmul(builder.sitofp(raw, vf), splat)
+                    for q in range(nseq):
+                        xp = builder.gep(xrows[q], [builder.mul(iv, i64(4))])
+                        xv = builder.load(builder.bitcast(xp, vf.as_pointer()), align=1)
+                        slot = slots[q * nv + v]
+                        prod = builder.fmul(w, xv, flags=flags)
+                        builder.store(builder.fadd(builder.load(slot), prod, flags=flags), slot)
+            for q in range(nseq):
+                for v in range(nv):
+                    builder.store(builder.load(slots[q * nv + v]), builder.gep(aptr, [i64(q * nv + v)]), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return vsteps
+
+
+_vsteps1 = _make_vsteps(1)
+_vsteps2 = _make_vsteps(2)
 
 
 def _wval(w, r, i, s):
@@ -168,25 +302,78 @@ _ULANES = np.uint64(LANES)
 _UQB = np.uint64(QBLOCK)
 
 
+def _vsteps_ok(data, x):
+    return (data.layout == "C" and x.layout == "C" and x.dtype == types.float32
+            and data.dtype in (types.float32, types.uint16, types.int16, types.int8))
+
+
+def _steps1(data, scale, ur, uc, nfull, x, ub, acc):
+    """Full lane steps of one sequence into ``acc`` (1, LANES): :func:`_vsteps1` for float32
+    compute, else a lane loop (float64)."""
+    raise NotImplementedError
+
+
+def _steps2(data, scale, ur, uc, nfull, x, ub, acc):
+    """:func:`_steps1` for sequences ``ub`` and ``ub + 1`` (acc (2, LANES))."""
+    raise NotImplementedError
+
+
+@overload(_steps1, jit_options={"fastmath": _DOT_FASTMATH})
+def _ov_steps1(data, scale, ur, uc, nfull, x, ub, acc):
+    if _vsteps_ok(data, x):
+        return lambda data, scale, ur, uc, nfull, x, ub, acc: _vsteps1(data, scale, ur, uc, nfull, x, ub, acc)
+
+    def impl(data, scale, ur, uc, nfull, x, ub, acc):
+        nl = _opaque(LANES)
+        uk = _U0
+        while uk < nfull:
+            i0 = uc + uk
+            s = _wscale(data, scale, ur, i0 // _UQB)
+            for l in range(nl):
+                i = i0 + np.uint64(l)
+                acc[0, l] += _wval(data, ur, i, s) * x[ub, i]
+            uk += _ULANES
+    return impl
+
+
+@overload(_steps2, jit_options={"fastmath": _DOT_FASTMATH})
+def _ov_steps2(data, scale, ur, uc, nfull, x, ub, acc):
+    if _vsteps_ok(data, x):
+        return lambda data, scale, ur, uc, nfull, x, ub, acc: _vsteps2(data, scale, ur, uc, nfull, x, ub, acc)
+
+    def impl(data, scale, ur, uc, nfull, x, ub, acc):
+        nl = _opaque(LANES)
+        ub1 = ub + _U1
+        uk = _U0
+        while uk < nfull:
+            i0 = uc + uk
+            s = _wscale(data, scale, ur, i0 // _UQB)
+            for l in range(nl):
+                i = i0 + np.uint64(l)
+                v = _wval(data, ur, i, s)
+                acc[0, l] += v * x[ub, i]
+                acc[1, l] += v * x[ub1, i]
+            uk += _ULANES
+    return impl
+
+
 @njit(cache=_config.CACHE, fastmath=_DOT_FASTMATH)
 def _dot1(data, scale, r, c0, n, x, b0):
     """``W[r, c0:c0+n] . x[b0, c0:c0+n]`` in the lane order (``c0`` a multiple of ``QBLOCK``)."""
     acc = carray(stack_buffer(LANES, x.dtype), (1, LANES))
-    for l in range(LANES):
+    nl = _opaque(LANES)
+    for l in range(nl):
         acc[0, l] = 0.0
     ur, uc, ub = np.uint64(r), np.uint64(c0), np.uint64(b0)
     nfull = np.uint64((n // LANES) * LANES)
-    uk = _U0
-    while uk < nfull:
-        i0 = uc + uk
-        s = _wscale(data, scale, ur, i0 // _UQB)
-        for l in range(LANES):
+    _steps1(data, scale, ur, uc, nfull, x, ub, acc)
+    tail = n - (n // LANES) * LANES
+    if tail > 0:
+        i0 = uc + nfull
+        s = _wscale(data, scale, ur, i0 // _UQB)  # the tail lies in one scale block (QBLOCK == LANES)
+        for l in range(tail):
             i = i0 + np.uint64(l)
             acc[0, l] += _wval(data, ur, i, s) * x[ub, i]
-        uk += _ULANES
-    for l in range(n - (n // LANES) * LANES):
-        i = uc + nfull + np.uint64(l)
-        acc[0, l] += _wval(data, ur, i, _wscale(data, scale, ur, i // _UQB)) * x[ub, i]
     return _fold(acc, 0)
 
 
@@ -195,27 +382,23 @@ def _dot2(data, scale, r, c0, n, x, b0):
     """:func:`_dot1` for sequences ``b0`` and ``b0 + 1`` at once: each weight is loaded and
     converted once; each sequence's sum is bitwise the one :func:`_dot1` gives."""
     acc = carray(stack_buffer(2 * LANES, x.dtype), (2, LANES))
-    for l in range(LANES):
+    nl = _opaque(LANES)
+    for l in range(nl):
         acc[0, l] = 0.0
         acc[1, l] = 0.0
     ur, uc, ub = np.uint64(r), np.uint64(c0), np.uint64(b0)
     ub1 = ub + _U1
     nfull = np.uint64((n // LANES) * LANES)
-    uk = _U0
-    while uk < nfull:
-        i0 = uc + uk
+    _steps2(data, scale, ur, uc, nfull, x, ub, acc)
+    tail = n - (n // LANES) * LANES
+    if tail > 0:
+        i0 = uc + nfull
         s = _wscale(data, scale, ur, i0 // _UQB)
-        for l in range(LANES):
+        for l in range(tail):
             i = i0 + np.uint64(l)
             v = _wval(data, ur, i, s)
             acc[0, l] += v * x[ub, i]
             acc[1, l] += v * x[ub1, i]
-        uk += _ULANES
-    for l in range(n - (n // LANES) * LANES):
-        i = uc + nfull + np.uint64(l)
-        v = _wval(data, ur, i, _wscale(data, scale, ur, i // _UQB))
-        acc[0, l] += v * x[ub, i]
-        acc[1, l] += v * x[ub1, i]
     return _fold(acc, 0), _fold(acc, 1)
 
 
@@ -268,21 +451,25 @@ def _rmsnorm_rows(x, weight, eps, out):
 #: channels per work chunk of the fused layer step. Chunk boundaries depend only on d_inner,
 #: never on the thread count, so the partial sums (and the bits) do not either.
 CHUNK = 128
+#: out_proj rows per parallel work item
+OUT_ROWS = 64
 
 
 @njit(cache=_config.CACHE, parallel=True, fastmath=_FASTMATH)
 def _layer_step(hidden, norm_w, eps, in_proj, conv_w, conv_b, x_proj, dt_w, dt_b, A_neg, Dskip, out_proj,
-                hist, ssm, hn, xz, u, xdbl, y, part_x, part_o):
+                hist, ssm, hn, xz, u, xdbl, dtv, y, part_x, out):
     """Advance one layer by one token (in place on ``hidden``, ``hist``, ``ssm``).
 
     hidden (b, Dm) residual stream; hist (b, W-1, E) the previous W-1 conv inputs, oldest
     first; ssm (b, E, N). ``in_proj``, ``x_proj``, ``dt_w``, ``out_proj``: 2-D :data:`QMat`.
-    Work buffers: hn (b, Dm), xz (b, 2E), u (b, E), xdbl (b, R+2N), y (b, E),
-    part_x (n_chunks, b, R+2N), part_o (n_chunks, b, Dm).
+    Work buffers: hn (b, Dm), xz (b, 2E), u (b, E), xdbl (b, R+2N), dtv (b, E), y (b, E),
+    part_x (n_chunks, b, R+2N), out (b, Dm).
 
-    Two parallel regions over fixed channel chunks: (1) in_proj rows of the chunk's x and z
-    channels, conv update, SiLU, partial x_proj sums; (2) Δ, scan step, D skip, gate, partial
-    out_proj sums. The partial sums are reduced serially in chunk order. Every projection
+    Three parallel regions: (1) over fixed channel chunks, in_proj rows of the chunk's x and z
+    channels, conv update, SiLU, partial x_proj sums (reduced serially in chunk order); (2) over
+    the same chunks, the dt_proj rows, Δ, scan step, D skip, gate; (3) over blocks of
+    :data:`OUT_ROWS` rows, out_proj over whole rows (partial sums over 128-channel chunks cost
+    a lane fold and a call per 128 weights: about 4x the time of whole rows). Every projection
     loops rows outer and sequences inner (:func:`_rows`).
     """
     nb = hidden.shape[0]
@@ -293,6 +480,8 @@ def _layer_step(hidden, norm_w, eps, in_proj, conv_w, conv_b, x_proj, dt_w, dt_b
     rank = dt_w.data.shape[1]
     n_x = x_proj.data.shape[0]
     n_chunks = part_x.shape[0]
+    ob = np.uint64(rank)
+    oc = np.uint64(rank + n_state)
     one = hidden.dtype.type(1.0)
     zero = hidden.dtype.type(0.0)
     # the parallel regions take arrays, not named tuples
@@ -333,29 +522,30 @@ def _layer_step(hidden, norm_w, eps, in_proj, conv_w, conv_b, x_proj, dt_w, dt_b
     for c in prange(n_chunks):
         d0 = c * CHUNK
         d1 = min(d0 + CHUNK, e_dim)
-        for d in range(d0, d1):
-            for bb in range(nb):
-                # Δ (low rank), the scan step, the D skip and the gate
-                s = zero
-                for r in range(rank):
-                    s += _wval(dt_d, d, r, _wscale(dt_d, dt_s, d, r // QBLOCK)) * xdbl[bb, r]
-                dt = _softplus(s + dt_b[d])
+        # Δ before softplus (low rank): dt_proj rows of this chunk                 (b, E)
+        _rows(dt_d, dt_s, d0, d1, 0, rank, xdbl, dtv, d0)
+        for bb in range(nb):
+            for d in range(d0, d1):
+                # the scan step, the D skip and the gate
+                dt = _softplus(dtv[bb, d] + dt_b[d])
                 ud = u[bb, d]
                 acc = zero
                 for n in range(n_state):
-                    h = ssm[bb, d, n] * _exp(dt * A_neg[d, n]) + (dt * xdbl[bb, rank + n]) * ud
-                    ssm[bb, d, n] = h
-                    acc += h * xdbl[bb, rank + n_state + n]
+                    # unsigned offsets: no negative-index wrap-around selects (25% of the scan's time)
+                    un = np.uint64(n)
+                    h = ssm[bb, d, un] * _exp(dt * A_neg[d, un]) + (dt * xdbl[bb, ob + un]) * ud
+                    ssm[bb, d, un] = h
+                    acc += h * xdbl[bb, oc + un]
                 zz = xz[bb, e_dim + d]
                 y[bb, d] = (acc + ud * Dskip[d]) * (zz / (one + _exp(-zz)))
-        # partial out_proj over this chunk's channels                         (b, Dm)
-        _rows(op_d, op_s, 0, dm, d0, d1 - d0, y, part_o[c], 0)
+    # out_proj over whole rows (every channel's y is needed), rows in blocks   (b, Dm)
+    n_oblk = -(-dm // OUT_ROWS)
+    for t in prange(n_oblk):
+        r0 = t * OUT_ROWS
+        _rows(op_d, op_s, r0, min(r0 + OUT_ROWS, dm), 0, e_dim, y, out, r0)
     for bb in range(nb):
         for j in range(dm):
-            acc = zero
-            for c in range(n_chunks):
-                acc += part_o[c, bb, j]
-            hidden[bb, j] += acc
+            hidden[bb, j] += out[bb, j]
 
 
 #: LM-head rows per parallel work item
@@ -372,8 +562,8 @@ def decode_work_shapes(batch: int, d_model: int, d_inner: int, d_state: int, dt_
     """Shapes of the :class:`DecodeWork` buffers for a batch of ``batch`` sequences."""
     b, n_chunks = batch, -(-d_inner // CHUNK)
     return {"logits": (b, vocab_size), "hidden": (b, d_model), "hn": (b, d_model), "xz": (b, 2 * d_inner),
-            "u": (b, d_inner), "xdbl": (b, dt_rank + 2 * d_state), "y": (b, d_inner),
-            "part_x": (n_chunks, b, dt_rank + 2 * d_state), "part_o": (n_chunks, b, d_model)}
+            "u": (b, d_inner), "xdbl": (b, dt_rank + 2 * d_state), "dt": (b, d_inner), "y": (b, d_inner),
+            "part_x": (n_chunks, b, dt_rank + 2 * d_state), "out": (b, d_model)}
 
 
 @njit(cache=_config.CACHE, parallel=True, fastmath=_FASTMATH)
@@ -402,8 +592,8 @@ def decode_step(tokens, weights, state, work):
     for layer in range(n_layer):
         _layer_step(k.hidden, w.norm_w[layer], w.eps, _layer(w.in_proj, layer), w.conv_w[layer], w.conv_b[layer],
                     _layer(w.x_proj, layer), _layer(w.dt_w, layer), w.dt_b[layer], w.A[layer], w.D[layer],
-                    _layer(w.out_proj, layer), s.conv[layer], s.ssm[layer], k.hn, k.xz, k.u, k.xdbl, k.y,
-                    k.part_x, k.part_o)
+                    _layer(w.out_proj, layer), s.conv[layer], s.ssm[layer], k.hn, k.xz, k.u, k.xdbl, k.dt, k.y,
+                    k.part_x, k.out)
     _rmsnorm_rows(k.hidden, w.norm_f, w.eps, k.hn)
     hd, hs = w.head.data, w.head.scale
     hn = k.hn
