@@ -15,7 +15,7 @@ reuse (default 512; 0 disables the output cache). See :mod:`nbssm._memory`.
 OMP_WAIT_POLICY: set to ``PASSIVE`` when unset (a value set by the user is kept), before
 Numba's OpenMP threading layer loads libgomp. With libgomp's default, a thread that reaches
 the end of a parallel region spins for up to ~300000 iterations before sleeping; decode runs
-two parallel regions per layer and token, so on a machine where another process holds a core
+three parallel regions per layer and token, so on a machine where another process holds a core
 the spinning thread takes the CPU that the late thread needs, and 2 threads ran 4-30x slower
 than 1 (decode of a mamba-130m-shaped model: 1.5 vs 5.4 tokens/s). Passive waiting (sleep at
 once, woken by a futex) removes that; see ``benchmarks/results/contention.md``.
