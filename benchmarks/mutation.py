@@ -208,7 +208,7 @@ MUTANTS = [
        "hist[bb, k, d] = hist[bb, k + 1, d]", "hist[bb, k + 1, d] = hist[bb, k, d]",
        "decode: conv history shifted the wrong way", ["decode"]),
     _m("decode_A_sign", K + "decode.py",
-       "_exp(dt * A_neg[d, n])", "_exp(-dt * A_neg[d, n])",
+       "_exp(dt * A_neg[d, un])", "_exp(-dt * A_neg[d, un])",
        "decode: exp(+exp(A_log) dt) instead of exp(-exp(A_log) dt)", ["decode"]),
     _m("decode_D_dropped", K + "decode.py",
        "y[bb, d] = (acc + ud * Dskip[d])", "y[bb, d] = (acc)",
