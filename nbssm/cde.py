@@ -92,6 +92,16 @@ def taylor_error_bound(mu: float, nu: float, z_norm: float, order: int) -> float
         return math.inf
 
 
+
+def _real_or_zeros(x, name: str, shape: tuple, note: str = "") -> np.ndarray:
+    """``x`` as a real float64 array of ``shape`` (a clear error otherwise), zeros when None."""
+    if x is None:
+        return np.zeros(shape)
+    x = real_array(x, name)
+    if x.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape}{note}, got {x.shape}")
+    return x
+
 def _prepare(A, B, domega, dxi, initial_state, diagonal):
     """Validate the five arrays; return them batched (3-D gates, 2-D states) and the layout."""
     a_name = "a" if diagonal else "A"
@@ -115,12 +125,7 @@ def _prepare(A, B, domega, dxi, initial_state, diagonal):
     if dxi.shape != lead + (dx,):
         raise ValueError(f"dxi: expected shape {lead + (dx,)} (like domega, dx = B.shape[1]), got {dxi.shape}")
     state_shape = (n,) if unbatched else (lead[0], n)
-    if initial_state is None:
-        initial_state = np.zeros(state_shape)
-    else:
-        initial_state = real_array(initial_state, "initial_state")
-        if initial_state.shape != state_shape:
-            raise ValueError(f"initial_state: expected shape {state_shape}, got {initial_state.shape}")
+    initial_state = _real_or_zeros(initial_state, "initial_state", state_shape)
     for name, arr in ((a_name, A), ("B", B), ("domega", domega), ("dxi", dxi), ("initial_state", initial_state)):
         check_output_size(name, arr.shape, what="a float64 copy")  # also catches zero-stride views
         check_finite(arr, name)
@@ -405,12 +410,7 @@ def _cotangents(grad_final, grad_states, b, T, n, unbatched):
     """The cotangents as float64 ``(b, n)`` and ``(b, T+1, n)`` (or None) arrays."""
     fshape = (n,) if unbatched else (b, n)
     sshape = (T + 1, n) if unbatched else (b, T + 1, n)
-    if grad_final is None:
-        gf = np.zeros(fshape)
-    else:
-        gf = real_array(grad_final, "grad_final")
-        if gf.shape != fshape:
-            raise ValueError(f"grad_final: expected shape {fshape} (the shape of the final state), got {gf.shape}")
+    gf = _real_or_zeros(grad_final, "grad_final", fshape, " (the shape of the final state)")
     gs = None
     if grad_states is not None:
         gs = real_array(grad_states, "grad_states")

@@ -97,15 +97,10 @@ def _sigmoid(x):
     return 1 / (1 + np.exp(-x))
 
 
-def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                       initial_state=None, return_final_state=False, strategy="auto", chunk_length=None, out=None):
-    """The fused Mamba selective scan, three visible steps; the reference of :func:`nbssm.selective_scan`.
-
-    Discretize (``dl = softplus(delta + delta_bias)``), recur
-    (``h = exp(dl * A) * h + (dl * B) * u``), read out (``y = C . h + D * u``),
-    gate (``y * silu(z)``). ``A`` as used in ``exp(delta * A)``: negative for decay.
-    Parameters and returns: those of :func:`nbssm.selective_scan`.
-    """
+def _selective_inputs(u, delta, A, B, C, D, z, delta_bias):
+    """The selective scan's arguments checked and as float arrays of one dtype ``dt``, batched:
+    ``u, delta, z (b, l, d)``, ``A (d, n)``, ``B, C (b, l, n)``, ``D, delta_bias (d,)`` (with the
+    ``has_`` flags of the optional ones), then ``dt`` and whether the input was unbatched."""
     u_, unbatched = _sequence(u, "u")
     delta_, _ = _sequence(delta, "delta")
     dt = result_dtype((u_, "u"), (delta_, "delta"))
@@ -123,6 +118,23 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     z_, has_z = optional_float_array(z if not unbatched or z is None else np.asarray(z)[None], "z", dt,
                                      shape=seq)  # (b, l, d)
     bias_, has_bias = optional_float_array(delta_bias, "delta_bias", dt, shape=(channels,))  # (d,)
+    return u_, delta_, A_, B_, C_, D_, has_D, z_, has_z, bias_, has_bias, dt, unbatched
+
+
+def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       initial_state=None, return_final_state=False, strategy="auto", chunk_length=None, out=None):
+    """The fused Mamba selective scan, three visible steps; the reference of :func:`nbssm.selective_scan`.
+
+    Discretize (``dl = softplus(delta + delta_bias)``), recur
+    (``h = exp(dl * A) * h + (dl * B) * u``), read out (``y = C . h + D * u``),
+    gate (``y * silu(z)``). ``A`` as used in ``exp(delta * A)``: negative for decay.
+    Parameters and returns: those of :func:`nbssm.selective_scan`.
+    """
+    (u_, delta_, A_, B_, C_, D_, has_D, z_, has_z, bias_, has_bias, dt, unbatched) = _selective_inputs(
+        u, delta, A, B, C, D, z, delta_bias)
+    batch, length, channels = u_.shape
+    nstate = A_.shape[1]
+    seq = (batch, length, channels)
     h = _state(initial_state, "initial_state", dt, (batch, channels, nstate), unbatched)  # (b, d, n)
     y = np.empty(seq, dtype=dt)  # (b, l, d)
     with np.errstate(all="ignore"):
@@ -320,23 +332,11 @@ def selective_scan_vjp_ref(grad_y, u, delta, A, B, C, D=None, z=None, delta_bias
         argument given as None), shapes of the arguments; ``A, D, delta_bias`` summed over
         the batch.
     """
-    u_, unbatched = _sequence(u, "u")
-    delta_, _ = _sequence(delta, "delta")
-    dt = result_dtype((u_, "u"), (delta_, "delta"))
-    u_ = as_float_array(u_, "u", dt)  # (b, l, d)
+    (u_, delta_, A_, B_, C_, D_, has_D, z_, has_z, bias_, has_bias, dt, unbatched) = _selective_inputs(
+        u, delta, A, B, C, D, z, delta_bias)
     batch, length, channels = u_.shape
-    seq = (batch, length, channels)
-    delta_ = as_float_array(delta_, "delta", dt, shape=seq)
-    A_ = as_float_array(A, "A", dt, shape=(channels, "state"))  # (d, n)
     nstate = A_.shape[1]
-    B_ = as_float_array(B if not unbatched or B is None else np.asarray(B)[None], "B", dt,
-                        shape=(batch, length, nstate))  # (b, l, n)
-    C_ = as_float_array(C if not unbatched or C is None else np.asarray(C)[None], "C", dt,
-                        shape=(batch, length, nstate))  # (b, l, n)
-    D_, has_D = optional_float_array(D, "D", dt, shape=(channels,))
-    z_, has_z = optional_float_array(z if not unbatched or z is None else np.asarray(z)[None], "z", dt,
-                                     shape=seq)
-    bias_, has_bias = optional_float_array(delta_bias, "delta_bias", dt, shape=(channels,))
+    seq = (batch, length, channels)
     h0 = _state(initial_state, "initial_state", dt, (batch, channels, nstate), unbatched)  # (b, d, n)
     gy = _grad_like(grad_y, "grad_y", dt, seq, unbatched)  # (b, l, d)
     gh = _grad_like(grad_final_state, "grad_final_state", dt, (batch, channels, nstate), unbatched)

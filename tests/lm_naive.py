@@ -102,3 +102,13 @@ def load_fixture_tensors(directory: str) -> dict:
     from safetensors.numpy import load_file
 
     return {k: v.astype(np.float64) for k, v in load_file(f"{directory}/model.safetensors").items()}
+
+
+def naive_model_logits(m, ids: np.ndarray) -> np.ndarray:
+    """:func:`naive_lm` on the weights of a ``MambaLM`` ``m`` (its arrays read as float64 in the
+    one block layout): the logits of ``ids``."""
+    f64 = np.float64
+    lm = {"embed": m.embed.astype(f64), "head": m.head.astype(f64), "norm_f": m.norm_f.astype(f64),
+          "layers": [(m.norms[i].astype(f64), {k: v.astype(f64) for k, v in blk.parameters().items()})
+                     for i, blk in enumerate(m.blocks)]}
+    return naive_lm(lm, ids, m.config.norm_eps)[0]

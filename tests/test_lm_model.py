@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("safetensors")
 
-from lm_naive import naive_lm
+from lm_naive import naive_model_logits
 from nbssm.lm import MambaLM, MambaLMConfig, ModelState, StateMismatchError, sample_next
 from tolerances import tol
 
@@ -34,20 +34,13 @@ def _random_model(dtype=np.float32, tie=True, conv_bias=True, d_conv=4, seed=1):
     return MambaLM.random(cfg, seed=seed, dtype=dtype)
 
 
-def _naive(m: MambaLM, ids):
-    """The oracle on the model's weights (read in the one block layout, as float64)."""
-    f64 = np.float64
-    lm = {"embed": m.embed.astype(f64), "head": m.head.astype(f64), "norm_f": m.norm_f.astype(f64),
-          "layers": [(m.norms[i].astype(f64), {k: v.astype(f64) for k, v in blk.parameters().items()})
-                     for i, blk in enumerate(m.blocks)]}
-    return naive_lm(lm, ids, m.config.norm_eps)[0]
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(tie=False), dict(conv_bias=False), dict(d_conv=2), dict(d_conv=1)])
 def test_random_models_against_naive_reference(kw):
     """A model shape the fixture does not have (d_inner above the decode chunk of 128, odd sizes)."""
     ids = np.random.default_rng(3).integers(0, 50, 11)
-    want = _naive(_random_model(np.float64, **kw), ids)
+    want = naive_model_logits(_random_model(np.float64, **kw), ids)
     for dtype, bound in ((np.float64, tol("lm_logits_float64_abs")), (np.float32, tol("lm_logits_float32_abs"))):
         m = _random_model(dtype, **kw)
         logits, _ = m.forward(ids)

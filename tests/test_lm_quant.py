@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lm_naive import naive_lm
+from lm_naive import naive_model_logits
 from nbssm.lm import CheckpointError, MambaLM, MambaLMConfig
 from nbssm.lm.model import _STACKED
 from nbssm.lm.quant import QBLOCK, dequantize, from_bf16, from_fp16, quantize_q8, to_bf16, to_fp16
@@ -41,12 +41,6 @@ def _tensors(m: MambaLM) -> dict:
     return t
 
 
-def _naive(m: MambaLM, ids):
-    f64 = np.float64
-    lm = {"embed": m.embed.astype(f64), "head": m.head.astype(f64), "norm_f": m.norm_f.astype(f64),
-          "layers": [(m.norms[i].astype(f64), {k: v.astype(f64) for k, v in blk.parameters().items()})
-                     for i, blk in enumerate(m.blocks)]}
-    return naive_lm(lm, ids, m.config.norm_eps)[0]
 
 
 def _decode(m: MambaLM, ids: np.ndarray):
@@ -111,7 +105,7 @@ def test_formats_equal_float32_model_of_dequantized_weights(fmt):
 def test_decode_against_naive_reference(fmt):
     m = _model(fmt)
     ids = np.random.default_rng(3).integers(0, CFG.vocab_size, 9)
-    want = _naive(m, ids)
+    want = naive_model_logits(m, ids)
     got, _ = _decode(m, ids[None])
     assert np.max(np.abs(got[:, 0] - want)) < tol("lm_decode_vs_prefill_abs")
     pre, _ = m.forward(ids)

@@ -28,3 +28,17 @@ def carry_ok(p, q, h, c, tiny, huge):
     # tiny * 2**52 ~ 1e-292 in either order of evaluation: the summary stands for the re-run
     return ((ap >= tiny and ap <= huge) or (ap < tiny and ah <= 4503599627370496.0)) \
         and abs(q) <= huge and ah <= huge and abs(c) <= huge
+
+
+@njit(cache=_config.CACHE, error_model="numpy", inline="always")
+def summaries_carry(p, q, h, k0, tiny, huge):
+    """``(state, k)``: ``h`` carried over the summaries ``p[k], q[k]`` (1-D, one lane) for
+    ``k = k0, k0 + 1, ...`` while :func:`carry_ok` lets them stand; ``k`` is the first chunk that
+    must be re-run from its data (``len(p)`` when none), ``state`` the state entering it."""
+    nch = p.shape[0]
+    for k in range(k0, nch):
+        c = p[k] * h + q[k]
+        if not carry_ok(p[k], q[k], h, c, tiny, huge):
+            return h, k
+        h = c
+    return h, nch

@@ -187,6 +187,18 @@ def _linear_group_run(a, b, H, out, bi, d0, nd, k0, ng, cl, t_end):
             H[bi, k0 + g, d0 + j] = h[g, j]
 
 
+@njit(cache=_config.CACHE, error_model="numpy", inline="always")
+def _group_job(job, ngroups, nblk, channels, nchunks):
+    """Job ``job`` of phases 1 and 3: ``(batch row, first channel, channels, first chunk,
+    chunks)``; jobs run over groups of ``_G`` chunks fastest, then blocks of ``_LBLK`` channels,
+    then the batch."""
+    grp = job % ngroups
+    rest = job // ngroups
+    d0 = (rest % nblk) * _LBLK
+    k0 = grp * _G
+    return rest // nblk, d0, min(_LBLK, channels - d0), k0, min(_G, nchunks - k0)
+
+
 @njit(cache=_config.CACHE, parallel=True, error_model="numpy", nogil=True)
 def linear_chunk_summaries(a, b, chunk_length, PQ):
     """Summaries ``PQ (batch, n_chunks, 2, channels)`` (``P`` then ``Q``) of the first
@@ -199,12 +211,8 @@ def linear_chunk_summaries(a, b, chunk_length, PQ):
     nblk = (channels + _LBLK - 1) // _LBLK
     ngs = (nsum + _G - 1) // _G
     for job in prange(batch * nblk * ngs):
-        grp = job % ngs
-        rest = job // ngs
-        bi = rest // nblk
-        d0 = (rest % nblk) * _LBLK
-        k0 = grp * _G
-        _linear_group_summary(a, b, PQ, bi, d0, min(_LBLK, channels - d0), k0, min(_G, nsum - k0), chunk_length)
+        bi, d0, nd, k0, ng = _group_job(job, ngs, nblk, channels, nsum)
+        _linear_group_summary(a, b, PQ, bi, d0, nd, k0, ng, chunk_length)
 
 
 @njit(cache=_config.CACHE, parallel=True, error_model="numpy")
@@ -218,13 +226,8 @@ def linear_chunks_run(a, b, H, out, chunk_length):
     nblk = (channels + _LBLK - 1) // _LBLK
     ngr = (nrun + _G - 1) // _G
     for job in prange(batch * nblk * ngr):
-        grp = job % ngr
-        rest = job // ngr
-        bi = rest // nblk
-        d0 = (rest % nblk) * _LBLK
-        k0 = grp * _G
-        _linear_group_run(a, b, H, out, bi, d0, min(_LBLK, channels - d0), k0, min(_G, nrun - k0), chunk_length,
-                          length)
+        bi, d0, nd, k0, ng = _group_job(job, ngr, nblk, channels, nrun)
+        _linear_group_run(a, b, H, out, bi, d0, nd, k0, ng, chunk_length, length)
 
 
 @njit(cache=_config.CACHE, parallel=True, error_model="numpy")

@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import _config
 from ._jit import njit
-from .chunking import carry_ok
+from .chunking import summaries_carry
 from .fastmath import exp_, softplus_
 from .linear_scan import linear_carry_lane, linear_chunk_summaries, linear_chunks_run  # noqa: F401 (re-exported)
 from .selective_scan import _sel_rerun
@@ -67,14 +67,9 @@ def linear_block_carry_try(PQ, h):
     huge = np.finfo(PQ.dtype).max
     for bi in range(batch):
         for j in range(channels):
-            hk = h[bi, j]
-            for k in range(nch):
-                p = PQ[bi, k, 0, j]
-                q = PQ[bi, k, 1, j]
-                c = p * hk + q
-                if not carry_ok(p, q, hk, c, tiny, huge):
-                    return False
-                hk = c
+            hk, k = summaries_carry(PQ[bi, :, 0, j], PQ[bi, :, 1, j], h[bi, j], 0, tiny, huge)
+            if k < nch:
+                return False
             h[bi, j] = hk
     return True
 
@@ -151,15 +146,11 @@ def selective_block_carry(u, delta, A, B, delta_bias, has_bias, delta_softplus, 
     for bi in range(batch):
         for d in range(channels):
             for n in range(nstate):
-                hk = h[bi, d, n]
-                for k in range(nch):
-                    p = P[bi, k, d, n]
-                    q = Q[bi, k, d, n]
-                    c = p * hk + q
-                    if not carry_ok(p, q, hk, c, tiny, huge):
-                        c = _sel_rerun(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d, n,
-                                       k * chunk_length, (k + 1) * chunk_length, hk)
-                    hk = c
+                hk, k = summaries_carry(P[bi, :, d, n], Q[bi, :, d, n], h[bi, d, n], 0, tiny, huge)
+                while k < nch:
+                    hk = _sel_rerun(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d, n,
+                                    k * chunk_length, (k + 1) * chunk_length, hk)
+                    hk, k = summaries_carry(P[bi, :, d, n], Q[bi, :, d, n], hk, k + 1, tiny, huge)
                 h[bi, d, n] = hk
 
 
@@ -174,13 +165,8 @@ def selective_block_carry_try(P, Q, h):
     for bi in range(batch):
         for d in range(channels):
             for n in range(nstate):
-                hk = h[bi, d, n]
-                for k in range(nch):
-                    p = P[bi, k, d, n]
-                    q = Q[bi, k, d, n]
-                    c = p * hk + q
-                    if not carry_ok(p, q, hk, c, tiny, huge):
-                        return False
-                    hk = c
+                hk, k = summaries_carry(P[bi, :, d, n], Q[bi, :, d, n], h[bi, d, n], 0, tiny, huge)
+                if k < nch:
+                    return False
                 h[bi, d, n] = hk
     return True

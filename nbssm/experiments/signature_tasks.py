@@ -37,13 +37,14 @@ the paper's ~1M steps at width 256.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from dataclasses import dataclass
 
 import numpy as np
+
+from ._outputs import write_result_files
 
 LENGTH = 100
 DEPTH = 4
@@ -602,10 +603,4 @@ def plot(results, path):
 
 def write_outputs(results, out_dir):
     """Write ``results.json``, ``results.md`` and ``results.png`` into ``out_dir``."""
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(markdown_table(results))
-    plot(results, os.path.join(out_dir, "results.png"))
-    return [os.path.join(out_dir, n) for n in ("results.json", "results.md", "results.png")]
+    return write_result_files(results, out_dir, markdown_table, plot)

@@ -40,13 +40,14 @@ sampled sequences for ``L >= 4``; shuffled, split 80/20 with no sequence in both
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from ._outputs import write_result_files
 
 N_ELEMENTS = 60
 DEGREE = 5
@@ -633,10 +634,4 @@ def plot(results, path):
 
 def write_outputs(results, out_dir):
     """Write ``results.json``, ``results.md`` and ``results.png`` into ``out_dir``."""
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(markdown_table(results))
-    plot(results, os.path.join(out_dir, "results.png"))
-    return [os.path.join(out_dir, n) for n in ("results.json", "results.md", "results.png")]
+    return write_result_files(results, out_dir, markdown_table, plot)

@@ -74,6 +74,7 @@ import numpy as np
 from nbssm.spec.verdict import BEYOND, CONTROL, PROVED, REFUTED, UNKNOWN, CheckResult
 from nbssm.tolerances import max_rel_err, tol
 
+from ._pairs import float64_pair
 from .lm_reference import reference_lm
 
 #: the LM's dimensions in these rows
@@ -93,12 +94,9 @@ DECODE_F32_ABS = tol("lm_decode_vs_prefill_abs")
 # ----------------------------------------------------------------------------- comparisons
 def _abs(got, want, tolerance: float) -> tuple[bool, str]:
     """``(ok, detail)``: shapes equal and ``max |got - want| <= tolerance`` (absolute)."""
-    got = np.asarray(got, dtype=np.float64)
-    want = np.asarray(want, dtype=np.float64)
-    if got.shape != want.shape:
-        return False, f"shape {got.shape} != {want.shape}"
-    if want.size == 0:
-        return True, "empty"
+    got, want, verdict = float64_pair(got, want)
+    if verdict is not None:
+        return verdict
     if not np.all(np.isfinite(got)):
         return False, "non-finite values"
     diff = np.abs(got - want)
@@ -110,10 +108,9 @@ def _abs(got, want, tolerance: float) -> tuple[bool, str]:
 
 
 def _rel(got, want, tolerance: float) -> tuple[bool, str]:
-    got = np.asarray(got, dtype=np.float64)
-    want = np.asarray(want, dtype=np.float64)
-    if got.shape != want.shape:
-        return False, f"shape {got.shape} != {want.shape}"
+    got, want, verdict = float64_pair(got, want)
+    if verdict is not None:
+        return verdict
     err = max_rel_err(got, want)
     if err <= tolerance and np.all(np.isfinite(got)):
         return True, f"max relative error {err:.2e} <= {tolerance:.0e}"
@@ -121,10 +118,9 @@ def _rel(got, want, tolerance: float) -> tuple[bool, str]:
 
 
 def _bitwise(got, want) -> tuple[bool, str]:
-    got = np.asarray(got, dtype=np.float64)
-    want = np.asarray(want, dtype=np.float64)
-    if got.shape != want.shape:
-        return False, f"shape {got.shape} != {want.shape}"
+    got, want, verdict = float64_pair(got, want)
+    if verdict is not None:
+        return verdict
     if np.array_equal(got, want):
         return True, "bitwise equal"
     return False, f"not bitwise equal: max |diff| {float(np.max(np.abs(got - want))):.3e}"

@@ -42,6 +42,7 @@ from nbssm.spec.context import DOUBLE
 from nbssm.spec.verdict import BEYOND, PROVED, REFUTED, UNKNOWN, CheckResult
 from nbssm.tolerances import tol
 from nbssm.verify import spec_adapters as sa
+from nbssm.verify._pairs import float64_pair
 
 #: float32 kernels vs float64 (kernels or spec): the "float32_vs_float64" row of nbssm.tolerances
 FLOAT32_TOLERANCE = tol("float32_vs_float64")
@@ -49,12 +50,9 @@ FLOAT32_TOLERANCE = tol("float32_vs_float64")
 
 def _compare(got, want, tolerance):
     """``(ok, detail)``: bitwise when ``tolerance == 0``, else max error relative to max |want|."""
-    got = np.asarray(got, dtype=np.float64)
-    want = np.asarray(want, dtype=np.float64)
-    if got.shape != want.shape:
-        return False, f"shape {got.shape} != {want.shape}"
-    if want.size == 0:
-        return True, "empty"
+    got, want, verdict = float64_pair(got, want)
+    if verdict is not None:
+        return verdict
     if tolerance == 0:
         same = (got == want) | (np.isnan(got) & np.isnan(want))
         if same.all():
@@ -313,10 +311,9 @@ def _softplus_expected(x):
 
 def _elementwise(got, want, tolerance, floor):
     """``|got - want| <= tolerance * |want| + floor`` everywhere (errors near 0 are not hidden by large values)."""
-    got = np.asarray(got, dtype=np.float64)
-    want = np.asarray(want, dtype=np.float64)
-    if got.shape != want.shape:
-        return False, f"shape {got.shape} != {want.shape}"
+    got, want, verdict = float64_pair(got, want)
+    if verdict is not None:
+        return verdict
     bad = ~(np.abs(got - want) <= tolerance * np.abs(want) + floor)
     if bad.any():
         i = int(np.argmax(bad))
