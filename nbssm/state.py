@@ -53,7 +53,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -121,6 +121,60 @@ def weights_digest(arrays: Iterable[np.ndarray]) -> str:
         if a.size:
             h.update(memoryview(a).cast("B"))  # type: ignore[arg-type]  # ndarray exports a buffer
     return h.hexdigest()
+
+
+class LazyDigest:
+    """A weights digest hashed on first use, so that making and checking states costs nothing.
+
+    ``MambaLM`` (516 MB of weights at mamba-130m) hands its states this object instead of the
+    digest string: a state checked against the model that made it compares the same object,
+    which is equal to itself without hashing; comparing with any other digest (a string, or
+    another model's ``LazyDigest``), printing, saving or pickling computes the BLAKE2b digest
+    once (:func:`weights_digest`) and uses that string. ``compute`` returns the digest string.
+    """
+
+    __slots__ = ("_compute", "_value")
+
+    def __init__(self, compute: Callable[[], str]) -> None:
+        self._compute: Callable[[], str] | None = compute
+        self._value: str | None = None
+
+    @property
+    def computed(self) -> bool:
+        """Whether the digest has been hashed yet."""
+        return self._value is not None
+
+    def __str__(self) -> str:
+        if self._value is None:
+            assert self._compute is not None
+            value = self._compute()
+            if not isinstance(value, str):
+                raise TypeError(f"weights digest: expected a string, got {type(value).__name__}")
+            self._value, self._compute = value, None
+        return self._value
+
+    def __eq__(self, other: object) -> bool:
+        if other is self:
+            return True
+        if isinstance(other, (LazyDigest, str)):
+            return str(self) == str(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+    def __getitem__(self, index: Any) -> str:
+        return str(self)[index]
+
+    def __len__(self) -> int:
+        return len(str(self))
+
+    def __repr__(self) -> str:
+        return f"LazyDigest({self._value!r})" if self._value is not None else "LazyDigest(<not hashed yet>)"
+
+    def __reduce__(self) -> tuple:
+        # a pickled or copied state carries the digest string, never the model's weights
+        return (str, (str(self),))
 
 
 def describe_fingerprint(fp: tuple) -> str:
@@ -201,7 +255,7 @@ class ModelState:
         self.dtype = np.dtype(dtype)
         if self.dtype not in (_F32, _F64):
             raise ValueError(f"state dtype: expected float32 or float64, got {self.dtype}")
-        if not isinstance(weights, str):
+        if not isinstance(weights, (str, LazyDigest)):
             raise TypeError(f"state weights: expected a digest string, got {type(weights).__name__}")
         self.weights = weights
         n_layers, ssm_shape, conv_shape = state_layout(kind, self.dims)
@@ -325,7 +379,7 @@ class ModelState:
             "dim_names": np.array(list(self.dims.keys())),
             "dim_values": np.array(list(self.dims.values()), dtype=np.int64),
             "dtype": np.array(self.dtype.name),
-            "weights": np.array(self.weights),
+            "weights": np.array(str(self.weights)),
             "positions": self.positions,
             "ssm": self.ssm,
         }
@@ -478,6 +532,7 @@ __all__ = [
     "DIM_NAMES",
     "FORMAT",
     "LayerState",
+    "LazyDigest",
     "ModelState",
     "StateFileError",
     "StateMismatchError",

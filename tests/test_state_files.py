@@ -411,3 +411,39 @@ def test_random_damage_gives_a_state_or_a_state_file_error(tmp_path, data):
         return
     # when it loads, it is a consistent state of its own fingerprint
     assert state.ssm.shape[1] == state.batch == state.positions.shape[0]
+
+
+# ----------------------------------------------------------------- the lazy weights digest
+def test_lm_digest_is_hashed_only_when_it_meets_another_digest(tmp_path):
+    """A MambaLM's states carry its LazyDigest: making, stepping and checking them against the
+    same model hashes nothing; saving, pickling or meeting another model's digest hashes once,
+    and the value is weights_digest of the parameters (computed here independently)."""
+    import pickle
+
+    from nbssm.state import LazyDigest, weights_digest
+
+    cfg = MambaLMConfig(d_model=8, n_layer=2, vocab_size=11, d_state=3, d_conv=3)
+    model = MambaLM.random(cfg, seed=3)
+    digest = model.fingerprint[3]
+    assert isinstance(digest, LazyDigest) and not digest.computed
+    ids = np.array([[1, 2, 3], [4, 5, 6]])
+    _, state = model.forward(ids, model.initial_state(2))
+    _, state = model.step(np.array([7, 8]), state)
+    model.generate(np.array([1, 2]), max_new_tokens=3)
+    assert state.weights is digest and not digest.computed
+
+    other = MambaLM.random(cfg, seed=4)
+    with pytest.raises(StateMismatchError, match="other weights"):
+        other.forward(ids, state)
+    assert digest.computed
+    assert str(digest) == weights_digest(model.parameters().values())
+    assert digest == str(digest) and str(digest) == digest and digest != other.fingerprint[3]
+
+    fresh = MambaLM.random(cfg, seed=3)  # same weights, another object: equal digests
+    assert fresh.fingerprint == model.fingerprint and fresh.fingerprint[3] is not digest
+    assert type(pickle.loads(pickle.dumps(state)).weights) is str
+    path = tmp_path / "s.npz"
+    state.save(path)
+    again = MambaLM.random(cfg, seed=3)
+    loaded = again.load_state(path)
+    assert np.array_equal(loaded.ssm, state.ssm) and loaded.fingerprint == again.fingerprint

@@ -60,7 +60,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..models import MambaMixer
-from ..state import ModelState, weights_digest
+from ..state import LazyDigest, ModelState, weights_digest
 from .config import MambaLMConfig
 from .sampling import check_sampling_args, sample_next
 
@@ -287,7 +287,7 @@ class MambaLM:
                                              p["conv_b"], QMat(*q["x_proj"]), QMat(*q["dt_w"]), p["dt_b"], A, p["D"],
                                              QMat(*q["out_proj"]), self.norm_f, QMat(*q["head"]), self.eps)
         self._local = threading.local()
-        self._digest: str | None = None
+        self._digest: LazyDigest | None = None
         self.tokenizer = None
 
     def _make_block(self, i: int) -> MambaMixer:
@@ -511,17 +511,25 @@ class MambaLM:
 
     @property
     def fingerprint(self) -> tuple:
-        """``("MambaLM", ((dim, size), ...), dtype name, digest of every weight)`` (computed once;
-        for compressed formats the digest covers the stored arrays and their format)."""
+        """``("MambaLM", ((dim, size), ...), dtype name, digest of every weight)``.
+
+        The digest is a :class:`~nbssm.state.LazyDigest`: the states this model makes carry the
+        same object, so checking them against this model hashes nothing; the BLAKE2b hash of
+        the weights (for compressed formats: the stored arrays and their format) is computed
+        once, the first time it meets another digest or is printed, saved or pickled. Until
+        then a state keeps a reference to this model.
+        """
         if self._digest is None:
-            if self._floats:
-                self._digest = weights_digest(self.parameters().values())
-            else:
-                arrays = [a for pair in self.stored_weights().values() for a in pair]
-                arrays += [self._stacked[k] for k in _STACKED if k not in self._q] + [self.norm_f]
-                arrays.append(np.frombuffer(self.weights.encode(), np.uint8))
-                self._digest = weights_digest(arrays)
+            self._digest = LazyDigest(self._weights_digest)
         return (self.kind, tuple(self.config.dims().items()), self.dtype.name, self._digest)
+
+    def _weights_digest(self) -> str:
+        if self._floats:
+            return weights_digest(self.parameters().values())
+        arrays = [a for pair in self.stored_weights().values() for a in pair]
+        arrays += [self._stacked[k] for k in _STACKED if k not in self._q] + [self.norm_f]
+        arrays.append(np.frombuffer(self.weights.encode(), np.uint8))
+        return weights_digest(arrays)
 
     def initial_state(self, batch: int = 1) -> ModelState:
         """A fresh (all-zero) state for ``batch`` sequences."""
