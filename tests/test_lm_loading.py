@@ -280,3 +280,66 @@ def test_unsupported_mamba_ssm_configs(change, match):
 def test_hf_config_defaults():
     c = parse_config({"hidden_size": 40, "num_hidden_layers": 3, "vocab_size": 10})
     assert (c.d_inner, c.dt_rank, c.d_state, c.d_conv, c.tie_embeddings, c.conv_bias) == (80, 3, 16, 4, True, True)
+
+
+# ------------------------------------------------------- per-layer tensors read in place
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_loaded_tensors_equal_safetensors_own_reader(tmp_path, dtype):
+    """Per-layer tensors are read straight into one (layers, ...) buffer per family (float32:
+    the stored bytes; float64: converted into it); every tensor still equals what safetensors
+    itself reads, in sharded files too (families split across shards)."""
+    from nbssm.lm.loading import load_checkpoint
+
+    t = _tensors(UNTIED)
+    names = sorted(t)
+    d = tmp_path / "sharded"
+    d.mkdir()
+    weight_map = {}
+    for k, fname in enumerate(["a.safetensors", "b.safetensors"]):
+        save_file({n: t[n] for n in names[k::2]}, str(d / fname))
+        weight_map.update({n: fname for n in names[k::2]})
+    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (d / "config.json").write_text(json.dumps(_config(UNTIED)))
+    _, got = load_checkpoint(str(d), dtype)
+    assert set(got) == set(t)
+    for n in t:
+        assert got[n].dtype == dtype and np.array_equal(got[n], t[n].astype(dtype)), n
+    layered = [n for n in t if ".layers." in n]
+    assert layered and all(got[n].base is not None for n in layered)  # rows of a family buffer
+    model = MambaLM(MambaLM.from_pretrained(str(d)).config, got, dtype)
+    stacked = model.parameters()
+    for n in layered:
+        prefix, rest = n.split(".layers.", 1)
+        i, suffix = rest.split(".", 1)
+        want = t[n].astype(dtype)
+        have = np.asarray(stacked[suffix])[int(i)]
+        assert np.array_equal(have.reshape(want.shape), want), n
+
+
+def test_a_callers_own_stacked_buffer_is_copied():
+    """Tensors that happen to be rows of the caller's own array are copied into the model:
+    the caller's array stays writable and later writes to it do not reach the model."""
+    t = _tensors(UNTIED)
+    cfg = MambaLM.from_pretrained(UNTIED).config
+    key = "mixer.in_proj.weight"
+    names = [f"backbone.layers.{i}.{key}" for i in range(cfg.n_layer)]
+    mine = np.stack([t[n] for n in names])
+    for i, n in enumerate(names):
+        t[n] = mine[i]
+    model = MambaLM(cfg, t, np.float32)
+    before = np.asarray(model.parameters()[key]).copy()
+    assert mine.flags.writeable
+    mine += 1.0
+    assert np.array_equal(np.asarray(model.parameters()[key]), before)
+
+
+def test_finite_check_survives_an_overflowing_sum():
+    from nbssm.lm.loading import _all_finite
+
+    big = np.full(16, 3e38, np.float32)  # finite, but the sum overflows to inf
+    assert _all_finite(big)
+    for bad in (np.nan, np.inf, -np.inf):
+        x = np.ones(1000, np.float32)
+        x[617] = bad
+        assert not _all_finite(x)
+    assert _all_finite(np.zeros(0, np.float32))

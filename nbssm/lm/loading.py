@@ -19,6 +19,7 @@ import os
 import re
 import stat
 import struct
+import weakref
 from collections.abc import Iterable
 
 import numpy as np
@@ -253,28 +254,98 @@ def read_headers(directory: str) -> list[tuple[str, dict, int]]:
     return out
 
 
-def _read_tensor(f, path: str, start: int, name: str, entry: dict, dtype: np.dtype, keep: str | None = None) -> np.ndarray:
+def _result_dtype(path: str, name: str, kind: str, dtype: np.dtype, keep: str | None) -> np.dtype:
+    """The dtype :func:`_read_tensor` returns for a stored tensor (``kind`` checked by the caller)."""
+    if kind == "I8" and _quantized(path):
+        return np.dtype(np.int8)
+    if name.endswith(_SCALE_SUFFIX):
+        return np.dtype(np.float32)
+    if kind == "BF16" and keep == "bf16":
+        return np.dtype(np.uint16)
+    if kind == "F16" and keep == "fp16":
+        return np.dtype(np.int16)
+    return dtype
+
+
+def _read_tensor(f, path: str, start: int, name: str, entry: dict, dtype: np.dtype, keep: str | None = None,
+                 out: np.ndarray | None = None) -> np.ndarray:
+    """Read one tensor (exactly its declared bytes); into ``out`` (a C-contiguous array of the
+    result's shape and dtype, see :func:`_result_dtype`) when given, else a new array."""
     begin, end = entry["data_offsets"]
     f.seek(start + begin)
+    kind = entry["dtype"]
+    shape = entry["shape"]
+    if kind not in _FLOAT_DTYPES and not (kind == "I8" and _quantized(path)):
+        raise CheckpointError(f"{path}: tensor {name!r} has dtype {kind}; expected F32, F16, BF16 or F64")
+    want = _result_dtype(path, name, kind, dtype, keep)
+    stored = np.dtype(np.int8) if kind == "I8" else np.dtype(_NUMPY_DTYPES[kind])
+    if out is not None and stored.itemsize == want.itemsize and np.little_endian:
+        # the result is the stored bytes (f32 -> f32, f64 -> f64, int8, bf16/f16 kept as bit
+        # patterns; safetensors is little-endian): read them straight into ``out``
+        got = f.readinto(memoryview(out.reshape(-1).view(np.uint8)))  # type: ignore[arg-type]  # ndarray exports a buffer
+        if got != end - begin:
+            raise CheckpointError(f"{path}: truncated while reading tensor {name!r} (the file changed while loading?)")
+        return out
     raw = f.read(end - begin)
     if len(raw) != end - begin:
         raise CheckpointError(f"{path}: truncated while reading tensor {name!r} (the file changed while loading?)")
-    kind = entry["dtype"]
-    shape = entry["shape"]
-    if kind == "I8" and _quantized(path):
-        return np.frombuffer(raw, dtype=np.int8).reshape(shape).copy()
-    if kind not in _FLOAT_DTYPES:
-        raise CheckpointError(f"{path}: tensor {name!r} has dtype {kind}; expected F32, F16, BF16 or F64")
-    array = np.frombuffer(raw, dtype=_NUMPY_DTYPES[kind])
-    if name.endswith(_SCALE_SUFFIX):
-        return array.astype(np.float32).reshape(shape)
-    if kind == "BF16" and keep == "bf16":  # kept as bit patterns (uint16)
-        return array.reshape(shape).copy()
-    if kind == "F16" and keep == "fp16":  # kept as bit patterns (int16)
-        return array.view(np.int16).reshape(shape).copy()
-    if kind == "BF16":  # bfloat16 is the upper half of a float32: exact conversion
-        array = (array.astype(np.uint32) << 16).view(np.float32)
-    return np.ascontiguousarray(array.reshape(shape).astype(dtype, copy=False))
+    array = np.frombuffer(raw, dtype=stored)
+    if kind == "I8":
+        result = array.reshape(shape).copy()
+    elif name.endswith(_SCALE_SUFFIX):
+        result = array.astype(np.float32).reshape(shape)
+    elif kind == "BF16" and keep == "bf16":  # kept as bit patterns (uint16)
+        result = array.reshape(shape).copy()
+    elif kind == "F16" and keep == "fp16":  # kept as bit patterns (int16)
+        result = array.view(np.int16).reshape(shape).copy()
+    else:
+        if kind == "BF16":  # bfloat16 is the upper half of a float32: exact conversion
+            array = (array.astype(np.uint32) << 16).view(np.float32)
+        result = np.ascontiguousarray(array.reshape(shape).astype(dtype, copy=False))
+    if out is not None:
+        out[...] = result
+        return out
+    return result
+
+
+#: the per-layer buffers this module allocated (id -> buffer, weakly held): ``MambaLM`` adopts
+#: one as its stacked weights only when it is listed here, never a caller's own array
+LAYER_BUFFERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+_LAYER_NAME = re.compile(r"^(.*layers\.)(\d+)(\..+)$")
+
+
+def _layer_buffers(headers, dtype: np.dtype, wanted: set | None, keep: str | None) -> dict[str, np.ndarray]:
+    """name -> a view ``buffer[i]`` of one (layers, *shape) buffer per per-layer tensor family.
+
+    A family is every ``<prefix>layers.<i><suffix>`` for i = 0..n-1 with one shape and result
+    dtype; reading its layers into consecutive rows of one buffer lets ``MambaLM`` use the
+    buffer as its stacked weights without a second copy (``np.stack`` of 24 layers is a full
+    extra pass over the weights at mamba-130m). Anything else is read on its own."""
+    families: dict[tuple, dict[int, tuple]] = {}
+    for path, header, _ in headers:
+        for name, entry in header.items():
+            m = _LAYER_NAME.match(name)
+            if m is None or (wanted is not None and name not in wanted):
+                continue
+            kind = entry["dtype"]
+            if kind not in _FLOAT_DTYPES and not (kind == "I8" and _quantized(path)):
+                continue
+            key = (m.group(1), m.group(3))
+            want = _result_dtype(path, name, kind, dtype, keep)
+            families.setdefault(key, {})[int(m.group(2))] = (name, tuple(entry["shape"]), want)
+    views: dict[str, np.ndarray] = {}
+    for members in families.values():
+        n = len(members)
+        first = members.get(0)
+        if n < 2 or first is None or sorted(members) != list(range(n)) \
+                or any(v[1:] != first[1:] for v in members.values()):
+            continue
+        buffer = np.empty((n,) + first[1], first[2])
+        LAYER_BUFFERS[id(buffer)] = buffer
+        for i, (name, _, _) in members.items():
+            views[name] = buffer[i]
+    return views
 
 
 def _quantized(path: str) -> bool:
@@ -306,7 +377,7 @@ def read_tensors(directory: str, dtype=np.float32, names: Iterable[str] | None =
 
 def _read_data(headers, dtype: np.dtype, wanted: set | None, keep: str | None = None) -> dict[str, np.ndarray]:
     tensors: dict[str, np.ndarray] = {}
-    for path, header, start in headers:
+    for path, header, _start in headers:
         for name, entry in header.items():
             if entry["dtype"] == "I8" and _quantized(path):
                 continue
@@ -314,13 +385,15 @@ def _read_data(headers, dtype: np.dtype, wanted: set | None, keep: str | None = 
                 raise CheckpointError(
                     f"{path}: tensor {name!r} has dtype {entry['dtype']}; expected F32, F16, BF16 or F64"
                 )
+    rows = _layer_buffers(headers, dtype, wanted, keep)
+    for path, header, start in headers:
         todo = [n for n in header if wanted is None or n in wanted]
         if not todo:
             continue
         try:
             with open(path, "rb") as f:
                 for name in todo:
-                    tensors[name] = _read_tensor(f, path, start, name, header[name], dtype, keep)
+                    tensors[name] = _read_tensor(f, path, start, name, header[name], dtype, keep, rows.get(name))
         except OSError as exc:
             raise CheckpointError(f"{path}: cannot read safetensors file ({exc.strerror or exc})") from None
     return tensors
@@ -433,6 +506,11 @@ def _all_finite(a: np.ndarray) -> bool:
         return not np.any((a.view(np.uint16) & np.uint16(0x7C00)) == np.uint16(0x7C00))
     if a.dtype == np.int8:
         return True
+    # one pass without a temporary: a sum is finite only if every term is (NaN and Inf
+    # propagate); an overflowing sum of finite values falls back to the exact test
+    with np.errstate(over="ignore", invalid="ignore"):
+        if a.size and np.isfinite(np.add.reduce(a.reshape(-1))):
+            return True
     return bool(np.all(np.isfinite(a)))
 
 

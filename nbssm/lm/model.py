@@ -56,6 +56,7 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 
@@ -89,6 +90,26 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """``weight * (x / sqrt(mean(x**2, -1) + eps))`` over the last axis (a new array)."""
     r = 1.0 / np.sqrt(np.mean(np.square(x), axis=-1, keepdims=True) + x.dtype.type(eps))
     return weight * (x * r.astype(x.dtype, copy=False))
+
+
+def _stack_rows(parts: list) -> np.ndarray:
+    """``np.stack(parts)``, without the copy when ``parts`` are the consecutive rows of one
+    buffer that :func:`nbssm.lm.loading.load_checkpoint` allocated for them (never a caller's
+    own array: that one is copied, so later writes to it cannot change the model)."""
+    from .loading import LAYER_BUFFERS
+
+    first: np.ndarray = np.asarray(parts[0])
+    found = first.base
+    if not isinstance(found, np.ndarray) or LAYER_BUFFERS.get(id(found)) is not found:
+        return np.ascontiguousarray(np.stack(parts))
+    base = cast(np.ndarray, found)
+    if base.flags.c_contiguous and base.flags.writeable and base.dtype == first.dtype \
+            and base.shape == (len(parts),) + first.shape:
+        start, step = base.__array_interface__["data"][0], base.strides[0]
+        if all(isinstance(p, np.ndarray) and p.base is base and p.dtype == base.dtype and p.shape == base.shape[1:]
+               and p.__array_interface__["data"][0] == start + i * step for i, p in enumerate(parts)):
+            return base
+    return np.ascontiguousarray(np.stack(parts))
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -262,9 +283,9 @@ class MambaLM:
                 p[key] = _readonly(np.zeros((L, c.d_inner), dtype))
             elif key in big:
                 parts = [stored(n) for n in names]
-                q[key] = tuple(_readonly(np.ascontiguousarray(np.stack([pt[j] for pt in parts]))) for j in (0, 1))
+                q[key] = tuple(_readonly(_stack_rows([pt[j] for pt in parts])) for j in (0, 1))
             else:
-                stacked = np.stack([floats(n) for n in names])
+                stacked = _stack_rows([floats(n) for n in names])
                 if key == "conv_w":
                     stacked = stacked[:, :, 0, :]                              # (L, E, W)
                 p[key] = _readonly(np.ascontiguousarray(stacked, dtype=dtype))
