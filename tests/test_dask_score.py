@@ -134,3 +134,14 @@ def test_batch_size_rejected(bad):
     source = nd.ModelSource.random(seed=5, dtype="float32", d_model=16, n_layer=2, vocab_size=37, d_state=4)
     with pytest.raises(ValueError, match="batch_size"):
         nd.score(source, da.from_array(ids, chunks=(1, 5)), batch_size=bad)
+
+
+@pytest.mark.parametrize("weights", ["bf16", "int8"])
+def test_token_log_probs_compressed_head(weights):
+    # the head dequantized one vocabulary tile at a time equals forward's dequantized head
+    m = MambaLM.random(seed=5, dtype=np.float32, weights=weights, d_model=32, n_layer=2, vocab_size=300,
+                       d_state=4, tie_embeddings=False)
+    ids = _ids(2, 11, 300, seed=6)
+    logits, _ = m.forward(ids)
+    got = m.token_log_probs(ids, rows=7, vocab_tile=128)
+    assert max_rel_err(got, _log_softmax_at(logits[:, :-1], ids[:, 1:])) <= TOL
