@@ -27,7 +27,7 @@ from nbssm import ops  # noqa: E402
 from nbssm.dask.lm import log_likelihood  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from tolerances import max_rel_err  # noqa: E402
+from tolerances import max_rel_err, tol  # noqa: E402
 
 DIMS = dict(d_model=16, n_layer=2, vocab_size=40, d_state=4)
 SOURCE = nd.ModelSource.random(seed=3, dtype="float32", **DIMS)
@@ -251,7 +251,8 @@ def test_score_blocks_bitwise_local(client):
         logits, _ = model.forward(ids[i])
         x = logits[:-1].astype(np.float64)
         ref = sum(x[t, ids[i, t + 1]] - np.log(np.exp(x[t]).sum()) for t in range(23))
-        assert abs(got[i] - ref) <= 1e-9 * abs(ref)
+        # the head runs in tiles (float32 GEMM slices, float32 exp per tile): not bitwise
+        assert abs(got[i] - ref) <= tol("lm_score_vs_logits") * abs(ref)
 
 
 def test_score_bag_of_documents(client):

@@ -127,16 +127,26 @@ def log_likelihood(model, ids, batch_size: int | None = None) -> np.ndarray:
     if ids.ndim != 2:
         raise ValueError(f"ids: expected shape (batch, length), got {ids.shape}")
     b = ids.shape[0]
-    step = b if batch_size is None else int(batch_size)
+    step = _batch_size(batch_size)
+    step = max(b, 1) if step is None else step
     out = np.empty(b, dtype=np.float64)
-    for s in range(0, b, max(step, 1)):
+    for s in range(0, b, step):
         part = ids[s:s + step]
         if part.shape[1] < 2:
             out[s:s + step] = 0.0
             continue
-        logits, _ = model.forward(part)
-        out[s:s + step] = token_log_probs(logits[:, :-1], part[:, 1:]).sum(axis=1)
+        # the head in tiles with a running log-sum-exp: never the (batch, length, vocab) logits
+        out[s:s + step] = model.token_log_probs(part).sum(axis=1)
     return out
+
+
+def _batch_size(batch_size):
+    """None or an integer >= 1 (ValueError for 0, negatives, bools, floats)."""
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size: expected None or an integer >= 1, got {batch_size!r}")
+    return int(batch_size)
 
 
 def _score_block(ids, source, batch_size):
@@ -202,8 +212,8 @@ def score(model: ModelSource, ids, batch_size: int | None = None):
     ids : dask array (n_docs, length) of token ids chunked along the documents, or a dask
         bag of 1-D token arrays (documents of any lengths, each run alone)
     batch_size : int, optional
-        Documents per forward call inside a block (the whole block when None); bounds the
-        logits' memory (``batch_size * length * vocab`` floats).
+        Documents per model call inside a block (the whole block when None); bounds the
+        activations' memory (the LM head runs in tiles, so the logits are never held whole).
 
     Returns
     -------
@@ -215,6 +225,7 @@ def score(model: ModelSource, ids, batch_size: int | None = None):
         return ids.map_partitions(_score_docs, model)
     da = require_dask()
     _model_type_check(model)
+    batch_size = _batch_size(batch_size)
     ids = as_dask(ids, "ids", 2)
     ids = ids.rechunk({1: ids.shape[1]})
     return da.map_blocks(_score_block, ids, model, batch_size, drop_axis=1, dtype=np.float64,
