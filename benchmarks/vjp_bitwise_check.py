@@ -1,7 +1,15 @@
-"""Dump / compare selective_scan_vjp gradients on a few shapes (bitwise check vs main)."""
-import sys, numpy as np
+"""Dump / compare selective_scan_vjp gradients on a few shapes (bitwise check of a kernel change).
+
+Usage: run `python benchmarks/vjp_bitwise_check.py dump` with the old tree on PYTHONPATH, then
+`python benchmarks/vjp_bitwise_check.py compare ck` with the new one (`ck`: also the VJP from
+`selective_scan_checkpointed` checkpoints). Results in /tmp/vjp_baseline.npz."""
+import sys
+
+import numpy as np
+
 import nbssm.ops as O
 from nbssm import reference as R
+
 cases = []
 for dt in (np.float32, np.float64):
     for shape, kwx in [((2, 37, 45, 5), dict()), ((1, 64, 96, 16), dict()), ((3, 50, 33, 4), dict(initial_state=True)),

@@ -686,8 +686,7 @@ def selective_scan_vjp(grad_y, u, delta, A, B, C, D=None, z=None, delta_bias=Non
     The derivative is that of the forward's formula (the softplus's derivative is the
     plain sigmoid of ``delta + delta_bias``; with the float32 cut-off above 20 the
     forward's value is ``x`` itself, whose derivative 1 differs from the sigmoid by less
-    than 2.1e-9). Memory: the outputs, four blocked copies of size ``b * l * d`` (the
-    per-token inputs, then results, of the 32-channel blocks), checkpoints of size
+    than 2.1e-9). Memory: the outputs, checkpoints of size
     ``b * d * n * length / chunk_length`` and O(chunk_length * n * 32) per thread.
     Deterministic: bitwise the same on any number of threads (sums over channels and over
     the batch are done in a fixed order). NaN/Inf: not refused; they propagate through
@@ -717,6 +716,18 @@ def selective_scan_vjp(grad_y, u, delta, A, B, C, D=None, z=None, delta_bias=Non
         u=seq(gu), delta=seq(gdelta), A=gA, B=seq(gB), C=seq(gC),
         D=gD if has_D else None, z=seq(gz) if has_z else None, delta_bias=gbias if has_bias else None,
         initial_state=seq(gh0) if initial_state is not None else None)
+
+
+def _vjp_group(batch: int, nblk: int) -> int:
+    """Neighbouring 32-channel blocks per job of the selective-scan backward (up to 8, while
+    the jobs still divide evenly among the threads): they share the pages and cache lines of
+    each token row. Only speed depends on it (each block runs the same operations)."""
+    threads = numba.get_num_threads()
+    for g in (8, 6, 4, 3, 2):
+        jobs = batch * ((nblk + g - 1) // g)
+        if jobs >= threads and jobs % threads == 0:
+            return g
+    return 1
 
 
 def _checkpoints_arg(ck, dt, shape: tuple, unbatched: bool, cl: int):
@@ -775,7 +786,7 @@ def _selective_vjp(gy, u, delta, A, B, C, D, z, bias, has_D, has_z, has_bias, so
     gh0 = np.zeros((batch, chans, nstate), dt)
     if run:
         selective_scan_vjp_kernel(gy_, u_, delta_, A_, B, C, D_, z_, bias_, has_D, has_z, has_bias, softplus,
-                                  h0_, ghT_, cl, has_ck, ck_, gu, gdelta, gz, gA_part, gD_part, gbias_part,
+                                  h0_, ghT_, cl, has_ck, ck_, _vjp_group(batch, nblk), gu, gdelta, gz, gA_part, gD_part, gbias_part,
                                   gB_part, gC_part, gh0)
     elif chans:
         gh0[...] = ghT_

@@ -5,23 +5,18 @@ Validation, layouts and the final reductions live in :mod:`nbssm.ops`
 (``b`` batch, ``l`` length, ``d`` channels, ``n`` state): sequences ``(b, l, d)``,
 ``B, C (b, l, n)``, ``A (d, n)``, states ``(b, d, n)``.
 
-Selective scan (:func:`selective_scan_vjp_kernel`), three parallel phases:
-
-1. prep, one job per (batch, tile of ``_TILE`` tokens), reading whole
-   ``(b, l, d)`` rows: blocked copies ``(b, nblk, l, 32)`` of the per-token
-   inputs of every block of ``VJP_WIDTH`` = 32 channels (``dl = softplus(delta +
-   delta_bias)``, ``u``, the readout cotangent ``grad_y * silu(z)`` and the
-   softplus derivative), so that the softplus and the gate are evaluated once
-   and the jobs below read contiguous ``(l, 32)`` slices;
-2. one job per (batch, block): runs the forward recurrence over the whole
-   sequence and keeps the state at the start of every chunk of ``chunk_length``
-   tokens (the checkpoints); then, for every chunk from the last to the first,
-   recomputes the chunk's states and transitions from its checkpoint into a
-   stack scratch ``(chunk_length, n, 32)`` (kept in the L1/L2 cache) and runs
-   the chunk backward in time, carrying the state cotangent ``gh``; the
-   per-token results overwrite the blocked inputs they replace;
-3. post, one job per (batch, tile of tokens): the blocked per-lane results
-   written back to whole ``(b, l, d)`` rows (and the gate's cotangent).
+Selective scan (:func:`selective_scan_vjp_kernel`), one parallel phase: one job per
+(batch, group of neighbouring blocks of ``VJP_WIDTH`` = 32 channels; :func:`_sel_vjp_group`).
+Each block, unless the checkpoints are given (``ck_in``, from
+:func:`~nbssm._kernels.selective_scan.selective_scan_checkpoint_kernel`), runs the forward
+recurrence over the whole sequence and keeps the state at the start of every chunk of
+``chunk_length`` tokens; then, for every chunk from the last to the first (all blocks of the
+group over one chunk before the next), reads the chunk's per-token inputs straight from the
+``(b, l, d)`` arrays into stack buffers (``dl = softplus(delta + delta_bias)``, ``u``, the
+readout cotangent ``grad_y * silu(z)``, the softplus derivative), recomputes the chunk's
+states and transitions from its checkpoint into a stack scratch ``(chunk_length, n, 32)``
+and runs the chunk backward in time, carrying the state cotangent ``gh``; the chunk's
+``gu, gdelta, gz`` go to the owned lanes of the outputs at once.
 
 Per-lane gradients (``u, delta, z``, the initial state) are owned by one
 block. Gradients summed over channels (``B, C``) are written per job as
@@ -339,77 +334,101 @@ def _sel_vjp_chunk(dl, uu, gr, sp, B, C, has_D, has_z, softplus, bi, jw, t0, t1,
 
 
 @njit(cache=_config.CACHE, error_model="numpy")
-def _sel_vjp_job(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, softplus, h0, ghT, cl,
-                 bi, d0, jw, has_ck, ck_in, ck, gu, gdelta, gz, gA, gD, gbias, gB, gC, gh0):
-    """Backward of one (batch ``bi``, block ``d0 .. d0+31``) job; lanes ``j >= jw`` are owned.
+def _sel_vjp_group(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, softplus, h0, ghT, cl,
+                   bi, g0, g1, has_ck, ck_in, ck, acc, gu, gdelta, gz, gA_part, gD_part, gbias_part, gB_part,
+                   gC_part, gh0):
+    """Backward of the blocks ``g0 .. g1-1`` of batch ``bi`` (one parallel job).
 
-    Reads its inputs straight from the ``(b, l, d)`` arrays, a chunk at a time, into stack
-    buffers ``(cl, 32)`` (:func:`_sel_vjp_load`) and writes the chunk's ``gu, gdelta, gz``
-    for its owned lanes (:func:`_sel_vjp_store`). The chunk checkpoints: with ``has_ck``,
-    read from ``ck_in (b, nchunks, d, n)`` (the checkpointing forward's); else computed
-    into this job's scratch ``ck (nchunks, n, W)`` (:func:`_sel_vjp_checkpoints`).
-    ``gA (n, W)``, ``gD, gbias (W,)`` receive this job's batch-partial sums, ``gB, gC
-    (l, n)`` its channel-partial sums (lanes below ``jw`` contribute 0; the 32 lanes are
-    summed by the fixed tree ``((j + j+16) + (j+8 + j+24))`` for ``j < 8``, then
-    ``((0+4)+(2+6)) + ((1+5)+(3+7))``).
+    Block ``blk`` reads lanes ``d0 .. d0+31`` (the last block shifted left to end at the last
+    channel) and owns lanes ``j >= jw``. The job walks the chunks from the last to the first
+    and, for each chunk, runs every block of the group over it (the blocks share the pages
+    and cache lines of the chunk's ``(b, l, d)`` rows; the order of each block's own
+    operations is that of a block run alone). Per block and chunk: the inputs read straight
+    from the ``(b, l, d)`` arrays into stack buffers ``(cl, 32)`` (:func:`_sel_vjp_load`),
+    the chunk backward (:func:`_sel_vjp_chunk`), its ``gu, gdelta, gz`` written for the owned
+    lanes (:func:`_sel_vjp_store`). The chunk checkpoints: with ``has_ck``, read from
+    ``ck_in (b, nchunks, d, n)`` (the checkpointing forward's); else computed into this
+    job's scratch ``ck (group, nchunks, n, W)`` (:func:`_sel_vjp_checkpoints`). ``acc
+    (group, 3n + 3, W)``: the blocks' carried sums (see :func:`_sel_vjp_chunk`).
+    ``gA_part[bi, blk] (n, W)``, ``gD_part, gbias_part[bi, blk] (W,)`` receive the block's
+    batch-partial sums, ``gB_part, gC_part[blk, bi] (l, n)`` its channel-partial sums
+    (lanes below ``jw`` contribute 0; the 32 lanes are summed by the fixed tree
+    ``((j + j+16) + (j+8 + j+24))`` for ``j < 8``, then ``((0+4)+(2+6)) + ((1+5)+(3+7))``).
     """
     length = u.shape[1]
+    channels = u.shape[2]
     nstate = A.shape[1]
     ns = max(nstate, 1)
     nchunks = (length + cl - 1) // cl
     dt = u.dtype
-    if not has_ck:
-        _sel_vjp_checkpoints(u, delta, A, B, delta_bias, has_bias, softplus, h0, bi, d0, cl, ck)
+    zero = np.zeros(1, dtype=dt)[0]
     dl = carray(stack_buffer(cl * _W, dt), (cl, _W))
     uu = carray(stack_buffer(cl * _W, dt), (cl, _W))
     gr = carray(stack_buffer(cl * _W, dt), (cl, _W))
     sp = carray(stack_buffer(cl * _W if softplus else _W, dt), (cl if softplus else 1, _W))
     hk = carray(stack_buffer(ns * _W, dt), (ns, _W))
-    acc = carray(stack_buffer((3 * nstate + 3) * _W, dt), (3 * nstate + 3, _W))
-    zero = np.zeros(1, dtype=dt)[0]
-    for r in range(3 * nstate + 3):
-        for j in range(_W):
-            acc[r, j] = zero
-    for n in range(nstate):
-        for j in range(_W):
-            acc[n, j] = ghT[bi, d0 + j, n]
-            acc[2 * nstate + 3 + n, j] = A[d0 + j, n]
-    if has_D:
-        for j in range(_W):
-            acc[2 * nstate + 2, j] = D[d0 + j]
+    for blk in range(g0, g1):
+        dstart = blk * _W
+        d0 = min(dstart, channels - _W)
+        ab = acc[blk - g0]
+        if not has_ck:
+            _sel_vjp_checkpoints(u, delta, A, B, delta_bias, has_bias, softplus, h0, bi, d0, cl, ck[blk - g0])
+        for r in range(3 * nstate + 3):
+            for j in range(_W):
+                ab[r, j] = zero
+        for n in range(nstate):
+            for j in range(_W):
+                ab[n, j] = ghT[bi, d0 + j, n]
+                ab[2 * nstate + 3 + n, j] = A[d0 + j, n]
+        if has_D:
+            for j in range(_W):
+                ab[2 * nstate + 2, j] = D[d0 + j]
     for k in range(nchunks - 1, -1, -1):
         t0 = k * cl
         t1 = min(t0 + cl, length)
-        _sel_vjp_load(gy, u, delta, z, delta_bias, has_z, has_bias, softplus, bi, d0, t0, t1, cl, dl, uu, gr, sp)
-        if has_ck:
-            for n in range(nstate):
-                for j in range(_W):
-                    hk[n, j] = ck_in[bi, k, d0 + j, n]
-        else:
-            for n in range(nstate):
-                for j in range(_W):
-                    hk[n, j] = ck[k, n, j]
-        _sel_vjp_chunk(dl, uu, gr, sp, B, C, has_D, has_z, softplus, bi, jw, t0, t1, cl, hk, acc, gB, gC)
-        _sel_vjp_store(gy, z, has_z, bi, d0, jw, t0, t1, dl, uu, gr, gu, gdelta, gz)
-    for n in range(nstate):
+        for blk in range(g0, g1):
+            dstart = blk * _W
+            d0 = min(dstart, channels - _W)
+            jw = dstart - d0
+            _sel_vjp_load(gy, u, delta, z, delta_bias, has_z, has_bias, softplus, bi, d0, t0, t1, cl,
+                          dl, uu, gr, sp)
+            if has_ck:
+                for n in range(nstate):
+                    for j in range(_W):
+                        hk[n, j] = ck_in[bi, k, d0 + j, n]
+            else:
+                for n in range(nstate):
+                    for j in range(_W):
+                        hk[n, j] = ck[blk - g0, k, n, j]
+            _sel_vjp_chunk(dl, uu, gr, sp, B, C, has_D, has_z, softplus, bi, jw, t0, t1, cl, hk, acc[blk - g0],
+                           gB_part[blk, bi], gC_part[blk, bi])
+            _sel_vjp_store(gy, z, has_z, bi, d0, jw, t0, t1, dl, uu, gr, gu, gdelta, gz)
+    for blk in range(g0, g1):
+        dstart = blk * _W
+        d0 = min(dstart, channels - _W)
+        jw = dstart - d0
+        ab = acc[blk - g0]
+        for n in range(nstate):
+            for j in range(jw, _W):
+                gh0[bi, d0 + j, n] = ab[n, j]
+                gA_part[bi, blk, n, j] = ab[nstate + n, j]
         for j in range(jw, _W):
-            gh0[bi, d0 + j, n] = acc[n, j]
-            gA[n, j] = acc[nstate + n, j]
-    for j in range(jw, _W):
-        gD[j] = acc[2 * nstate, j]
-        gbias[j] = acc[2 * nstate + 1, j]
+            gD_part[bi, blk, j] = ab[2 * nstate, j]
+            gbias_part[bi, blk, j] = ab[2 * nstate + 1, j]
 
 
 @njit(cache=_config.CACHE, parallel=True, error_model="numpy")
 def selective_scan_vjp_kernel(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, softplus,
-                              h0, ghT, chunk_length, has_ck, ck_in, gu, gdelta, gz, gA_part, gD_part,
+                              h0, ghT, chunk_length, has_ck, ck_in, group, gu, gdelta, gz, gA_part, gD_part,
                               gbias_part, gB_part, gC_part, gh0):
     """Backward of the selective scan; see the module docstring. Requires ``channels >= 32``
     (or 0): :mod:`nbssm.ops` pads.
 
     ``ck_in (b, nchunks, d, n)``: the states entering every chunk of ``chunk_length`` tokens
     (used with ``has_ck``; the caller checks that ``chunk_length`` is the kernel's capped one).
-    Outputs: ``gu, gdelta, gz (b, l, d)`` (every entry written), ``gh0 (b, d, n)``; per-job
+    One parallel job per (batch, group of ``group`` neighbouring blocks of 32 channels):
+    only speed depends on ``group``, every block runs the same operations in the same order.
+    Outputs: ``gu, gdelta, gz (b, l, d)`` (every entry written), ``gh0 (b, d, n)``; per-block
     partials ``gA_part (b, nblk, n, 32)``, ``gD_part, gbias_part (b, nblk, 32)`` (lanes below
     a block's first owned lane are left as they were) and ``gB_part, gC_part (nblk, b, l, n)``
     (every entry written).
@@ -420,19 +439,18 @@ def selective_scan_vjp_kernel(gy, u, delta, A, B, C, D, z, delta_bias, has_D, ha
     nblk = (channels + _W - 1) // _W
     cl = vjp_chunk(chunk_length, nstate)
     nchunks = (length + cl - 1) // cl
-    # without given checkpoints, each job keeps its own (nchunks, n, W)
-    nck = 0 if has_ck else nchunks
-    ck_all = np.empty((batch * nblk, nck, nstate, _W), dtype=dt)
-    for job in prange(batch * nblk):
-        bi = job // nblk
-        blk = job % nblk
-        dstart = blk * _W
-        d0 = min(dstart, channels - _W)
-        jw = dstart - d0
-        _sel_vjp_job(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, softplus, h0, ghT, cl,
-                     bi, d0, jw, has_ck, ck_in, ck_all[job], gu, gdelta, gz,
-                     gA_part[bi, blk], gD_part[bi, blk], gbias_part[bi, blk], gB_part[blk, bi],
-                     gC_part[blk, bi], gh0)
+    group = max(1, min(group, nblk))
+    ngroups = (nblk + group - 1) // group
+    nck = 0 if has_ck else nchunks  # without given checkpoints, each job keeps its own
+    for job in prange(batch * ngroups):
+        bi = job // ngroups
+        g0 = (job % ngroups) * group
+        g1 = min(g0 + group, nblk)
+        ck = np.empty((g1 - g0, nck, nstate, _W), dtype=dt)
+        acc = np.empty((g1 - g0, 3 * nstate + 3, _W), dtype=dt)
+        _sel_vjp_group(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, softplus, h0, ghT, cl,
+                       bi, g0, g1, has_ck, ck_in, ck, acc, gu, gdelta, gz, gA_part, gD_part, gbias_part,
+                       gB_part, gC_part, gh0)
 
 
 @njit(cache=_config.CACHE, parallel=True, error_model="numpy")
