@@ -9,7 +9,10 @@ Run (torch must be installed: ``pip install torch==2.13.0``, CPU wheel)::
                                                    # autograd round takes minutes at S1)
 
 Writes ``benchmarks/results/vjp.md`` and ``vjp.json``. Targets: forward + backward at least 20x
-faster than torch autograd, and at most 4x nbssm's own forward. The machine may be shared:
+faster than torch autograd, and at most 4x nbssm's own forward ("forward + backward" is the
+checkpointing forward ``selective_scan_checkpointed`` then ``selective_scan_vjp(checkpoints=)``;
+the old path, the plain forward then the VJP with its own checkpoint pass, is reported too, and
+so are 1-thread CPU-time ratios). The machine may be shared:
 rounds are interleaved (nbssm forward, nbssm forward + backward, torch forward + backward) and
 the 1-minute load average is recorded before every round; the reported figure is the median
 over rounds (min in parentheses).
@@ -27,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+import nbssm
 import nbssm.ops as O
 from nbssm import reference as R
 
@@ -64,7 +68,11 @@ def main(argv=None) -> int:
     def nb_fwd():
         return O.selective_scan(**kw)
 
-    def nb_fwd_bwd():
+    def nb_fwd_bwd():  # the checkpointing forward, then the backward from its checkpoints
+        _, _, ck = O.selective_scan_checkpointed(**kw)
+        return O.selective_scan_vjp(gy, checkpoints=ck, **kw)
+
+    def nb_fwd_bwd_old():  # the plain forward, then the backward with its own checkpoint pass
         O.selective_scan(**kw)
         return O.selective_scan_vjp(gy, **kw)
 
@@ -75,6 +83,7 @@ def main(argv=None) -> int:
         y.backward(tgy)
 
     nb_fwd_bwd()  # compile / load
+    nb_fwd_bwd_old()
     agree = {}
     if torch is not None:
         torch_fwd_bwd()
@@ -82,7 +91,7 @@ def main(argv=None) -> int:
         g = O.selective_scan_vjp(gy, **kw)
         agree = {k: float(np.max(np.abs(getattr(g, k) - tin[k].grad.numpy())) /
                           max(float(np.max(np.abs(tin[k].grad.numpy()))), 1e-30)) for k in names}
-    timed = [("fwd", nb_fwd), ("fwd_bwd", nb_fwd_bwd)] + ([("torch", torch_fwd_bwd)] if torch else [])
+    timed = [("fwd", nb_fwd), ("fwd_bwd", nb_fwd_bwd), ("fwd_bwd_old", nb_fwd_bwd_old)] + ([("torch", torch_fwd_bwd)] if torch else [])
     rows = {key: [] for key, _ in timed}
     loads = []
     for _ in range(args.rounds):
@@ -91,6 +100,16 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             f()
             rows[key].append(time.perf_counter() - t)
+    # single-thread CPU time (process_time: less sensitive to other processes on a shared machine)
+    cpu = {key: [] for key, _ in timed if key != "torch"}
+    with nbssm.threads(1):
+        for _ in range(args.rounds):
+            for key, f in timed:
+                if key in cpu:
+                    t = time.process_time()
+                    f()
+                    cpu[key].append(time.process_time() - t)
+    cpu_med = {k: statistics.median(v) for k, v in cpu.items()}
     med = {k: statistics.median(v) for k, v in rows.items()}
     mn = {k: min(v) for k, v in rows.items()}
     result = {
@@ -100,7 +119,11 @@ def main(argv=None) -> int:
         "torch": torch.__version__ if torch else None, "torch_threads": torch.get_num_threads() if torch else None,
         "machine": platform.processor() or platform.machine(),
         "speedup_vs_torch": med["torch"] / med["fwd_bwd"] if torch else None,
-        "fwd_bwd_over_fwd": med["fwd_bwd"] / med["fwd"], "grad_rel_diff_vs_torch": agree,
+        "fwd_bwd_over_fwd": med["fwd_bwd"] / med["fwd"], "fwd_bwd_old_over_fwd": med["fwd_bwd_old"] / med["fwd"],
+        "cpu_1thread_s": cpu, "cpu_1thread_median_s": cpu_med,
+        "cpu_1thread_fwd_bwd_over_fwd": cpu_med["fwd_bwd"] / cpu_med["fwd"],
+        "cpu_1thread_fwd_bwd_old_over_fwd": cpu_med["fwd_bwd_old"] / cpu_med["fwd"],
+        "grad_rel_diff_vs_torch": agree,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -116,12 +139,19 @@ def main(argv=None) -> int:
         "| what | median s | min s |",
         "|---|---|---|",
         f"| nbssm forward | {med['fwd']:.3f} | {mn['fwd']:.3f} |",
-        f"| nbssm forward + selective_scan_vjp | {med['fwd_bwd']:.3f} | {mn['fwd_bwd']:.3f} |",
+        f"| nbssm checkpointing forward + selective_scan_vjp(checkpoints=) | {med['fwd_bwd']:.3f} | "
+        f"{mn['fwd_bwd']:.3f} |",
+        f"| nbssm forward + selective_scan_vjp (the old path: its own checkpoint pass) | {med['fwd_bwd_old']:.3f} | "
+        f"{mn['fwd_bwd_old']:.3f} |",
     ]
     if torch:
         lines.append(f"| torch autograd (selective_scan_ref port) forward + backward | {med['torch']:.3f} | "
                      f"{mn['torch']:.3f} |")
-    lines += ["", f"- (forward + backward) / forward: **{result['fwd_bwd_over_fwd']:.2f}** (target <= 4)"]
+    lines += ["", f"- (forward + backward) / forward: **{result['fwd_bwd_over_fwd']:.2f}** (target <= 4); "
+              f"the old path {result['fwd_bwd_old_over_fwd']:.2f}",
+              f"- 1 thread, CPU time (process_time), median of {args.rounds}: forward {cpu_med['fwd']:.3f} s, "
+              f"ratio **{result['cpu_1thread_fwd_bwd_over_fwd']:.2f}** (old path "
+              f"{result['cpu_1thread_fwd_bwd_old_over_fwd']:.2f})"]
     if torch:
         lines += [f"- speedup over torch autograd: **{result['speedup_vs_torch']:.1f}x** (target >= 20x)",
                   f"- max relative gradient difference nbssm vs torch (both float32): {max(agree.values()):.1e}"]

@@ -63,6 +63,7 @@ _LAZY = {
     "linear_scan": "nbssm.ops",
     "selective_scan": "nbssm.ops",
     "causal_conv1d": "nbssm.ops",
+    "selective_scan_checkpointed": "nbssm.ops",
     "selective_scan_vjp": "nbssm.ops",
     "linear_scan_vjp": "nbssm.ops",
     "causal_conv1d_vjp": "nbssm.ops",

@@ -93,12 +93,13 @@ import numpy as np
 from . import _memory
 from ._kernels.conv import causal_conv1d_kernel
 from ._kernels.linear_scan import linear_scan_kernel
-from ._kernels.selective_scan import SELECTIVE_WIDTHS, selective_scan_kernel
+from ._kernels.selective_scan import SELECTIVE_WIDTHS, selective_scan_checkpoint_kernel, selective_scan_kernel
 from ._kernels.vjp import (
     VJP_WIDTH,
     causal_conv1d_vjp_kernel,
     linear_scan_vjp_kernel,
     selective_scan_vjp_kernel,
+    vjp_chunk,
 )
 from ._validate import (
     as_float_array,
@@ -385,6 +386,67 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     Spec: ``SelectiveMambaBlockSpec`` (the ``H_t`` and ``y_t`` lines and the
     gate ``y_t ⊙ silu(z_t)``), with ``A = -A_spec``, ``Δ_t = softplus(delta + dtBias)``.
     """
+    result, hT, _ = _selective_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                                       strategy, chunk_length, out, None)
+    if not return_final_state:
+        return result
+    return result, hT
+
+
+def selective_scan_checkpointed(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                                initial_state=None, strategy="auto", chunk_length=None, out=None, *,
+                                checkpoint_length=None):
+    """:func:`selective_scan` (sequential strategy) that also returns the states the
+    backward needs: ``(y, final_state, checkpoints)``.
+
+    Pass ``checkpoints`` to :func:`selective_scan_vjp` (same inputs, same
+    ``chunk_length=checkpoint_length``) and it skips its own forward pass over the
+    sequence (the checkpoint pass); the gradients are bitwise the same.
+
+    Parameters
+    ----------
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, out
+        As :func:`selective_scan`.
+    strategy : {"auto", "sequential"}
+        The checkpointing forward is the sequential strategy ("chunked": ``ValueError``).
+    chunk_length : None
+        The sequential strategy has no chunks: anything but None is a ``ValueError``.
+    checkpoint_length : int, optional
+        Tokens between two checkpoints: the backward's ``chunk_length`` (default
+        ``VJP_CHUNK_LENGTH`` = 16, capped as the backward caps it).
+
+    Returns
+    -------
+    y : ndarray, shape of ``u``
+        Bitwise ``selective_scan(..., strategy="sequential")``.
+    final_state : ndarray, shape (batch, channels, state) or (channels, state)
+        Bitwise the sequential ``selective_scan``'s.
+    checkpoints : ndarray, shape (batch, nchunks, channels, state) or (nchunks, channels, state)
+        ``checkpoints[i, k]``: the state entering token ``k * c`` (``c`` the capped
+        ``checkpoint_length``, ``nchunks = ceil(length / c)``; ``checkpoints[:, 0]`` is the
+        initial state). The compute dtype.
+    """
+    if strategy not in ("auto", "sequential"):
+        raise ValueError(f"strategy: the checkpointing forward is sequential; expected 'auto' or 'sequential', "
+                         f"got {strategy!r}")
+    if chunk_length is not None:
+        raise ValueError(f"chunk_length: the checkpointing forward is sequential (no chunks); expected None, "
+                         f"got {chunk_length!r} (checkpoint_length= sets the checkpoint interval)")
+    cl = VJP_CHUNK_LENGTH if checkpoint_length is None else check_int(checkpoint_length, "checkpoint_length", 1)
+    result, hT, ck = _selective_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                                        "sequential", None, out, cl)
+    return result, hT, ck
+
+
+def _vjp_chunk_length(chunk_length: int, length: int, nstate: int) -> int:
+    """The chunk length the selective-scan backward runs with (and its checkpoints' interval)."""
+    return int(vjp_chunk(min(chunk_length, max(length, 1)), nstate))
+
+
+def _selective_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, strategy,
+                       chunk_length, out, ck_length):
+    """``(result, final_state, checkpoints)``: the forward kernel, or with ``ck_length`` the
+    checkpointing one (checkpoints None without)."""
     (u_, delta_, A_, B_, C_, D_, has_D, z_, has_z, bias_, has_bias, h0, unbatched, dt, batch, length, channels,
      nstate) = _selective_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
     y_out, result = _output(out, (batch, length, channels), unbatched, dt,
@@ -412,14 +474,23 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     y = y_out if chans == channels else np.empty((batch, length, chans), dt)
     hT = np.empty((batch, chans, nstate), dtype=dt)
     width, group = _block_width(batch, chans, SELECTIVE_WIDTHS)
-    selective_scan_kernel(u_, delta_, A_, B_, C_, D_, z_, bias_, has_D, has_z, has_bias,
-                          bool(delta_softplus), h0, y, hT, cl, width, group)
+    ck = None
+    if ck_length is None:
+        selective_scan_kernel(u_, delta_, A_, B_, C_, D_, z_, bias_, has_D, has_z, has_bias,
+                              bool(delta_softplus), h0, y, hT, cl, width, group)
+    else:
+        ckl = _vjp_chunk_length(ck_length, length, nstate)
+        ck = np.empty((batch, (length + ckl - 1) // ckl, chans, nstate), dtype=dt)
+        selective_scan_checkpoint_kernel(u_, delta_, A_, B_, C_, D_, z_, bias_, has_D, has_z, has_bias,
+                                         bool(delta_softplus), h0, y, hT, ck, ckl, width, group)
     if chans != channels:
         y_out[...] = y[:, :, :channels]
         hT = np.ascontiguousarray(hT[:, :channels, :])
-    if not return_final_state:
-        return result
-    return result, (hT[0] if unbatched else hT)
+        if ck is not None:
+            ck = np.ascontiguousarray(ck[:, :, :channels, :])
+    if ck is not None and unbatched:
+        ck = ck[0]
+    return result, (hT[0] if unbatched else hT), ck
 
 
 _UNSET = object()
@@ -577,7 +648,7 @@ VJP_CHUNK_LENGTH = 16
 
 
 def selective_scan_vjp(grad_y, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                       initial_state=None, grad_final_state=None, chunk_length=None):
+                       initial_state=None, grad_final_state=None, chunk_length=None, checkpoints=None):
     """Vector-Jacobian product of :func:`selective_scan`: the gradients of ``<grad_y, y>``
     (plus ``<grad_final_state, final_state>``) with respect to every array argument.
 
@@ -595,6 +666,13 @@ def selective_scan_vjp(grad_y, u, delta, A, B, C, D=None, z=None, delta_bias=Non
         chunk by chunk from the last, recomputes the chunk's states and runs it backward.
         Any integer >= 1 (the kernel caps it so that a chunk's states fit a stack scratch of
         ``_SCRATCH`` = 16384 elements); the gradients do not depend on it (bitwise).
+    checkpoints : array_like, shape (batch, nchunks, channels, state), optional
+        The third result of :func:`selective_scan_checkpointed` on the same inputs with
+        ``checkpoint_length`` equal to ``chunk_length``: the kernel then skips its forward
+        pass (the gradients are bitwise those computed without). Checked: the shape
+        (``nchunks = ceil(length / c)`` for the capped chunk length ``c``), the compute
+        dtype, finite values (else ``ValueError``/``TypeError`` naming ``checkpoints``).
+        Their values are trusted: checkpoints of other inputs give wrong gradients.
 
     Returns
     -------
@@ -608,8 +686,7 @@ def selective_scan_vjp(grad_y, u, delta, A, B, C, D=None, z=None, delta_bias=Non
     The derivative is that of the forward's formula (the softplus's derivative is the
     plain sigmoid of ``delta + delta_bias``; with the float32 cut-off above 20 the
     forward's value is ``x`` itself, whose derivative 1 differs from the sigmoid by less
-    than 2.1e-9). Memory: the outputs, four blocked copies of size ``b * l * d`` (the
-    per-token inputs, then results, of the 32-channel blocks), checkpoints of size
+    than 2.1e-9). Memory: the outputs, checkpoints of size
     ``b * d * n * length / chunk_length`` and O(chunk_length * n * 32) per thread.
     Deterministic: bitwise the same on any number of threads (sums over channels and over
     the batch are done in a fixed order). NaN/Inf: not refused; they propagate through
@@ -624,9 +701,12 @@ def selective_scan_vjp(grad_y, u, delta, A, B, C, D=None, z=None, delta_bias=Non
     ghT = _grad_arg(grad_final_state, "grad_final_state", dt, (batch, channels, nstate), unbatched,
                     "the final state")
     cl = VJP_CHUNK_LENGTH if chunk_length is None else check_int(chunk_length, "chunk_length", 1)
-    cl = min(cl, max(length, 1))
+    cl = _vjp_chunk_length(cl, length, nstate)
+    ck = None
+    if checkpoints is not None:
+        ck = _checkpoints_arg(checkpoints, dt, (batch, (length + cl - 1) // cl, channels, nstate), unbatched, cl)
     g = _selective_vjp(gy, u_, delta_, A_, B_, C_, D_, z_, bias_, has_D, has_z, has_bias, bool(delta_softplus),
-                       h0, ghT, cl)
+                       h0, ghT, cl, ck)
     gu, gdelta, gA, gB, gC, gD, gz, gbias, gh0 = g
 
     def seq(x):
@@ -638,7 +718,36 @@ def selective_scan_vjp(grad_y, u, delta, A, B, C, D=None, z=None, delta_bias=Non
         initial_state=seq(gh0) if initial_state is not None else None)
 
 
-def _selective_vjp(gy, u, delta, A, B, C, D, z, bias, has_D, has_z, has_bias, softplus, h0, ghT, cl):
+def _vjp_group(batch: int, nblk: int) -> int:
+    """Neighbouring 32-channel blocks per job of the selective-scan backward (up to 8, while
+    the jobs still divide evenly among the threads): they share the pages and cache lines of
+    each token row. Only speed depends on it (each block runs the same operations)."""
+    threads = numba.get_num_threads()
+    for g in (8, 6, 4, 3, 2):
+        jobs = batch * ((nblk + g - 1) // g)
+        if jobs >= threads and jobs % threads == 0:
+            return g
+    return 1
+
+
+def _checkpoints_arg(ck, dt, shape: tuple, unbatched: bool, cl: int):
+    """``checkpoints`` of :func:`selective_scan_vjp` checked: batched, C-contiguous, read-only."""
+    arr = np.asarray(ck)
+    want = shape[1:] if unbatched else shape
+    if arr.shape != want:
+        raise ValueError(f"checkpoints: expected shape {want} (batch, ceil(length / {cl}), channels, state "
+                         f"for chunk length {cl}: selective_scan_checkpointed's third result with "
+                         f"checkpoint_length = chunk_length), got {arr.shape}")
+    if arr.dtype != dt:
+        raise TypeError(f"checkpoints: expected dtype {np.dtype(dt).name} (the compute dtype), got {arr.dtype}")
+    if not np.isfinite(arr).all():
+        raise ValueError("checkpoints: expected finite values (states of selective_scan_checkpointed), "
+                         "got NaN or Inf; call selective_scan_vjp without checkpoints")
+    arr = as_float_array(arr, "checkpoints", dt)
+    return arr[None] if unbatched else arr
+
+
+def _selective_vjp(gy, u, delta, A, B, C, D, z, bias, has_D, has_z, has_bias, softplus, h0, ghT, cl, ck=None):
     """Batched arrays in, the nine gradients out (all present; the caller drops the absent ones).
 
     Pads fewer than ``VJP_WIDTH`` channels with inert ones (as the forward), runs the kernel,
@@ -661,6 +770,8 @@ def _selective_vjp(gy, u, delta, A, B, C, D, z, bias, has_D, has_z, has_bias, so
     gy_, u_, delta_ = pad(gy, 2), pad(u, 2), pad(delta, 2)
     A_, h0_, ghT_ = pad(A, 0), pad(h0, 1), pad(ghT, 1)
     D_, bias_, z_ = pad(D, 0, has_D), pad(bias, 0, has_bias), pad(z, 2, has_z)
+    has_ck = ck is not None
+    ck_ = pad(ck, 2) if has_ck else np.zeros((1, 1, 1, 1), dt)
     nblk = (chans + W - 1) // W
     run = bool(batch and length and chans)
     full = np.empty if run else np.zeros  # the kernel writes every entry of these
@@ -675,8 +786,8 @@ def _selective_vjp(gy, u, delta, A, B, C, D, z, bias, has_D, has_z, has_bias, so
     gh0 = np.zeros((batch, chans, nstate), dt)
     if run:
         selective_scan_vjp_kernel(gy_, u_, delta_, A_, B, C, D_, z_, bias_, has_D, has_z, has_bias, softplus,
-                                  h0_, ghT_, cl, gu, gdelta, gz, gA_part, gD_part, gbias_part, gB_part,
-                                  gC_part, gh0)
+                                  h0_, ghT_, cl, has_ck, ck_, _vjp_group(batch, nblk), gu, gdelta, gz, gA_part, gD_part, gbias_part,
+                                  gB_part, gC_part, gh0)
     elif chans:
         gh0[...] = ghT_
     # fixed-order reductions (numpy adds the rows of axis 0 one after the other)

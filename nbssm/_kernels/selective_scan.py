@@ -340,3 +340,55 @@ def selective_scan_kernel(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has
                 for n in range(nstate):
                     for j in range(jw, W):
                         hT[bi, d0 + j, n] = H[bi, k, blk, n, j]
+
+
+@njit(cache=_config.CACHE, parallel=True, error_model="numpy")
+def selective_scan_checkpoint_kernel(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias,
+                                     delta_softplus, h0, y, hT, ck, ck_length, W, group):
+    """The sequential selective scan that also stores the state entering every chunk of
+    ``ck_length`` tokens: ``ck[bi, k, d, n]`` is the state before token ``k * ck_length``
+    (``ck (b, nchunks, d, n)``, ``nchunks = ceil(l / ck_length)``; ``ck[:, 0]`` is ``h0``).
+
+    ``y`` and ``hT`` are those of :func:`selective_scan_kernel` with one chunk, bit for
+    bit: each block runs :func:`_sel_run` over the same tokens in order (only the token
+    ranges of the calls differ, which changes no operation). These checkpoints are the
+    states the backward kernel (:mod:`nbssm._kernels.vjp`) would recompute. Parallel
+    over (batch, group of ``group`` neighbouring blocks of ``W`` channels); each block
+    writes its owned lanes only.
+    """
+    batch, length, channels = u.shape
+    nstate = A.shape[1]
+    dt = u.dtype
+    nblk = (channels + W - 1) // W
+    nchunks = ck.shape[1]
+    H = np.empty((batch, nblk, nstate, W), dtype=dt)
+    ngroups = (nblk + group - 1) // group
+    for job in prange(batch * ngroups):
+        bi = job // ngroups
+        g0 = (job % ngroups) * group
+        g1 = min(g0 + group, nblk)
+        for blk in range(g0, g1):
+            d0, jw = _sel_block_geometry(blk, channels, W)
+            for n in range(nstate):
+                for j in range(W):
+                    H[bi, blk, n, j] = h0[bi, d0 + j, n]
+        for k in range(nchunks):
+            ta = k * ck_length
+            tb = min(ta + ck_length, length)
+            for blk in range(g0, g1):
+                d0, jw = _sel_block_geometry(blk, channels, W)
+                state = H[bi, blk]
+                for n in range(nstate):
+                    for j in range(jw, W):
+                        ck[bi, k, d0 + j, n] = state[n, j]
+                if W == 64:
+                    _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_softplus,
+                             bi, d0, jw, ta, tb, state, y, 64)
+                else:
+                    _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_softplus,
+                             bi, d0, jw, ta, tb, state, y, 32)
+        for blk in range(g0, g1):
+            d0, jw = _sel_block_geometry(blk, channels, W)
+            for n in range(nstate):
+                for j in range(jw, W):
+                    hT[bi, d0 + j, n] = H[bi, blk, n, j]

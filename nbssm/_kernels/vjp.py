@@ -5,23 +5,18 @@ Validation, layouts and the final reductions live in :mod:`nbssm.ops`
 (``b`` batch, ``l`` length, ``d`` channels, ``n`` state): sequences ``(b, l, d)``,
 ``B, C (b, l, n)``, ``A (d, n)``, states ``(b, d, n)``.
 
-Selective scan (:func:`selective_scan_vjp_kernel`), three parallel phases:
-
-1. prep, one job per (batch, tile of ``_TILE`` tokens), reading whole
-   ``(b, l, d)`` rows: blocked copies ``(b, nblk, l, 32)`` of the per-token
-   inputs of every block of ``VJP_WIDTH`` = 32 channels (``dl = softplus(delta +
-   delta_bias)``, ``u``, the readout cotangent ``grad_y * silu(z)`` and the
-   softplus derivative), so that the softplus and the gate are evaluated once
-   and the jobs below read contiguous ``(l, 32)`` slices;
-2. one job per (batch, block): runs the forward recurrence over the whole
-   sequence and keeps the state at the start of every chunk of ``chunk_length``
-   tokens (the checkpoints); then, for every chunk from the last to the first,
-   recomputes the chunk's states and transitions from its checkpoint into a
-   stack scratch ``(chunk_length, n, 32)`` (kept in the L1/L2 cache) and runs
-   the chunk backward in time, carrying the state cotangent ``gh``; the
-   per-token results overwrite the blocked inputs they replace;
-3. post, one job per (batch, tile of tokens): the blocked per-lane results
-   written back to whole ``(b, l, d)`` rows (and the gate's cotangent).
+Selective scan (:func:`selective_scan_vjp_kernel`), one parallel phase: one job per
+(batch, group of neighbouring blocks of ``VJP_WIDTH`` = 32 channels; :func:`_sel_vjp_group`).
+Each block, unless the checkpoints are given (``ck_in``, from
+:func:`~nbssm._kernels.selective_scan.selective_scan_checkpoint_kernel`), runs the forward
+recurrence over the whole sequence and keeps the state at the start of every chunk of
+``chunk_length`` tokens; then, for every chunk from the last to the first (all blocks of the
+group over one chunk before the next), reads the chunk's per-token inputs straight from the
+``(b, l, d)`` arrays into stack buffers (``dl = softplus(delta + delta_bias)``, ``u``, the
+readout cotangent ``grad_y * silu(z)``, the softplus derivative), recomputes the chunk's
+states and transitions from its checkpoint into a stack scratch ``(chunk_length, n, 32)``
+and runs the chunk backward in time, carrying the state cotangent ``gh``; the chunk's
+``gu, gdelta, gz`` go to the owned lanes of the outputs at once.
 
 Per-lane gradients (``u, delta, z``, the initial state) are owned by one
 block. Gradients summed over channels (``B, C``) are written per job as
@@ -48,83 +43,92 @@ from numba import carray
 from .. import _config
 from ._jit import njit, prange
 from .fastmath import exp_, sigmoid_, softplus_
-from .intrinsics import stack_buffer
+from .intrinsics import prefetch, stack_buffer
 
 #: channels per job of the selective-scan backward (a constant: fixes the order of the
 #: sums over channels)
 VJP_WIDTH = 32
 _W = VJP_WIDTH
-#: tokens per job of the selective-scan backward's prep and post phases
-_TILE = 64
 #: elements of the stack scratch of a chunk's states (and of its transitions): caps the
 #: chunk length of the selective-scan backward at ``_SCRATCH // (n * 32)`` tokens
 _SCRATCH = 16384
 
 
 @njit(cache=_config.CACHE, error_model="numpy")
-def _sel_vjp_prep(gy, u, delta, z, delta_bias, has_z, has_bias, softplus, bi, t0, t1, DL, UU, GR, SP):
-    """Blocked per-token inputs of tokens ``t0 .. t1-1`` of batch ``bi`` (reads whole rows).
+def vjp_chunk(chunk_length, nstate):
+    """The chunk length the selective-scan backward uses for a requested ``chunk_length``:
+    capped so that a chunk's states fit the stack scratch (``_SCRATCH`` elements)."""
+    return max(1, min(chunk_length, _SCRATCH // (max(nstate, 1) * _W)))
 
-    For every block ``blk`` (lanes ``d0 .. d0+31``, the last block shifted left to end at the last channel) and lane ``j``
-    (``d = d0 + j``): ``DL = softplus(delta + delta_bias)`` (as requested; the forward's
-    operations), ``UU = u``, ``GR = grad_y * silu(z)`` (``grad_y`` without ``z``) and, with
-    the softplus, ``SP = sigmoid(delta + delta_bias)`` (its derivative); all ``(b, nblk, l, 32)``.
+
+@njit(cache=_config.CACHE, error_model="numpy")
+def _sel_vjp_load(gy, u, delta, z, delta_bias, has_z, has_bias, softplus, bi, d0, t0, t1, back, dl, uu, gr, sp):
+    """Per-token inputs of tokens ``t0 .. t1-1`` of the block ``d0 .. d0+31`` into ``(cl, 32)`` buffers.
+
+    Row ``t - t0``: ``dl = softplus(delta + delta_bias)`` (as requested; the forward's
+    operations), ``uu = u``, ``gr = grad_y * silu(z)`` (``grad_y`` without ``z``) and, with
+    the softplus, ``sp = sigmoid(delta + delta_bias)`` (its derivative). Read straight from
+    the ``(b, l, d)`` rows; the rows of the chunk before (``back``: the chunk the backward
+    visits next) are prefetched.
     """
     length = u.shape[1]
     channels = u.shape[2]
-    nblk = DL.shape[1]
     dt = u.dtype
+    line = 64 // u.itemsize
     x = carray(stack_buffer(_W, dt), (_W,))
     uf = u.reshape(u.size)
     df = delta.reshape(delta.size)
     zf = z.reshape(z.size)
     gyf = gy.reshape(gy.size)
-    DLf = DL.reshape(DL.size)
-    UUf = UU.reshape(UU.size)
-    GRf = GR.reshape(GR.size)
-    SPf = SP.reshape(SP.size)
+    dlf = dl.reshape(dl.size)
+    uuf = uu.reshape(uu.size)
+    grf = gr.reshape(gr.size)
+    spf = sp.reshape(sp.size)
     # every lane loop below is branch-free (the flags are tested outside): they vectorise
-    for t in range(t0, t1):  # whole rows (contiguous reads); the writes go to nblk streams
-        for blk in range(nblk):
-            d0 = min(blk * _W, channels - _W)
-            src = np.uint64((bi * length + t) * channels + d0)
-            dst = np.uint64(((bi * nblk + blk) * length + t) * _W)
+    for t in range(t0, t1):
+        src = np.uint64((bi * length + t) * channels + d0)
+        dst = np.uint64((t - t0) * _W)
+        ahead = (bi * length + t - back) * channels + d0
+        if ahead >= 0:
+            for q in range(0, _W, line):
+                prefetch(u, ahead + q)
+                prefetch(delta, ahead + q)
+                prefetch(gy, ahead + q)
+                if has_z:
+                    prefetch(z, ahead + q)
+        for j in range(_W):
+            x[j] = df[src + np.uint64(j)]
+        if has_bias:
             for j in range(_W):
-                x[j] = df[src + np.uint64(j)]
-            if has_bias:
-                for j in range(_W):
-                    x[j] = x[j] + delta_bias[d0 + j]
-            if softplus:
-                for j in range(_W):
-                    SPf[dst + np.uint64(j)] = sigmoid_(x[j])
-                for j in range(_W):
-                    DLf[dst + np.uint64(j)] = softplus_(x[j])
-            else:
-                for j in range(_W):
-                    DLf[dst + np.uint64(j)] = x[j]
+                x[j] = x[j] + delta_bias[d0 + j]
+        if softplus:
             for j in range(_W):
-                UUf[dst + np.uint64(j)] = uf[src + np.uint64(j)]
-            if has_z:
-                for j in range(_W):
-                    zv = zf[src + np.uint64(j)]
-                    x[j] = zv * sigmoid_(zv)
-                for j in range(_W):
-                    GRf[dst + np.uint64(j)] = gyf[src + np.uint64(j)] * x[j]
-            else:
-                for j in range(_W):
-                    GRf[dst + np.uint64(j)] = gyf[src + np.uint64(j)]
+                spf[dst + np.uint64(j)] = sigmoid_(x[j])
+            for j in range(_W):
+                dlf[dst + np.uint64(j)] = softplus_(x[j])
+        else:
+            for j in range(_W):
+                dlf[dst + np.uint64(j)] = x[j]
+        for j in range(_W):
+            uuf[dst + np.uint64(j)] = uf[src + np.uint64(j)]
+        if has_z:
+            for j in range(_W):
+                zv = zf[src + np.uint64(j)]
+                x[j] = zv * sigmoid_(zv)
+            for j in range(_W):
+                grf[dst + np.uint64(j)] = gyf[src + np.uint64(j)] * x[j]
+        else:
+            for j in range(_W):
+                grf[dst + np.uint64(j)] = gyf[src + np.uint64(j)]
 
 
 @njit(cache=_config.CACHE, error_model="numpy")
-def _sel_vjp_post(gy, z, has_z, bi, t0, t1, DL, UU, GR, gu, gdelta, gz):
-    """Scatter the blocked results of tokens ``t0 .. t1-1`` of batch ``bi`` to ``(b, l, d)`` rows.
-
-    Each block writes its owned lanes: ``gu = UU``, ``gdelta = DL`` and, with ``z``,
-    ``gz = grad_y * GR * silu'(z)`` (``GR`` then holds the readout before the gate).
-    """
+def _sel_vjp_store(gy, z, has_z, bi, d0, jw, t0, t1, dl, uu, gr, gu, gdelta, gz):
+    """The chunk's results (rows ``t - t0`` of the ``(cl, 32)`` buffers) to the owned lanes
+    ``j >= jw`` of the ``(b, l, d)`` rows: ``gu = uu``, ``gdelta = dl`` and, with ``z``,
+    ``gz = grad_y * gr * silu'(z)`` (``gr`` then holds the readout before the gate)."""
     length = gu.shape[1]
     channels = gu.shape[2]
-    nblk = DL.shape[1]
     dt = gu.dtype
     one = np.ones(1, dtype=dt)[0]
     zf = z.reshape(z.size)
@@ -132,41 +136,44 @@ def _sel_vjp_post(gy, z, has_z, bi, t0, t1, DL, UU, GR, gu, gdelta, gz):
     guf = gu.reshape(gu.size)
     gdf = gdelta.reshape(gdelta.size)
     gzf = gz.reshape(gz.size)
-    DLf = DL.reshape(DL.size)
-    UUf = UU.reshape(UU.size)
-    GRf = GR.reshape(GR.size)
+    dlf = dl.reshape(dl.size)
+    uuf = uu.reshape(uu.size)
+    grf = gr.reshape(gr.size)
     for t in range(t0, t1):
-        for blk in range(nblk):
-            dstart = blk * _W
-            d0 = min(dstart, channels - _W)
-            jw = dstart - d0
-            dst = np.uint64((bi * length + t) * channels + d0)
-            src = np.uint64(((bi * nblk + blk) * length + t) * _W)
+        dst = np.uint64((bi * length + t) * channels + d0)
+        src = np.uint64((t - t0) * _W)
+        for j in range(jw, _W):
+            guf[dst + np.uint64(j)] = uuf[src + np.uint64(j)]
+            gdf[dst + np.uint64(j)] = dlf[src + np.uint64(j)]
+        if has_z:
             for j in range(jw, _W):
-                guf[dst + np.uint64(j)] = UUf[src + np.uint64(j)]
-                gdf[dst + np.uint64(j)] = DLf[src + np.uint64(j)]
-                if has_z:
-                    zv = zf[dst + np.uint64(j)]
-                    s = sigmoid_(zv)
-                    gzf[dst + np.uint64(j)] = gyf[dst + np.uint64(j)] * GRf[src + np.uint64(j)] * \
-                        (s * (one + zv * (one - s)))
+                zv = zf[dst + np.uint64(j)]
+                s = sigmoid_(zv)
+                gzf[dst + np.uint64(j)] = gyf[dst + np.uint64(j)] * grf[src + np.uint64(j)] * \
+                    (s * (one + zv * (one - s)))
 
 
 @njit(cache=_config.CACHE, error_model="numpy")
-def _sel_vjp_checkpoints(dl, uu, A, B, h0, bi, d0, cl, ck):
-    """``ck[k] (n, W)``: the block's state entering chunk ``k`` (the forward's operations)."""
+def _sel_vjp_checkpoints(u, delta, A, B, delta_bias, has_bias, softplus, h0, bi, d0, cl, ck):
+    """``ck[k] (n, W)``: the block's state entering chunk ``k`` (the forward's operations,
+    read straight from the ``(b, l, d)`` rows)."""
     nstate = A.shape[1]
+    length = u.shape[1]
+    channels = u.shape[2]
     ns = max(nstate, 1)
     nchunks = ck.shape[0]
-    dt = dl.dtype
+    dt = u.dtype
+    line = 64 // u.itemsize
     At = carray(stack_buffer(ns * _W, dt), (ns, _W))
     h = carray(stack_buffer(ns * _W, dt), (ns, _W))
+    dl = carray(stack_buffer(_W, dt), (_W,))
+    uu = carray(stack_buffer(_W, dt), (_W,))
     for n in range(nstate):
         for j in range(_W):
             At[n, j] = A[d0 + j, n]
             h[n, j] = h0[bi, d0 + j, n]
-    dlf = dl.reshape(dl.size)
-    uuf = uu.reshape(uu.size)
+    uf = u.reshape(u.size)
+    df = delta.reshape(delta.size)
     for k in range(nchunks):
         for n in range(nstate):
             for j in range(_W):
@@ -174,17 +181,33 @@ def _sel_vjp_checkpoints(dl, uu, A, B, h0, bi, d0, cl, ck):
         if k == nchunks - 1:
             break  # the last chunk's end state is never needed
         for t in range(k * cl, (k + 1) * cl):
-            row = np.uint64(t * _W)
+            row = np.uint64((bi * length + t) * channels + d0)
+            ahead = (bi * length + t + 16) * channels + d0
+            for q in range(0, _W, line):
+                prefetch(u, ahead + q)
+                prefetch(delta, ahead + q)
+            for j in range(_W):
+                x = df[row + np.uint64(j)]
+                if has_bias:
+                    x = x + delta_bias[d0 + j]
+                if softplus:
+                    x = softplus_(x)
+                dl[j] = x
+                uu[j] = uf[row + np.uint64(j)]
             for n in range(nstate):
                 bn = B[bi, t, n]
                 for j in range(_W):
-                    dv = dlf[row + np.uint64(j)]
-                    h[n, j] = exp_(dv * At[n, j]) * h[n, j] + (dv * bn) * uuf[row + np.uint64(j)]
+                    dv = dl[j]
+                    h[n, j] = exp_(dv * At[n, j]) * h[n, j] + (dv * bn) * uu[j]
 
 
 @njit(cache=_config.CACHE, error_model="numpy")
 def _sel_vjp_chunk(dl, uu, gr, sp, B, C, has_D, has_z, softplus, bi, jw, t0, t1, cl, hk, acc, gB, gC):
     """Tokens ``t1-1 .. t0`` of one block backward, from the chunk's checkpoint ``hk (n, W)``.
+
+    ``dl, uu, gr, sp (cl, W)`` hold the chunk's per-token inputs (row ``t - t0``;
+    :func:`_sel_vjp_load`) and receive its results (``dl`` the cotangent of ``delta``, ``uu``
+    that of ``u``, with ``z`` ``gr`` the readout before the gate).
 
     ``acc (3n + 3, W)`` carries, from chunk to chunk: rows ``[0, n)`` the state cotangent,
     ``[n, 2n)`` the sum for ``A``, row ``2n`` the sum for ``D``, ``2n + 1`` that for
@@ -229,7 +252,7 @@ def _sel_vjp_chunk(dl, uu, gr, sp, B, C, has_D, has_z, softplus, bi, jw, t0, t1,
     gCf = gC.reshape(gC.size)
     for t in range(t0, t1):  # recompute the chunk: states, transitions, readout, C terms
         tt = t - t0
-        row = np.uint64(t * _W)
+        row = np.uint64(tt * _W)
         if has_D:  # the readout before the gate (for z's cotangent; not used without z)
             for j in range(_W):
                 yr[j] = Dl[j] * uuf[row + np.uint64(j)]
@@ -256,7 +279,7 @@ def _sel_vjp_chunk(dl, uu, gr, sp, B, C, has_D, has_z, softplus, bi, jw, t0, t1,
                 ys[tt, j] = yr[j]
     for t in range(t1 - 1, t0 - 1, -1):  # backward through the chunk
         tt = t - t0
-        row = np.uint64(t * _W)
+        row = np.uint64(tt * _W)
         if has_D:
             for j in range(_W):
                 g = grf[row + np.uint64(j)]
@@ -311,52 +334,101 @@ def _sel_vjp_chunk(dl, uu, gr, sp, B, C, has_D, has_z, softplus, bi, jw, t0, t1,
 
 
 @njit(cache=_config.CACHE, error_model="numpy")
-def _sel_vjp_job(dl, uu, gr, sp, A, B, C, D, has_D, has_z, softplus, h0, ghT, cl, bi, d0, jw, ck,
-                 gA, gD, gbias, gB, gC, gh0):
-    """Backward of one (batch ``bi``, block ``d0 .. d0+31``) job; lanes ``j >= jw`` are owned.
+def _sel_vjp_group(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, softplus, h0, ghT, cl,
+                   bi, g0, g1, has_ck, ck_in, ck, acc, gu, gdelta, gz, gA_part, gD_part, gbias_part, gB_part,
+                   gC_part, gh0):
+    """Backward of the blocks ``g0 .. g1-1`` of batch ``bi`` (one parallel job).
 
-    ``dl, uu, gr, sp (l, 32)`` are the block's blocked inputs (:func:`_sel_vjp_prep`); on
-    exit ``dl`` holds the cotangent of ``delta``, ``uu`` that of ``u`` and, with ``z``,
-    ``gr`` the readout before the gate (each token is overwritten once its backward step
-    is done). ``ck (nchunks, n, W)`` is this job's checkpoint scratch; ``gA (n, W)``,
-    ``gD, gbias (W,)`` receive this job's batch-partial sums, ``gB, gC (l, n)`` its
-    channel-partial sums (lanes below ``jw`` contribute 0; the 32 lanes are summed by
-    the fixed tree ``((j + j+16) + (j+8 + j+24))`` for ``j < 8``, then
-    ``((0+4)+(2+6)) + ((1+5)+(3+7))``).
+    Block ``blk`` reads lanes ``d0 .. d0+31`` (the last block shifted left to end at the last
+    channel) and owns lanes ``j >= jw``. The job walks the chunks from the last to the first
+    and, for each chunk, runs every block of the group over it (the blocks share the pages
+    and cache lines of the chunk's ``(b, l, d)`` rows; the order of each block's own
+    operations is that of a block run alone). Per block and chunk: the inputs read straight
+    from the ``(b, l, d)`` arrays into stack buffers ``(cl, 32)`` (:func:`_sel_vjp_load`),
+    the chunk backward (:func:`_sel_vjp_chunk`), its ``gu, gdelta, gz`` written for the owned
+    lanes (:func:`_sel_vjp_store`). The chunk checkpoints: with ``has_ck``, read from
+    ``ck_in (b, nchunks, d, n)`` (the checkpointing forward's); else computed into this
+    job's scratch ``ck (group, nchunks, n, W)`` (:func:`_sel_vjp_checkpoints`). ``acc
+    (group, 3n + 3, W)``: the blocks' carried sums (see :func:`_sel_vjp_chunk`).
+    ``gA_part[bi, blk] (n, W)``, ``gD_part, gbias_part[bi, blk] (W,)`` receive the block's
+    batch-partial sums, ``gB_part, gC_part[blk, bi] (l, n)`` its channel-partial sums
+    (lanes below ``jw`` contribute 0; the 32 lanes are summed by the fixed tree
+    ``((j + j+16) + (j+8 + j+24))`` for ``j < 8``, then ``((0+4)+(2+6)) + ((1+5)+(3+7))``).
     """
-    length = dl.shape[0]
+    length = u.shape[1]
+    channels = u.shape[2]
     nstate = A.shape[1]
-    nchunks = ck.shape[0]
-    _sel_vjp_checkpoints(dl, uu, A, B, h0, bi, d0, cl, ck)
-    acc = np.zeros((3 * nstate + 3, _W), dtype=dl.dtype)
-    for n in range(nstate):
-        for j in range(_W):
-            acc[n, j] = ghT[bi, d0 + j, n]
-            acc[2 * nstate + 3 + n, j] = A[d0 + j, n]
-    if has_D:
-        for j in range(_W):
-            acc[2 * nstate + 2, j] = D[d0 + j]
+    ns = max(nstate, 1)
+    nchunks = (length + cl - 1) // cl
+    dt = u.dtype
+    zero = np.zeros(1, dtype=dt)[0]
+    dl = carray(stack_buffer(cl * _W, dt), (cl, _W))
+    uu = carray(stack_buffer(cl * _W, dt), (cl, _W))
+    gr = carray(stack_buffer(cl * _W, dt), (cl, _W))
+    sp = carray(stack_buffer(cl * _W if softplus else _W, dt), (cl if softplus else 1, _W))
+    hk = carray(stack_buffer(ns * _W, dt), (ns, _W))
+    for blk in range(g0, g1):
+        dstart = blk * _W
+        d0 = min(dstart, channels - _W)
+        ab = acc[blk - g0]
+        if not has_ck:
+            _sel_vjp_checkpoints(u, delta, A, B, delta_bias, has_bias, softplus, h0, bi, d0, cl, ck[blk - g0])
+        for r in range(3 * nstate + 3):
+            for j in range(_W):
+                ab[r, j] = zero
+        for n in range(nstate):
+            for j in range(_W):
+                ab[n, j] = ghT[bi, d0 + j, n]
+                ab[2 * nstate + 3 + n, j] = A[d0 + j, n]
+        if has_D:
+            for j in range(_W):
+                ab[2 * nstate + 2, j] = D[d0 + j]
     for k in range(nchunks - 1, -1, -1):
         t0 = k * cl
-        _sel_vjp_chunk(dl, uu, gr, sp, B, C, has_D, has_z, softplus, bi, jw, t0, min(t0 + cl, length), cl,
-                       ck[k], acc, gB, gC)
-    for n in range(nstate):
+        t1 = min(t0 + cl, length)
+        for blk in range(g0, g1):
+            dstart = blk * _W
+            d0 = min(dstart, channels - _W)
+            jw = dstart - d0
+            _sel_vjp_load(gy, u, delta, z, delta_bias, has_z, has_bias, softplus, bi, d0, t0, t1, cl,
+                          dl, uu, gr, sp)
+            if has_ck:
+                for n in range(nstate):
+                    for j in range(_W):
+                        hk[n, j] = ck_in[bi, k, d0 + j, n]
+            else:
+                for n in range(nstate):
+                    for j in range(_W):
+                        hk[n, j] = ck[blk - g0, k, n, j]
+            _sel_vjp_chunk(dl, uu, gr, sp, B, C, has_D, has_z, softplus, bi, jw, t0, t1, cl, hk, acc[blk - g0],
+                           gB_part[blk, bi], gC_part[blk, bi])
+            _sel_vjp_store(gy, z, has_z, bi, d0, jw, t0, t1, dl, uu, gr, gu, gdelta, gz)
+    for blk in range(g0, g1):
+        dstart = blk * _W
+        d0 = min(dstart, channels - _W)
+        jw = dstart - d0
+        ab = acc[blk - g0]
+        for n in range(nstate):
+            for j in range(jw, _W):
+                gh0[bi, d0 + j, n] = ab[n, j]
+                gA_part[bi, blk, n, j] = ab[nstate + n, j]
         for j in range(jw, _W):
-            gh0[bi, d0 + j, n] = acc[n, j]
-            gA[n, j] = acc[nstate + n, j]
-    for j in range(jw, _W):
-        gD[j] = acc[2 * nstate, j]
-        gbias[j] = acc[2 * nstate + 1, j]
+            gD_part[bi, blk, j] = ab[2 * nstate, j]
+            gbias_part[bi, blk, j] = ab[2 * nstate + 1, j]
 
 
 @njit(cache=_config.CACHE, parallel=True, error_model="numpy")
 def selective_scan_vjp_kernel(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, softplus,
-                              h0, ghT, chunk_length, gu, gdelta, gz, gA_part, gD_part, gbias_part,
-                              gB_part, gC_part, gh0):
+                              h0, ghT, chunk_length, has_ck, ck_in, group, gu, gdelta, gz, gA_part, gD_part,
+                              gbias_part, gB_part, gC_part, gh0):
     """Backward of the selective scan; see the module docstring. Requires ``channels >= 32``
     (or 0): :mod:`nbssm.ops` pads.
 
-    Outputs: ``gu, gdelta, gz (b, l, d)`` (every entry written), ``gh0 (b, d, n)``; per-job
+    ``ck_in (b, nchunks, d, n)``: the states entering every chunk of ``chunk_length`` tokens
+    (used with ``has_ck``; the caller checks that ``chunk_length`` is the kernel's capped one).
+    One parallel job per (batch, group of ``group`` neighbouring blocks of 32 channels):
+    only speed depends on ``group``, every block runs the same operations in the same order.
+    Outputs: ``gu, gdelta, gz (b, l, d)`` (every entry written), ``gh0 (b, d, n)``; per-block
     partials ``gA_part (b, nblk, n, 32)``, ``gD_part, gbias_part (b, nblk, 32)`` (lanes below
     a block's first owned lane are left as they were) and ``gB_part, gC_part (nblk, b, l, n)``
     (every entry written).
@@ -365,33 +437,20 @@ def selective_scan_vjp_kernel(gy, u, delta, A, B, C, D, z, delta_bias, has_D, ha
     nstate = A.shape[1]
     dt = u.dtype
     nblk = (channels + _W - 1) // _W
-    # the chunk's states and transitions live on the stack: at most _SCRATCH elements each
-    cl = max(1, min(chunk_length, _SCRATCH // (max(nstate, 1) * _W)))
+    cl = vjp_chunk(chunk_length, nstate)
     nchunks = (length + cl - 1) // cl
-    DL = np.empty((batch, nblk, length, _W), dtype=dt)
-    UU = np.empty((batch, nblk, length, _W), dtype=dt)
-    GR = np.empty((batch, nblk, length, _W), dtype=dt)
-    SP = np.empty((batch, nblk, length if softplus else 1, _W), dtype=dt)
-    ntiles = (length + _TILE - 1) // _TILE
-    for job in prange(batch * ntiles):
-        bi = job // ntiles
-        t0 = (job % ntiles) * _TILE
-        _sel_vjp_prep(gy, u, delta, z, delta_bias, has_z, has_bias, softplus, bi, t0, min(t0 + _TILE, length),
-                      DL, UU, GR, SP)
-    ck_all = np.empty((batch * nblk, nchunks, nstate, _W), dtype=dt)
-    for job in prange(batch * nblk):
-        bi = job // nblk
-        blk = job % nblk
-        dstart = blk * _W
-        d0 = min(dstart, channels - _W)
-        jw = dstart - d0
-        _sel_vjp_job(DL[bi, blk], UU[bi, blk], GR[bi, blk], SP[bi, blk], A, B, C, D, has_D, has_z, softplus,
-                     h0, ghT, cl, bi, d0, jw, ck_all[job], gA_part[bi, blk], gD_part[bi, blk],
-                     gbias_part[bi, blk], gB_part[blk, bi], gC_part[blk, bi], gh0)
-    for job in prange(batch * ntiles):
-        bi = job // ntiles
-        t0 = (job % ntiles) * _TILE
-        _sel_vjp_post(gy, z, has_z, bi, t0, min(t0 + _TILE, length), DL, UU, GR, gu, gdelta, gz)
+    group = max(1, min(group, nblk))
+    ngroups = (nblk + group - 1) // group
+    nck = 0 if has_ck else nchunks  # without given checkpoints, each job keeps its own
+    for job in prange(batch * ngroups):
+        bi = job // ngroups
+        g0 = (job % ngroups) * group
+        g1 = min(g0 + group, nblk)
+        ck = np.empty((g1 - g0, nck, nstate, _W), dtype=dt)
+        acc = np.empty((g1 - g0, 3 * nstate + 3, _W), dtype=dt)
+        _sel_vjp_group(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, softplus, h0, ghT, cl,
+                       bi, g0, g1, has_ck, ck_in, ck, acc, gu, gdelta, gz, gA_part, gD_part, gbias_part,
+                       gB_part, gC_part, gh0)
 
 
 @njit(cache=_config.CACHE, parallel=True, error_model="numpy")

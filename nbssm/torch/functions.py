@@ -6,7 +6,10 @@ state)``; convolution weight ``(channels, width)`` oldest tap first and history
 ``(batch, width-1, channels)``). Forward runs the Numba forward kernel, backward the Numba
 vector-Jacobian product (:func:`nbssm.ops.selective_scan_vjp`,
 :func:`nbssm.ops.causal_conv1d_vjp`, :func:`nbssm.ops.linear_scan_vjp`) on the saved inputs
-(nothing of size ``batch * length * channels * state`` is stored).
+(nothing of size ``batch * length * channels * state`` is stored). With the sequential
+strategy the selective scan's forward is :func:`nbssm.ops.selective_scan_checkpointed`: it
+keeps the state every ``VJP_CHUNK_LENGTH`` tokens (``b * d * n * l / 16`` elements) for the
+backward, which then skips its own forward pass (bitwise the same gradients).
 
 Tensors: CPU, strided, float32 or float64 (the compute dtype is float64 when a sequence input
 is float64, as in :mod:`nbssm.ops`; outputs have the compute dtype and each gradient the
@@ -87,8 +90,19 @@ class SelectiveScanFunction(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, strategy, chunk_length):
         names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
         arrs = [as_array(t, n) for t, n in zip((u, delta, A, B, C, D, z, delta_bias, initial_state), names)]
-        y, hT = ops.selective_scan(*arrs[:8], delta_softplus=bool(delta_softplus), initial_state=arrs[8],
-                                   return_final_state=True, strategy=strategy, chunk_length=chunk_length)
+        ua = arrs[0]
+        batch = 1 if ua is None or ua.ndim < 3 else ua.shape[0]
+        channels = 0 if ua is None or ua.ndim < 2 else ua.shape[-1]
+        ctx.checkpoints = None
+        if ua is not None and ua.ndim in (2, 3) and chunk_length is None and \
+                ops._strategy("selective", strategy, batch, channels) == "sequential":
+            # the checkpointing forward: the backward then skips its own forward pass
+            y, hT, ck = ops.selective_scan_checkpointed(*arrs[:8], delta_softplus=bool(delta_softplus),
+                                                        initial_state=arrs[8])
+            ctx.checkpoints = ck if np.isfinite(ck).all() else None  # the VJP refuses non-finite ones
+        else:
+            y, hT = ops.selective_scan(*arrs[:8], delta_softplus=bool(delta_softplus), initial_state=arrs[8],
+                                       return_final_state=True, strategy=strategy, chunk_length=chunk_length)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state)
         ctx.delta_softplus = bool(delta_softplus)
         ctx.set_materialize_grads(False)
@@ -108,7 +122,8 @@ class SelectiveScanFunction(torch.autograd.Function):
         g = ops.selective_scan_vjp(gy, u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
                                    delta_softplus=ctx.delta_softplus, initial_state=h0,
                                    grad_final_state=None if grad_final_state is None
-                                   else as_array(grad_final_state, "grad_final_state"))
+                                   else as_array(grad_final_state, "grad_final_state"),
+                                   checkpoints=ctx.checkpoints)
         return (*_grads(saved, g, ctx.needs_input_grad[:9]), None, None, None)
 
 
@@ -182,8 +197,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     initial_state : torch.Tensor, shape (batch, channels, state), optional
     return_final_state : bool
     strategy, chunk_length
-        The forward kernel's options (:func:`nbssm.ops.selective_scan`); the gradients use
-        the backward kernel's own checkpoints.
+        The forward kernel's options (:func:`nbssm.ops.selective_scan`). With the
+        sequential strategy (and ``chunk_length`` None) the forward is the checkpointing
+        one and the backward reuses its checkpoints; otherwise the backward computes its own.
 
     Returns
     -------
