@@ -146,7 +146,7 @@ def test_bad_tensors_raise_clear_errors():
 
 @pytest.mark.parametrize("length,extra", [
     (5, {}),
-    (70, {}),  # past the backward's checkpoint chunk (VJP_CHUNK_LENGTH = 64)
+    (70, {}),  # past the backward's checkpoint chunks (VJP_CHUNK_LENGTH = 32)
     (40, {"strategy": "chunked", "chunk_length": 16}),  # the forward's chunked strategy
 ])
 def test_gradcheck_selective_scan(length, extra):

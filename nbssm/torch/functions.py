@@ -8,7 +8,7 @@ vector-Jacobian product (:func:`nbssm.ops.selective_scan_vjp`,
 :func:`nbssm.ops.causal_conv1d_vjp`, :func:`nbssm.ops.linear_scan_vjp`) on the saved inputs
 (nothing of size ``batch * length * channels * state`` is stored). With the sequential
 strategy the selective scan's forward is :func:`nbssm.ops.selective_scan_checkpointed`: it
-keeps the state every ``VJP_CHUNK_LENGTH`` tokens (``b * d * n * l / 16`` elements) for the
+keeps the state every ``VJP_CHUNK_LENGTH`` tokens (``b * d * n * l / 32`` elements) for the
 backward, which then skips its own forward pass (bitwise the same gradients).
 
 Tensors: CPU, strided, float32 or float64 (the compute dtype is float64 when a sequence input
