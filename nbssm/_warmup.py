@@ -37,6 +37,29 @@ def _scans(dt) -> None:
     ops.causal_conv1d(a, np.ones((2, 3), dtype=dt), bias=np.ones(2, dt))
 
 
+def _gradients(dt) -> None:
+    """The backward kernels: the checkpointing forward and the selective scan's VJP with and
+    without its checkpoints, the linear scan's and the convolution's VJPs.
+
+    Compiled here, in the process that runs ``nbssm warmup``, they reach later processes from
+    the cache; the process that compiles the selective VJP itself runs it about 1.5x slower
+    than a process that loads it (``benchmarks/results/vjp.md``).
+    """
+    from . import ops
+
+    chans = ops.VJP_WIDTH
+    u = np.ones((1, 3, chans), dtype=dt)  # (b, l, d)
+    Bm = np.ones((1, 3, 2), dtype=dt)  # (b, l, n)
+    kw = dict(D=np.ones(chans, dt), z=u, delta_bias=np.ones(chans, dt), delta_softplus=True)
+    A = -np.ones((chans, 2), dtype=dt)
+    _, _, ck = ops.selective_scan_checkpointed(u, u, A, Bm, Bm, **kw)
+    ops.selective_scan_vjp(u, u, u, A, Bm, Bm, **kw)
+    ops.selective_scan_vjp(u, u, u, A, Bm, Bm, checkpoints=ck, **kw)
+    a = np.full((1, 3, 2), 0.5, dtype=dt)  # (b, l, d)
+    ops.linear_scan_vjp(a, a, a)
+    ops.causal_conv1d_vjp(a, a, np.ones((2, 3), dtype=dt), bias=np.ones(2, dt))
+
+
 def _models() -> None:
     """The runtime models' projection kernels and the language model's fused decode kernel."""
     from . import models
@@ -82,7 +105,8 @@ def warmup(verbose: bool = False, models: bool = True) -> dict:
     Calls each public entry point once on tiny inputs, for every dtype its
     kernels are specialised on: the scans and the convolution (float32 and
     float64, both strategies, both selective block widths), the runtime
-    models' projections (float32 and float64), the language model's prefill
+    models' projections (float32 and float64), the backward kernels (VJPs and the
+    checkpointing forward, float32 and float64), the language model's prefill
     and fused decode step (float32), the linear CDE kernels and the signature
     kernels (float64, their only compute dtype). Afterwards no call of these
     entry points compiles anything.
@@ -109,6 +133,8 @@ def warmup(verbose: bool = False, models: bool = True) -> dict:
     for dt in _DTYPES:
         _scans(dt)
         done(f"ops {np.dtype(dt).name}")
+        _gradients(dt)
+        done(f"gradients {np.dtype(dt).name}")
     if models:
         _models()
         done("models and language model")

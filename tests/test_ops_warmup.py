@@ -8,10 +8,15 @@ import nbssm
 
 
 def _dispatchers():
-    from nbssm._kernels import cde, conv, decode, dense, signature
+    from nbssm._kernels import cde, conv, decode, dense, signature, vjp
+    from nbssm._kernels.selective_scan import selective_scan_checkpoint_kernel
     from nbssm.ops import linear_scan_kernel, selective_scan_kernel
 
     return {
+        "selective_scan_vjp_kernel": vjp.selective_scan_vjp_kernel,
+        "selective_scan_checkpoint_kernel": selective_scan_checkpoint_kernel,
+        "linear_scan_vjp_kernel": vjp.linear_scan_vjp_kernel,
+        "causal_conv1d_vjp_kernel": vjp.causal_conv1d_vjp_kernel,
         "linear_scan_kernel": linear_scan_kernel,
         "selective_scan_kernel": selective_scan_kernel,
         "causal_conv1d_kernel": conv.causal_conv1d_kernel,
@@ -30,8 +35,10 @@ def test_warmup_compiles_every_kernel_family():
     assert res["seconds"] >= 0
     counts = {name: len(k.signatures) for name, k in _dispatchers().items()}
     assert all(c >= 1 for c in counts.values()), counts
-    for name in ("linear_scan_kernel", "selective_scan_kernel", "causal_conv1d_kernel"):
+    for name in ("linear_scan_kernel", "selective_scan_kernel", "causal_conv1d_kernel", "linear_scan_vjp_kernel",
+                 "causal_conv1d_vjp_kernel", "selective_scan_checkpoint_kernel"):
         assert counts[name] >= 2, name  # float32 and float64
+    assert counts["selective_scan_vjp_kernel"] >= 4, counts  # x (with, without checkpoints)
     # a second warmup and ordinary calls compile nothing new
     nbssm.warmup()
     rng = np.random.default_rng(0)
