@@ -15,6 +15,15 @@ import numpy as np
 _DTYPES = (np.float32, np.float64)
 
 
+def _selective_args(dt, batch: int, length: int, chans: int, nstate: int = 2):
+    """``(u, A, B, kw)``: all-ones selective-scan inputs with every optional argument present
+    (``u`` serves as ``delta``, ``z`` and a cotangent, ``B`` as ``C``)."""
+    u = np.ones((batch, length, chans), dtype=dt)  # (b, l, d)
+    Bm = np.ones((batch, length, nstate), dtype=dt)  # (b, l, n)
+    kw = dict(D=np.ones(chans, dt), z=u, delta_bias=np.ones(chans, dt), delta_softplus=True)
+    return u, -np.ones((chans, nstate), dtype=dt), Bm, kw
+
+
 def _scans(dt) -> None:
     """Linear and selective scans (both strategies, both selective block widths) and the convolution."""
     import numba
@@ -24,16 +33,13 @@ def _scans(dt) -> None:
     threads = numba.get_num_threads()
     # every block width of the selective kernel: (threads, 64 channels) picks 64, (1, 32) picks 32
     for batch, chans in ((threads, 64), (1, 32)):
-        u = np.ones((batch, 2, chans), dtype=dt)  # (b, l, d)
-        ops.selective_scan(u, u, -np.ones((chans, 2), dtype=dt), u[..., :2], u[..., :2], D=np.ones(chans, dt),
-                           z=u, delta_bias=np.ones(chans, dt), delta_softplus=True, strategy="sequential")
+        u, A, Bm, kw = _selective_args(dt, batch, 2, chans)
+        ops.selective_scan(u, u, A, Bm, Bm, **kw, strategy="sequential")
     a = np.full((1, 3, 2), 0.5, dtype=dt)  # (b, l, d)
+    u, A, Bm, kw = _selective_args(dt, 1, 3, 2)
     for strategy in ("sequential", "chunked"):
         ops.linear_scan(a, a, strategy=strategy, chunk_length=2)
-        u = np.ones((1, 3, 2), dtype=dt)  # (b, l, d)
-        Bm = np.ones((1, 3, 2), dtype=dt)  # (b, l, n)
-        ops.selective_scan(u, u, -np.ones((2, 2), dtype=dt), Bm, Bm, D=np.ones(2, dt), z=u,
-                           delta_bias=np.ones(2, dt), delta_softplus=True, strategy=strategy, chunk_length=2)
+        ops.selective_scan(u, u, A, Bm, Bm, **kw, strategy=strategy, chunk_length=2)
     ops.causal_conv1d(a, np.ones((2, 3), dtype=dt), bias=np.ones(2, dt))
 
 
@@ -41,17 +47,13 @@ def _gradients(dt) -> None:
     """The backward kernels: the checkpointing forward and the selective scan's VJP with and
     without its checkpoints, the linear scan's and the convolution's VJPs.
 
-    Compiled here, in the process that runs ``nbssm warmup``, they reach later processes from
+    Compiled by :func:`warmup` run in a process of its own, they reach later processes from
     the cache; the process that compiles the selective VJP itself runs it about 1.5x slower
     than a process that loads it (``benchmarks/results/vjp.md``).
     """
     from . import ops
 
-    chans = ops.VJP_WIDTH
-    u = np.ones((1, 3, chans), dtype=dt)  # (b, l, d)
-    Bm = np.ones((1, 3, 2), dtype=dt)  # (b, l, n)
-    kw = dict(D=np.ones(chans, dt), z=u, delta_bias=np.ones(chans, dt), delta_softplus=True)
-    A = -np.ones((chans, 2), dtype=dt)
+    u, A, Bm, kw = _selective_args(dt, 1, 3, ops.VJP_WIDTH)
     _, _, ck = ops.selective_scan_checkpointed(u, u, A, Bm, Bm, **kw)
     ops.selective_scan_vjp(u, u, u, A, Bm, Bm, **kw)
     ops.selective_scan_vjp(u, u, u, A, Bm, Bm, checkpoints=ck, **kw)
