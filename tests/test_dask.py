@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 
 import numpy as np
 import pytest
@@ -71,6 +72,19 @@ def _selective_inputs(batch, length, channels, nstate, seed=1, dtype=np.float64)
     return (u, dl, A, Bm, Cm), kw, h0
 
 
+def _persist(client):
+    """``client.persist`` of copies under new keys: an array whose keys an earlier graph of the
+    same inputs used can lose its blocks to that graph's late release messages (dask reuses
+    keys)."""
+    def persist(xs):
+        one = not isinstance(xs, (list, tuple))
+        fresh = [x.map_blocks(np.copy, name=f"persisted-{uuid.uuid4().hex}", dtype=x.dtype) for x in ([xs] if one else xs)]
+        out = client.persist(fresh)
+        distributed.wait(out)
+        return out[0] if one else out
+    return persist
+
+
 # ----------------------------------------------------------------------------- batch chunks
 def test_batch_chunks_bitwise(client):
     """Batch (and channel) chunks: bitwise the single-machine ops, with "auto" resolved
@@ -104,6 +118,8 @@ def test_linear_time_blocks_serial_bitwise_chunked(client, n_blocks, chunk_lengt
     ch = nd.time_chunks(length, n_blocks, chunk_length)
     assert len(ch) == n_blocks
     A, B = (da.from_array(x, chunks=(1, ch, 3)) for x in (a, b))
+    if n_blocks == 8:  # inputs persisted on the cluster (each block carries its own state)
+        A, B = _persist(client)([A, B])
     got, got_h = nd.linear_scan(A, B, initial_state=h0, strategy="chunked", chunk_length=chunk_length,
                                 return_final_state=True, combine=combine)
     got, got_h = dask.compute(got, got_h)
@@ -124,6 +140,12 @@ def test_selective_time_blocks_serial_bitwise_chunked(client, dtype):
     kw2 = dict(kw, z=da.from_array(kw["z"], chunks=(1, ch, 40)))
     y, h = nd.selective_scan(*dargs, **kw2, initial_state=h0, strategy="chunked", chunk_length=cl,
                              return_final_state=True)
+    y, h = dask.compute(y, h)
+    assert np.array_equal(y, want_y) and np.array_equal(h, want_h)
+    # inputs persisted on the cluster: every block carries its own entering state
+    pargs = [_persist(client)(x) if hasattr(x, "dask") else x for x in dargs]
+    y, h = nd.selective_scan(*pargs, **dict(kw2, z=_persist(client)(kw2["z"])), initial_state=h0, strategy="chunked",
+                             chunk_length=cl, return_final_state=True)
     y, h = dask.compute(y, h)
     assert np.array_equal(y, want_y) and np.array_equal(h, want_h)
 
@@ -171,18 +193,22 @@ def test_overflowing_product_follows_the_kernel(client):
     assert np.array_equal(np.signbit(got), np.signbit(want))
 
 
+@pytest.mark.parametrize("persisted", [False, True], ids=["graph-inputs", "persisted-inputs"])
 @pytest.mark.parametrize("combine", ["serial", "chain"])
-def test_rerun_blocks_on_the_cluster_bitwise(client, combine):
-    """Blocks whose summaries cannot stand, on the cluster: with "serial" the one carry task
-    submits their carry next to their data (an overflowed linear product; a selective state
-    past 2**52 through a product that underflows to 0), bitwise the chunked kernels."""
+def test_rerun_blocks_on_the_cluster_bitwise(client, combine, persisted):
+    """Blocks whose summaries cannot stand, on the cluster: with "serial" the carry submits
+    their carry next to their data (an overflowed linear product; a selective state past
+    2**52 through a product that underflows to 0), bitwise the chunked kernels. Inputs made
+    by the graph are carried by one task; persisted inputs by every block itself, each later
+    block re-running the earlier blocks that need it."""
+    keep = _persist(client) if persisted else (lambda xs: xs)
     a = np.full((1, 96, 2), 0.5)
     a[0, 30:34, 0] = 1e200  # block 1's chunk product overflows
     a[0, 70:72, 1] = 1e-200  # block 2's chunk product underflows to 0
     b = np.ones_like(a)
     h0 = np.array([[3.0, 1e300]])
     want = ops.linear_scan(a, b, initial_state=h0, strategy="chunked", chunk_length=8)
-    A, B = (da.from_array(x, chunks=(1, (32, 32, 32), 2)) for x in (a, b))
+    A, B = keep([da.from_array(x, chunks=(1, (32, 32, 32), 2)) for x in (a, b)])
     got = nd.linear_scan(A, B, initial_state=h0, strategy="chunked", chunk_length=8, combine=combine).compute()
     assert np.array_equal(got, want, equal_nan=True)
     args, kw, h0s = _selective_inputs(1, 90, 3, 2, seed=5)
@@ -190,8 +216,8 @@ def test_rerun_blocks_on_the_cluster_bitwise(client, combine):
     h0s[0, 0, :] = 1e60
     want_y = ops.selective_scan(*args, **kw, initial_state=h0s, strategy="chunked", chunk_length=10)
     ch = nd.time_chunks(90, 3, 10)
-    dargs = [da.from_array(x, chunks=(1, ch, x.shape[2])) if x.ndim == 3 else x for x in args]
-    kw2 = dict(kw, z=da.from_array(kw["z"], chunks=(1, ch, 3)))
+    dargs = [keep(da.from_array(x, chunks=(1, ch, x.shape[2]))) if x.ndim == 3 else x for x in args]
+    kw2 = dict(kw, z=keep(da.from_array(kw["z"], chunks=(1, ch, 3))))
     got_y = nd.selective_scan(*dargs, **kw2, initial_state=h0s, strategy="chunked", chunk_length=10,
                               combine=combine).compute()
     assert np.array_equal(got_y, want_y, equal_nan=True)
@@ -211,6 +237,51 @@ def test_serial_graph_for_a_cluster_computed_elsewhere_refuses_a_rerun(client):
     A2, B2 = (da.from_array(x, chunks=(1, (32, 32), 1)) for x in (a2, np.ones_like(a2)))
     assert np.array_equal(nd.linear_scan(A2, B2, strategy="chunked", chunk_length=8).compute(scheduler="synchronous"),
                           ops.linear_scan(a2, np.ones_like(a2), strategy="chunked", chunk_length=8))
+
+
+def _dropped(client, x, chunks):
+    """``x`` persisted on the cluster under a fresh key, as a dask array the caller does not
+    keep (the graph built on it must hold its blocks)."""
+    return _persist(client)(da.from_array(x, chunks=chunks))
+
+
+@pytest.mark.parametrize("op", ["linear-serial", "linear-chain", "linear-tree", "linear-sequential", "selective",
+                                "conv", "score_long"])
+def test_graphs_keep_persisted_inputs_alive(client, op):
+    """A graph built on persisted arrays that the caller then drops holds their blocks: it
+    computes (not "lost dependencies") and equals the single-machine result. Optimised
+    ``to_delayed`` culled the futures from the graph, for every blockwise-in-time builder."""
+    import gc
+
+    ch = nd.time_chunks(96, 3, 8)
+    if op.startswith("linear"):
+        a, b, h0 = _linear_inputs(1, 96, 2, seed=4)
+        strategy, combine = ("sequential", "serial") if op == "linear-sequential" else ("chunked", op.split("-")[1])
+        got = nd.linear_scan(_dropped(client, a, (1, ch, 2)), _dropped(client, b, (1, ch, 2)), initial_state=h0,
+                             strategy=strategy, chunk_length=8, combine=combine)
+        want = ops.linear_scan(a, b, initial_state=h0, strategy=strategy, chunk_length=8)
+        if combine == "tree":  # reassociated: the same graph on inputs it makes itself
+            want = nd.linear_scan(*(da.from_array(x, chunks=(1, ch, 2)) for x in (a, b)), initial_state=h0,
+                                  strategy=strategy, chunk_length=8, combine=combine).compute()
+    elif op == "selective":
+        args, kw, h0 = _selective_inputs(1, 96, 3, 2, seed=6)
+        dargs = [_dropped(client, x, (1, ch, x.shape[2])) if x.ndim == 3 else x for x in args]
+        kw2 = dict(kw, z=_dropped(client, kw["z"], (1, ch, 3)))
+        got = nd.selective_scan(*dargs, **kw2, initial_state=h0, strategy="chunked", chunk_length=8)
+        want = ops.selective_scan(*args, **kw, initial_state=h0, strategy="chunked", chunk_length=8)
+        del dargs, kw2
+    elif op == "conv":
+        x = _rng(7).standard_normal((2, 96, 3))
+        w = _rng(8).standard_normal((3, 4))
+        got = nd.causal_conv1d(_dropped(client, x, (1, ch, 3)), w, activation="silu")
+        want = ops.causal_conv1d(x, w, activation="silu")
+    else:
+        ids = _ids(1, 60, seed=9)[0]
+        got = nd.score_long(SOURCE, _dropped(client, ids, ((7, 23, 30),)))
+        want = nd.score_long(SOURCE, da.from_array(ids, chunks=((7, 23, 30),))).compute()
+    gc.collect()
+    time.sleep(0.3)  # the release messages of the dropped arrays reach the scheduler
+    assert np.array_equal(got.compute(), want)
 
 
 def test_time_blocks_off_the_chunk_grid_raise():

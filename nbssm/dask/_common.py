@@ -29,6 +29,14 @@ def as_dask(x, name: str, ndim: int | None = None):
     return x
 
 
+def blocks_of(x):
+    """``x.to_delayed()`` that keeps what the blocks stand on: the graph is not optimised, so
+    the blocks of a persisted array stay ``distributed`` futures in every graph built on them
+    (optimising culls the futures away, and once the caller drops the persisted array its
+    blocks are released before the graph runs: "lost dependencies")."""
+    return x.to_delayed(optimize_graph=False)
+
+
 def small(x, name: str):
     """A small parameter (``A``, ``D``, a weight, a state) as a numpy array (computed if dask)."""
     da = require_dask()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._common import as_dask, require_dask
+from ._common import as_dask, blocks_of, require_dask
 
 _MODELS: dict = {}
 _LOCK = threading.Lock()
@@ -257,7 +257,7 @@ def score_long(model: ModelSource, ids, return_state: bool = False):
     da = require_dask()
     _model_type_check(model)
     ids = as_dask(ids, "ids", 1)
-    blocks = ids.to_delayed()
+    blocks = blocks_of(ids)
     carried = (None, None)
     parts = []
     for j, blk in enumerate(blocks):
