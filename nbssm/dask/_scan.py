@@ -16,10 +16,12 @@ chunks), the graph runs the three phases of
    kernel chunks (in parallel, where its data lives;
    :mod:`nbssm._kernels.summary`, the kernels' phase 1);
 2. ``combine="serial"`` (default): the state is carried through every block's
-   chunk summaries, ``H <- P_k * H + Q_k`` in the kernel's order, by one task when
-   the graph is built with a ``distributed`` client as the default scheduler (only
-   the summaries travel to it; a block where a summary cannot stand is carried by a
-   task it submits next to that block's data), else (``combine="chain"``, also
+   chunk summaries, ``H <- P_k * H + Q_k`` in the kernel's order, when the graph is
+   built with a ``distributed`` client as the default scheduler: by every block's own
+   fix-up over the summaries before it when the inputs are persisted on the cluster
+   (only the summaries travel; no task waits for a scheduler round trip after the last
+   summary), by one task when the graph makes its inputs (a block where a summary
+   cannot stand is carried by a task submitted next to that block's data), else (``combine="chain"``, also
    on request) by a chain of one small task per block, where the block lives; both
    apply the kernels' one rule
    (:func:`nbssm._kernels.chunking.carry_ok`, spec ``ieee_carry_ok``) choosing
