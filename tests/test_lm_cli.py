@@ -76,6 +76,49 @@ def test_compiling_message_only_when_the_cache_is_cold(capsys, monkeypatch):
         assert ("no kernel cache" in err) is (state == "no cache")
 
 
+def test_warm_cache_loads_the_decode_kernel_beside_the_checkpoint_read(capsys, monkeypatch):
+    """With the decode kernel in the cache, ``generate`` starts a thread that loads it while
+    the checkpoint is read, and ``warmup_generate`` joins it before the tiny step; a cold
+    cache starts the compiling child instead (no thread)."""
+    import threading
+
+    from nbssm import _warmup
+    from nbssm.lm import cli
+
+    started, joined = [], []
+    real = _warmup.preload_decode
+
+    def spy(dtype, weights=None):
+        thread = real(dtype, weights)
+        started.append(thread)
+        orig_join = thread.join
+        thread.join = lambda *a, **k: (joined.append(thread), orig_join(*a, **k))[1]
+        return thread
+
+    monkeypatch.setattr(_warmup, "preload_decode", spy)
+    monkeypatch.setattr(cli, "kernel_cache_state", lambda dtype, prefill=True: "cached")
+    assert main(["generate", UNTIED, "--ids", "5,9", "-n", "2"]) == 0
+    assert len(started) == 1 and joined == started and not started[0].is_alive()
+    assert isinstance(started[0], threading.Thread) and started[0].daemon
+    monkeypatch.setattr(cli, "kernel_cache_state", lambda dtype, prefill=True: "cold")
+    monkeypatch.setattr(_warmup, "compile_decode_aside", lambda dtype, weights=None: None)
+    assert main(["generate", UNTIED, "--ids", "5,9", "-n", "2"]) == 0
+    assert len(started) == 1
+    capsys.readouterr()
+
+
+def test_preload_failure_is_left_to_warmup_generate():
+    """A preload thread that fails (here: an unknown weight format) ends quietly; the error is
+    raised where it is reported, by the tiny step that warmup_generate runs itself."""
+    from nbssm import _warmup
+
+    thread = _warmup.preload_decode(np.float32, "int3")
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    with pytest.raises((ValueError, TypeError)):
+        _warmup._tiny_step(np.float32, "int3")
+
+
 def test_kernel_cache_state_reads_the_index_files():
     from nbssm._kernels._jit import cache_directory, cached_signatures
     from nbssm._kernels.limits import triad

@@ -15,8 +15,10 @@ Cold start: a prompt of at most :data:`nbssm.lm.model.STEP_PREFILL_MAX_TOKENS` t
 prefilled by the decode kernel, so the run needs that one kernel only; longer prompts also need
 the prefill path's scan and convolution kernels. When the decode kernel is not in the cache, a
 child process starts compiling it (into the cache) before the checkpoint is read, so compiling
-and reading overlap (:func:`nbssm._warmup.compile_decode_aside`); "kernels" in the timings is
-what is left of that after the load, plus the prefill kernels of a long prompt.
+and reading overlap (:func:`nbssm._warmup.compile_decode_aside`); when it is in the cache, a
+thread loads it while the checkpoint is read (:func:`nbssm._warmup.preload_decode`). "kernels"
+in the timings is what is left of either after the load, plus the prefill kernels of a long
+prompt.
 """
 
 from __future__ import annotations
@@ -159,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         print(f"{prog}: error: {exc}", file=err)
         return 2
-    from .._warmup import compile_decode_aside, stop_aside, warmup_generate
+    from .._warmup import compile_decode_aside, preload_decode, stop_aside, warmup_generate
     from .model import STEP_PREFILL_MAX_TOKENS
 
     reported: set = set()  # cache states already reported (each message at most once)
@@ -174,15 +176,18 @@ def run(args: argparse.Namespace) -> int:
 
     dtype = np.dtype(args.dtype)
     weights = getattr(args, "weights", None)
-    aside = None
+    aside = preload = None
     # every run needs the decode kernel: when the cache lacks it, a child compiles it while the
-    # checkpoint is read (only for a plausible checkpoint and a valid dtype/weights pair)
+    # checkpoint is read, else a thread loads it from the cache meanwhile (only for a plausible
+    # checkpoint and a valid dtype/weights pair)
     if os.path.isfile(os.path.join(args.model_dir, "config.json")) and (
             weights in (None, dtype.name) or (dtype == np.float32 and weights in ("bf16", "fp16", "int8"))):
         decode_state = kernel_cache_state(dtype, prefill=False)
         announce(decode_state)
         if decode_state == "cold":
             aside = compile_decode_aside(dtype, weights)
+        elif decode_state == "cached":
+            preload = preload_decode(dtype, weights)
     t_import = _since_process_start()  # imports, and the cache check above
     try:
         t0 = time.perf_counter()
@@ -209,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
         cache_state = "no cache" if "no cache" in reported else "cold" if "cold" in reported else "cached"
         t1 = time.perf_counter()
         # compile or load exactly what generate calls, so the prefill is timed alone
-        warmup_generate(model, aside, prompt_length=int(ids.size))
+        warmup_generate(model, aside, prompt_length=int(ids.size), preload=preload)
         kernels_s = time.perf_counter() - t1
         t1 = time.perf_counter()
         gen = model.generate(ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
