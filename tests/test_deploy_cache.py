@@ -210,3 +210,23 @@ def test_numba_cache_dir_is_honoured(tmp_path):
     out = _run(root, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
     assert out["value"] == 4.0 and out["dir"].startswith(str(tmp_path / "numba" / "nbssm"))
     assert _run(root, NUMBA_CACHE_DIR=str(tmp_path / "numba"))["hits"] == 1
+
+
+def test_numba_ir_assumption_warning_silenced_for_nbssm_kernels_only():
+    """Numba's pedantic IR check ("variable ... is not in scope. Please report ...") fires when
+    the selective-scan backward compiles: silenced where Numba reports it (the kernel file's
+    path as the module), still shown for any other code."""
+    import warnings
+
+    import numba
+
+    import nbssm._kernels._jit  # noqa: F401  # installs the filter
+
+    kernel = os.path.join(os.path.dirname(nbssm.__file__), "_kernels", "vjp.py")
+    elsewhere = os.path.join(os.path.dirname(nbssm.__file__), "..", "user_kernels", "vjp.py")
+    for path, shown in ((kernel, False), (elsewhere, True), ("/work/other/_kernels/x.py", True)):
+        with warnings.catch_warnings(record=True) as got:
+            # keep the installed filters; let everything else through
+            warnings.filterwarnings("always", category=UserWarning)
+            warnings.warn_explicit("variable 'v' is not in scope.", numba.NumbaIRAssumptionWarning, path, 451)
+        assert (len(got) == 1) is shown, path

@@ -56,6 +56,12 @@ __all__ = ["cache_directory", "cached_signatures", "in_serial_fork", "kernels", 
 _KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))
 _MAGIC = b"NBSSM-CACHE-1\n"
 
+# Numba's pedantic IR check warns ("variable ... is not in scope. Please report ...") when a
+# parallel loop's body inlines an overload that is itself inlined (fastmath's sigmoid in the
+# selective-scan backward): a check of Numba's own bookkeeping, not of the code, which compiles
+# and is tested against the references. Silenced for nbssm's kernel modules only.
+warnings.filterwarnings("ignore", category=numba.NumbaIRAssumptionWarning, module=r"(.*[/\\])?nbssm[/\\.]_kernels([/\\.]|$)")
+
 # every dispatcher made by njit, with its options: (dispatcher, options, cached)
 _KERNELS: list = []
 
