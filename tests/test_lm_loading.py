@@ -222,6 +222,29 @@ def test_truncated_file(tmp_path, keep):
         MambaLM.from_pretrained(str(d))
 
 
+def test_file_shrinking_while_read_in_parallel(tmp_path, monkeypatch):
+    """A file cut short after its header was validated (changed while loading): the thread that
+    reads past the end raises the loader's error, not a partial model."""
+    from nbssm.lm import loading
+
+    monkeypatch.setattr(loading, "_PARALLEL_READ_BYTES", 0)
+    monkeypatch.setattr("nbssm.threads._affinity", lambda: 2)
+    d = tmp_path / "shrinks"
+    shutil.copytree(TIED, d)
+    path = d / "model.safetensors"
+    real = loading.read_headers
+
+    def headers_then_cut(directory):
+        got = real(directory)
+        data = path.read_bytes()
+        path.write_bytes(data[:len(data) - 64])
+        return got
+
+    monkeypatch.setattr(loading, "read_headers", headers_then_cut)
+    with pytest.raises(CheckpointError, match="truncated"):
+        MambaLM.from_pretrained(str(d))
+
+
 def test_garbage_header(tmp_path):
     d = tmp_path / "garbage"
     shutil.copytree(TIED, d)
@@ -283,12 +306,19 @@ def test_hf_config_defaults():
 
 
 # ------------------------------------------------------- per-layer tensors read in place
+@pytest.mark.parametrize("threads", [1, 2, 3], ids=["serial", "2-threads", "3-threads"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_loaded_tensors_equal_safetensors_own_reader(tmp_path, dtype):
+def test_loaded_tensors_equal_safetensors_own_reader(tmp_path, dtype, threads, monkeypatch):
     """Per-layer tensors are read straight into one (layers, ...) buffer per family (float32:
     the stored bytes; float64: converted into it); every tensor still equals what safetensors
-    itself reads, in sharded files too (families split across shards)."""
+    itself reads, in sharded files too (families split across shards), read by one thread or
+    by several (groups of tensors, each thread with its own file handles)."""
+    from nbssm.lm import loading
     from nbssm.lm.loading import load_checkpoint
+
+    monkeypatch.setattr(loading, "_PARALLEL_READ_BYTES", 0 if threads > 1 else 1 << 62)
+    monkeypatch.setattr(loading, "_READ_THREADS", threads)
+    monkeypatch.setattr("nbssm.threads._affinity", lambda: 8)
 
     t = _tensors(UNTIED)
     names = sorted(t)
@@ -302,6 +332,8 @@ def test_loaded_tensors_equal_safetensors_own_reader(tmp_path, dtype):
     (d / "config.json").write_text(json.dumps(_config(UNTIED)))
     _, got = load_checkpoint(str(d), dtype)
     assert set(got) == set(t)
+    stored_order = [n for n in names[0::2]] + [n for n in names[1::2]]
+    assert [n for n in got if n in t] == [n for n in stored_order if n in got]  # the files' order, not the threads'
     for n in t:
         assert got[n].dtype == dtype and np.array_equal(got[n], t[n].astype(dtype)), n
     layered = [n for n in t if ".layers." in n]

@@ -375,6 +375,12 @@ def read_tensors(directory: str, dtype=np.float32, names: Iterable[str] | None =
     return _read_data(read_headers(directory), np.dtype(dtype), None if names is None else set(names))
 
 
+#: threads reading a checkpoint of at least :data:`_PARALLEL_READ_BYTES` (at most the CPUs this
+#: process may use)
+_READ_THREADS = 2
+_PARALLEL_READ_BYTES = 64 << 20
+
+
 def _read_data(headers, dtype: np.dtype, wanted: set | None, keep: str | None = None) -> dict[str, np.ndarray]:
     tensors: dict[str, np.ndarray] = {}
     for path, header, _start in headers:
@@ -386,17 +392,56 @@ def _read_data(headers, dtype: np.dtype, wanted: set | None, keep: str | None = 
                     f"{path}: tensor {name!r} has dtype {entry['dtype']}; expected F32, F16, BF16 or F64"
                 )
     rows = _layer_buffers(headers, dtype, wanted, keep)
+    work = []
     for path, header, start in headers:
-        todo = [n for n in header if wanted is None or n in wanted]
-        if not todo:
-            continue
+        for name in header:
+            if wanted is None or name in wanted:
+                begin, end = header[name]["data_offsets"]
+                work.append((path, start, name, header[name], end - begin))
+    total = sum(w[4] for w in work)
+    parts = _READ_THREADS if total >= _PARALLEL_READ_BYTES else 1
+    if parts > 1:
+        from ..threads import _affinity
+
+        parts = min(parts, _affinity())
+    # the tensors in ``parts`` groups of about equal bytes, each read by its own thread with its
+    # own file handles: the copies out of the page cache and the first touch of the fresh
+    # memory they go to (most of a warm load) run on every core, without the Python lock
+    groups: list[list] = [[] for _ in range(parts)]
+    sizes = [0] * parts
+    for item in sorted(work, key=lambda w: -w[4]):
+        k = sizes.index(min(sizes))
+        groups[k].append(item)
+        sizes[k] += item[4]
+
+    def read_group(group) -> dict[str, np.ndarray]:
+        got: dict[str, np.ndarray] = {}
+        handles: dict[str, object] = {}
         try:
-            with open(path, "rb") as f:
-                for name in todo:
-                    tensors[name] = _read_tensor(f, path, start, name, header[name], dtype, keep, rows.get(name))
-        except OSError as exc:
-            raise CheckpointError(f"{path}: cannot read safetensors file ({exc.strerror or exc})") from None
-    return tensors
+            for path, start, name, entry, _ in group:
+                try:
+                    f = handles.get(path)
+                    if f is None:
+                        f = handles[path] = open(path, "rb")  # noqa: SIM115  # closed below
+                    got[name] = _read_tensor(f, path, start, name, entry, dtype, keep, rows.get(name))
+                except OSError as exc:
+                    raise CheckpointError(f"{path}: cannot read safetensors file ({exc.strerror or exc})") from None
+        finally:
+            for f in handles.values():
+                f.close()  # type: ignore[attr-defined]
+        return got
+
+    if parts == 1:
+        results = [read_group(groups[0])]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=parts, thread_name_prefix="nbssm-read") as pool:
+            results = [fut.result() for fut in [pool.submit(read_group, g) for g in groups]]
+    order = {w[2]: i for i, w in enumerate(work)}
+    for got in results:
+        tensors.update(got)
+    return dict(sorted(tensors.items(), key=lambda kv: order[kv[0]]))
 
 
 def _normal_name(name: str) -> str:
