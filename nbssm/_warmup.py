@@ -217,12 +217,16 @@ def warmup_generate(model, aside=None, prompt_length: int = 1, preload=None) -> 
     prompt_length : int
         The length of the prompt ``generate`` will be given.
     preload : threading.Thread, optional
-        A thread of :func:`preload_decode` (joined before the tiny step, which then finds
-        the kernel loaded).
+        A thread of :func:`preload_decode`, joined before any kernel runs here (the tiny
+        step then finds the decode kernel loaded).
     """
     from .lm.model import STEP_PREFILL_MAX_TOKENS
 
     ids = np.zeros((1, 1), dtype=np.int64)
+    if preload is not None:
+        # before any kernel runs here: two threads launching parallel kernels at once is not
+        # safe on every threading layer (Numba's workqueue layer aborts)
+        preload.join()
     try:
         if prompt_length > STEP_PREFILL_MAX_TOKENS:
             model.forward(ids, last_only=True)
@@ -235,8 +239,6 @@ def warmup_generate(model, aside=None, prompt_length: int = 1, preload=None) -> 
         except Exception:  # noqa: BLE001  # a stuck child: compile here instead
             aside.kill()
             aside.wait()
-    if preload is not None:
-        preload.join()
     _tiny_step(model.dtype, model.weights)
 
 

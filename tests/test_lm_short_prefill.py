@@ -138,6 +138,24 @@ def test_warmup_generate_runs_forward_only_for_long_prompts(model, monkeypatch):
     assert calls == [1]
 
 
+def test_warmup_generate_joins_the_preload_before_any_kernel(model, monkeypatch):
+    """The preload thread is joined before the long prompt's forward runs: two threads
+    launching parallel kernels at once is unsafe on Numba's workqueue threading layer."""
+    from nbssm import _warmup
+
+    order = []
+
+    class Preload:
+        def join(self, timeout=None):
+            order.append("join")
+
+    orig = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: order.append("forward") or orig(*a, **k))
+    monkeypatch.setattr(_warmup, "_tiny_step", lambda dtype, weights: order.append("tiny"))
+    _warmup.warmup_generate(model, prompt_length=SHORT + 1, preload=Preload())
+    assert order == ["join", "forward", "tiny"]
+
+
 def test_kernel_cache_state_for_a_short_prompt_reads_the_decode_kernel_only(monkeypatch):
     from nbssm._kernels import _jit
     from nbssm._kernels.decode import decode_step
