@@ -215,13 +215,23 @@ def test_numba_cache_dir_is_honoured(tmp_path):
 def test_numba_ir_assumption_warning_silenced_for_nbssm_kernels_only():
     """Numba's pedantic IR check ("variable ... is not in scope. Please report ...") fires when
     the selective-scan backward compiles: silenced where Numba reports it (the kernel file's
-    path as the module), still shown for any other code."""
+    path as the module), still shown for any other code; a compile puts the filter back when
+    a ``catch_warnings`` block took it away (pytest's per-test blocks do)."""
     import warnings
 
     import numba
 
-    import nbssm._kernels._jit  # noqa: F401  # installs the filter
+    from nbssm._kernels import _jit
 
+    # a compile (re)installs the filter, whatever catch_warnings blocks took it away since
+    with warnings.catch_warnings():
+        warnings.resetwarnings()
+        assert not any(f[2] is numba.NumbaIRAssumptionWarning for f in warnings.filters)
+        numba.njit(lambda x: x + 1)(1)
+        assert any(f[2] is numba.NumbaIRAssumptionWarning and f[0] == "ignore" for f in warnings.filters)
+    _jit._quiet_ir_checks()
+    _jit._quiet_ir_checks()
+    assert sum(f[2] is numba.NumbaIRAssumptionWarning for f in warnings.filters) == 1  # installed once
     kernel = os.path.join(os.path.dirname(nbssm.__file__), "_kernels", "vjp.py")
     elsewhere = os.path.join(os.path.dirname(nbssm.__file__), "..", "user_kernels", "vjp.py")
     for path, shown in ((kernel, False), (elsewhere, True), ("/work/other/_kernels/x.py", True)):

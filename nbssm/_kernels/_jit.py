@@ -46,6 +46,7 @@ import tempfile
 import warnings
 
 import numba
+import numba.core.event
 from numba import prange
 from numba.core import caching as _caching
 
@@ -59,8 +60,32 @@ _MAGIC = b"NBSSM-CACHE-1\n"
 # Numba's pedantic IR check warns ("variable ... is not in scope. Please report ...") when a
 # parallel loop's body inlines an overload that is itself inlined (fastmath's sigmoid in the
 # selective-scan backward): a check of Numba's own bookkeeping, not of the code, which compiles
-# and is tested against the references. Silenced for nbssm's kernel modules only.
-warnings.filterwarnings("ignore", category=numba.NumbaIRAssumptionWarning, module=r"(.*[/\\])?nbssm[/\\.]_kernels([/\\.]|$)")
+# and is tested against the references. Silenced for nbssm's kernel files only (Numba reports
+# it with the file's path as the module). The filter is (re)installed at the start of every
+# compile, so that a ``warnings.catch_warnings()`` block that was open when nbssm was imported
+# (pytest opens one per test) does not take it away.
+_IR_CHECK_MODULE = r"(.*[/\\])?nbssm[/\\.]_kernels([/\\.]|$)"
+
+
+def _quiet_ir_checks() -> None:
+    """Install the filter above unless it is already in :data:`warnings.filters`."""
+    for action, _msg, category, module, _line in warnings.filters:
+        if (action == "ignore" and category is numba.NumbaIRAssumptionWarning and module is not None
+                and module.pattern == _IR_CHECK_MODULE):
+            return
+    warnings.filterwarnings("ignore", category=numba.NumbaIRAssumptionWarning, module=_IR_CHECK_MODULE)
+
+
+class _QuietIRChecks(numba.core.event.Listener):
+    def on_start(self, event) -> None:
+        _quiet_ir_checks()
+
+    def on_end(self, event) -> None:
+        pass
+
+
+_quiet_ir_checks()
+numba.core.event.register("numba:compile", _QuietIRChecks())
 
 # every dispatcher made by njit, with its options: (dispatcher, options, cached)
 _KERNELS: list = []
