@@ -269,7 +269,7 @@ def preload_decode(dtype, weights: str | None = None):
     def load() -> None:
         try:
             _tiny_step(dtype, weights)
-        except BaseException:  # noqa: BLE001  # retried, and reported, by warmup_generate
+        except Exception:  # noqa: BLE001  # retried, and reported, by warmup_generate
             pass
 
     thread = threading.Thread(target=load, name="nbssm-preload-decode", daemon=True)

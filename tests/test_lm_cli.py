@@ -107,14 +107,19 @@ def test_warm_cache_loads_the_decode_kernel_beside_the_checkpoint_read(capsys, m
     capsys.readouterr()
 
 
-def test_preload_failure_is_left_to_warmup_generate():
-    """A preload thread that fails (here: an unknown weight format) ends quietly; the error is
-    raised where it is reported, by the tiny step that warmup_generate runs itself."""
+def test_preload_failure_is_left_to_warmup_generate(monkeypatch):
+    """A preload thread that fails (here: an unknown weight format) ends quietly (no exception
+    escapes the thread); the error is raised where it is reported, by the tiny step that
+    warmup_generate runs itself."""
+    import threading
+
     from nbssm import _warmup
 
+    escaped = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: escaped.append(args.exc_value))
     thread = _warmup.preload_decode(np.float32, "int3")
     thread.join(timeout=60)
-    assert not thread.is_alive()
+    assert not thread.is_alive() and escaped == []
     with pytest.raises((ValueError, TypeError)):
         _warmup._tiny_step(np.float32, "int3")
 
@@ -130,7 +135,9 @@ def test_kernel_cache_state_reads_the_index_files():
         assert sigs is None and kernel_cache_state(np.float32) == "no cache"
         return
     assert any("float64" in s for s in sigs)
-    main(["generate", UNTIED, "--ids", "5", "-n", "1"])  # generate's kernels are now in the cache
+    main(["generate", UNTIED, "--ids", "5", "-n", "1"])  # a short prompt: the decode kernel only
+    assert kernel_cache_state(np.float32, prefill=False) == "cached"
+    main(["generate", UNTIED, "--ids", ",".join(["5"] * 10), "-n", "1"])  # a long one: the prefill's too
     assert kernel_cache_state(np.float32) == "cached"
     assert cached_signatures(len) is None  # not a kernel
 

@@ -61,8 +61,8 @@ _MAGIC = b"NBSSM-CACHE-1\n"
 # parallel loop's body inlines an overload that is itself inlined (fastmath's sigmoid in the
 # selective-scan backward): a check of Numba's own bookkeeping, not of the code, which compiles
 # and is tested against the references. Silenced for nbssm's kernel files only (Numba reports
-# it with the file's path as the module). The filter is (re)installed at the start of every
-# compile, so that a ``warnings.catch_warnings()`` block that was open when nbssm was imported
+# it with the file's path as the module). The filter is installed at the start of every
+# compile (where the warning can arise), so that a ``warnings.catch_warnings()`` block that was open when nbssm was imported
 # (pytest opens one per test) does not take it away.
 _IR_CHECK_MODULE = r"(.*[/\\])?nbssm[/\\.]_kernels([/\\.]|$)"
 
@@ -84,7 +84,6 @@ class _QuietIRChecks(numba.core.event.Listener):
         pass
 
 
-_quiet_ir_checks()
 numba.core.event.register("numba:compile", _QuietIRChecks())
 
 # every dispatcher made by njit, with its options: (dispatcher, options, cached)

@@ -347,12 +347,6 @@ def _central_carry(try_carry, carry, h0, keys, *summaries):
     return states
 
 
-class _Own:
-    """Marks a block that carries its own entering state (:func:`_carried`)."""
-
-    __slots__ = ()
-
-
 def _carried(try_carry, carry, h0, keys, n_prior, fn, *args, **kwargs):
     """``fn(*rest, h)``, ``h`` the state entering this block: carried from ``h0`` over the
     ``n_prior`` earlier blocks' summaries (the last ``n_prior`` arguments) in this task, as
@@ -499,7 +493,8 @@ def _time_parallel(seqs, h0_blocks, summarize, carry, run_block, strategy, chunk
         if fixup is not None and combine == "serial" and nt > 1:
             # the last block's chunks but its last, summarised with the others
             sums.append(delayed(summarize, *args[nt - 1], last=True))
-        own = combine == "serial" and nt > 1 and central is not None and not held
+        # (central: combine="serial" on a distributed cluster)
+        own = central is not None and nt > 1 and not held
         if own:
             # inputs persisted on the cluster: every block carries its own entering state over
             # the earlier blocks' summaries inside its fix-up (a few numbers per chunk and lane
@@ -508,7 +503,6 @@ def _time_parallel(seqs, h0_blocks, summarize, carry, run_block, strategy, chunk
             # scheduler after the last one. A block needing a re-run is carried next to its
             # data (alive: persisted), by every later block that needs it.
             keys = [_Keys(input_keys[j]) for j in range(nt - 1)]
-            entering += [(_Own(), j) for j in range(1, nt)]
         elif combine == "serial" and nt > 1 and central is not None:
             # one task carries the state over every block's summaries (only they travel: a few
             # numbers per chunk and lane); a block needing a re-run is carried next to its data,
@@ -530,7 +524,7 @@ def _time_parallel(seqs, h0_blocks, summarize, carry, run_block, strategy, chunk
         row = []
         for j in range(nt):
             key = (out_name, i, j, 0) if j < nt - 1 else None
-            if isinstance(entering[j][0], _Own):
+            if own and j > 0:
                 if fixup is not None:
                     row.append(delayed(_carried, central, carry, h0_blocks[i], keys[:j], j, fixup, *args[j], sums[j],
                                        *sums[:j], last=j == nt - 1, key=key))

@@ -21,6 +21,7 @@ import stat
 import struct
 import weakref
 from collections.abc import Iterable
+from contextlib import ExitStack
 
 import numpy as np
 
@@ -382,7 +383,6 @@ _PARALLEL_READ_BYTES = 64 << 20
 
 
 def _read_data(headers, dtype: np.dtype, wanted: set | None, keep: str | None = None) -> dict[str, np.ndarray]:
-    tensors: dict[str, np.ndarray] = {}
     for path, header, _start in headers:
         for name, entry in header.items():
             if entry["dtype"] == "I8" and _quantized(path):
@@ -416,32 +416,27 @@ def _read_data(headers, dtype: np.dtype, wanted: set | None, keep: str | None = 
 
     def read_group(group) -> dict[str, np.ndarray]:
         got: dict[str, np.ndarray] = {}
-        handles: dict[str, object] = {}
-        try:
+        with ExitStack() as files:
+            handles: dict = {}
             for path, start, name, entry, _ in group:
                 try:
-                    f = handles.get(path)
-                    if f is None:
-                        f = handles[path] = open(path, "rb")  # noqa: SIM115  # closed below
-                    got[name] = _read_tensor(f, path, start, name, entry, dtype, keep, rows.get(name))
+                    if path not in handles:
+                        handles[path] = files.enter_context(open(path, "rb"))
+                    got[name] = _read_tensor(handles[path], path, start, name, entry, dtype, keep, rows.get(name))
                 except OSError as exc:
                     raise CheckpointError(f"{path}: cannot read safetensors file ({exc.strerror or exc})") from None
-        finally:
-            for f in handles.values():
-                f.close()  # type: ignore[attr-defined]
         return got
 
     if parts == 1:
-        results = [read_group(groups[0])]
+        read = read_group(groups[0])
     else:
         from concurrent.futures import ThreadPoolExecutor
 
+        read = {}
         with ThreadPoolExecutor(max_workers=parts, thread_name_prefix="nbssm-read") as pool:
-            results = [fut.result() for fut in [pool.submit(read_group, g) for g in groups]]
-    order = {w[2]: i for i, w in enumerate(work)}
-    for got in results:
-        tensors.update(got)
-    return dict(sorted(tensors.items(), key=lambda kv: order[kv[0]]))
+            for fut in [pool.submit(read_group, g) for g in groups]:
+                read.update(fut.result())
+    return {w[2]: read[w[2]] for w in work}  # the files' order, whichever thread read a tensor
 
 
 def _normal_name(name: str) -> str:
