@@ -421,10 +421,12 @@ def selective_scan_checkpointed(u, delta, A, B, C, D=None, z=None, delta_bias=No
         Bitwise ``selective_scan(..., strategy="sequential")``.
     final_state : ndarray, shape (batch, channels, state) or (channels, state)
         Bitwise the sequential ``selective_scan``'s.
-    checkpoints : ndarray, shape (batch, nchunks, channels, state) or (nchunks, channels, state)
+    checkpoints : ndarray, shape (batch, nchunks, state, channels) or (nchunks, state, channels)
         ``checkpoints[i, k]``: the state entering token ``k * c`` (``c`` the capped
-        ``checkpoint_length``, ``nchunks = ceil(length / c)``; ``checkpoints[:, 0]`` is the
-        initial state). The compute dtype.
+        ``checkpoint_length``, ``nchunks = ceil(length / c)``), **state-major**: the
+        transpose of the state's ``(channels, state)`` layout, so that the kernels store
+        and load whole rows of channels (``checkpoints[:, 0]`` is
+        ``initial_state.transpose(0, 2, 1)``). The compute dtype.
     """
     if strategy not in ("auto", "sequential"):
         raise ValueError(f"strategy: the checkpointing forward is sequential; expected 'auto' or 'sequential', "
@@ -480,14 +482,14 @@ def _selective_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, init
                               bool(delta_softplus), h0, y, hT, cl, width, group)
     else:
         ckl = _vjp_chunk_length(ck_length, length, nstate)
-        ck = np.empty((batch, (length + ckl - 1) // ckl, chans, nstate), dtype=dt)
+        ck = np.empty((batch, (length + ckl - 1) // ckl, nstate, chans), dtype=dt)
         selective_scan_checkpoint_kernel(u_, delta_, A_, B_, C_, D_, z_, bias_, has_D, has_z, has_bias,
                                          bool(delta_softplus), h0, y, hT, ck, ckl, width, group)
     if chans != channels:
         y_out[...] = y[:, :, :channels]
         hT = np.ascontiguousarray(hT[:, :channels, :])
         if ck is not None:
-            ck = np.ascontiguousarray(ck[:, :, :channels, :])
+            ck = np.ascontiguousarray(ck[:, :, :, :channels])
     if ck is not None and unbatched:
         ck = ck[0]
     return result, (hT[0] if unbatched else hT), ck
@@ -669,7 +671,7 @@ def selective_scan_vjp(grad_y, u, delta, A, B, C, D=None, z=None, delta_bias=Non
         chunk by chunk from the last, recomputes the chunk's states and runs it backward.
         Any integer >= 1 (the kernel caps it so that a chunk's states fit a stack scratch of
         ``_SCRATCH`` = 16384 elements); the gradients do not depend on it (bitwise).
-    checkpoints : array_like, shape (batch, nchunks, channels, state), optional
+    checkpoints : array_like, shape (batch, nchunks, state, channels), optional
         The third result of :func:`selective_scan_checkpointed` on the same inputs with
         ``checkpoint_length`` equal to ``chunk_length``: the kernel then skips its forward
         pass (the gradients are bitwise those computed without). Checked: the shape
@@ -707,7 +709,7 @@ def selective_scan_vjp(grad_y, u, delta, A, B, C, D=None, z=None, delta_bias=Non
     cl = _vjp_chunk_length(cl, length, nstate)
     ck = None
     if checkpoints is not None:
-        ck = _checkpoints_arg(checkpoints, dt, (batch, (length + cl - 1) // cl, channels, nstate), unbatched, cl)
+        ck = _checkpoints_arg(checkpoints, dt, (batch, (length + cl - 1) // cl, nstate, channels), unbatched, cl)
     g = _selective_vjp(gy, u_, delta_, A_, B_, C_, D_, z_, bias_, has_D, has_z, has_bias, bool(delta_softplus),
                        h0, ghT, cl, ck)
     gu, gdelta, gA, gB, gC, gD, gz, gbias, gh0 = g
@@ -738,7 +740,7 @@ def _checkpoints_arg(ck, dt, shape: tuple, unbatched: bool, cl: int):
     arr = np.asarray(ck)
     want = shape[1:] if unbatched else shape
     if arr.shape != want:
-        raise ValueError(f"checkpoints: expected shape {want} (batch, ceil(length / {cl}), channels, state "
+        raise ValueError(f"checkpoints: expected shape {want} (batch, ceil(length / {cl}), state, channels "
                          f"for chunk length {cl}: selective_scan_checkpointed's third result with "
                          f"checkpoint_length = chunk_length), got {arr.shape}")
     if arr.dtype != dt:
@@ -774,7 +776,7 @@ def _selective_vjp(gy, u, delta, A, B, C, D, z, bias, has_D, has_z, has_bias, so
     A_, h0_, ghT_ = pad(A, 0), pad(h0, 1), pad(ghT, 1)
     D_, bias_, z_ = pad(D, 0, has_D), pad(bias, 0, has_bias), pad(z, 2, has_z)
     has_ck = ck is not None
-    ck_ = pad(ck, 2) if has_ck else np.zeros((1, 1, 1, 1), dt)
+    ck_ = pad(ck, 3) if has_ck else np.zeros((1, 1, 1, 1), dt)
     nblk = (chans + W - 1) // W
     run = bool(batch and length and chans)
     full = np.empty if run else np.zeros  # the kernel writes every entry of these

@@ -46,16 +46,17 @@ def _states_numpy(kw):
 
 
 @pytest.mark.parametrize("shape,cl", [((2, 37, 45, 5), 16), ((1, 64, 96, 16), 16), ((3, 50, 33, 4), 7),
-                                      ((1, 16, 32, 3), 16), ((2, 21, 7, 40), 16), ((1, 5, 70, 2), 3)])
+                                      ((1, 16, 32, 3), 16), ((2, 21, 7, 40), 16), ((1, 5, 70, 2), 3),
+                                      ((1, 20, 33, 70), 16)])  # 70 states: two slabs of the forward
 def test_checkpoints_are_the_states_at_chunk_boundaries(shape, cl):
     kw, _, _ = _inputs(shape, seed=sum(shape))
     y, hT, ck = O.selective_scan_checkpointed(checkpoint_length=cl, **kw)
     H = _states_numpy(kw)
     c = min(cl, shape[1], 16384 // (32 * shape[3]))  # the backward's cap: a chunk's states fit its stack scratch
     nchunks = -(-shape[1] // c)
-    assert ck.shape == (shape[0], nchunks, shape[2], shape[3]) and ck.dtype == np.float64
-    np.testing.assert_allclose(ck, H[:, 0:nchunks * c:c], rtol=1e-12, atol=1e-12)
-    assert np.array_equal(ck[:, 0], kw["initial_state"])
+    assert ck.shape == (shape[0], nchunks, shape[3], shape[2]) and ck.dtype == np.float64  # state-major
+    np.testing.assert_allclose(ck, H[:, 0:nchunks * c:c].transpose(0, 1, 3, 2), rtol=1e-12, atol=1e-12)
+    assert np.array_equal(ck[:, 0], kw["initial_state"].transpose(0, 2, 1))
     y0, hT0 = O.selective_scan(strategy="sequential", return_final_state=True, **kw)
     assert np.array_equal(y, y0) and np.array_equal(hT, hT0)  # bitwise the sequential forward
     y1 = O.selective_scan(**kw)  # "auto" is sequential here (batch * channels >= 16)
@@ -90,7 +91,7 @@ def test_vjp_with_checkpoints_other_chunk_lengths_and_2d():
     k2 = {k: (v[0] if k in ("u", "delta", "B", "C", "z", "initial_state") else v) for k, v in kw.items()}
     y, hT, ck = O.selective_scan_checkpointed(**k2)
     nchunks = -(-45 // O.VJP_CHUNK_LENGTH)  # 6 states: the default chunk is under the scratch cap
-    assert y.shape == (45, 40) and hT.shape == (40, 6) and ck.shape == (nchunks, 40, 6)
+    assert y.shape == (45, 40) and hT.shape == (40, 6) and ck.shape == (nchunks, 6, 40)
     g2 = O.selective_scan_vjp(gy[0], grad_final_state=gT[0], checkpoints=ck, **k2)
     assert np.array_equal(g2.u, g0.u[0]) and np.array_equal(g2.A, g0.A)
 
@@ -98,7 +99,7 @@ def test_vjp_with_checkpoints_other_chunk_lengths_and_2d():
 def test_length_zero():
     kw, gy, gT = _inputs((2, 0, 33, 4), seed=1)
     y, hT, ck = O.selective_scan_checkpointed(**kw)
-    assert y.shape == (2, 0, 33) and ck.shape == (2, 0, 33, 4) and np.array_equal(hT, kw["initial_state"])
+    assert y.shape == (2, 0, 33) and ck.shape == (2, 0, 4, 33) and np.array_equal(hT, kw["initial_state"])
     g = O.selective_scan_vjp(gy, grad_final_state=gT, checkpoints=ck, **kw)
     assert np.array_equal(g.initial_state, gT)
 

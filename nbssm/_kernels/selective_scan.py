@@ -63,11 +63,13 @@ def _sel_block_geometry(blk, channels, W):
 
 @njit(cache=_config.CACHE, error_model="numpy")
 def _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_softplus,
-             bi, d0, jw, t0, t1, state, y, W):
+             bi, d0, jw, t0, t1, state, y, W, ck, ck_length):
     """Run tokens ``t0..t1-1`` for the block of channels ``d0..d0+W-1``.
 
     ``state (n, W)`` holds the block's state on entry and receives it on
-    exit; ``y[bi, t, d0+j]`` is written for ``j >= jw``. Per token, the spec's
+    exit; ``y[bi, t, d0+j]`` is written for ``j >= jw``. With ``ck_length > 0`` the state
+    entering every token ``t`` divisible by it is also stored in ``ck[bi, t // ck_length]``
+    (``(n, d)``, state-major: rows of lanes; the lanes ``j >= jw``): the checkpointing forward. Per token, the spec's
     ``SelectiveMambaBlockSpec`` order with ``A = -A_spec``, every line
     elementwise over the block's channel lanes::
 
@@ -107,6 +109,7 @@ def _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_
     df = delta.reshape(delta.size)
     zf = z.reshape(z.size)
     yf = y.reshape(y.size)
+    ckf = ck.reshape(ck.size)
     for n0 in range(0, max(nstate, 1), _SLAB):
         ns = min(_SLAB, nstate - n0)
         first = n0 == 0
@@ -115,7 +118,17 @@ def _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_
             for j in range(W):
                 At[n, j] = A[d0 + j, n0 + n]
                 h[n, j] = state[n0 + n, j]
+        nxt = -1  # the next token whose entering state is a checkpoint
+        if ck_length > 0:
+            nxt = (t0 + ck_length - 1) // ck_length * ck_length
         for t in range(t0, t1):
+            if t == nxt:
+                kc = t // ck_length
+                for n in range(ns):
+                    crow = np.uint64(((bi * ck.shape[1] + kc) * ck.shape[2] + n0 + n) * channels + d0)
+                    for j in range(jw, W):
+                        store_nontemporal(ckf, crow + np.uint64(j), h[n, j])
+                nxt += ck_length
             row = np.uint64((bi * length + t) * channels + d0)
             # rows (b, l, d) are `channels` apart: prefetch every cache line of the block's
             # row a few tokens ahead
@@ -310,6 +323,7 @@ def selective_scan_kernel(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has
             for n in range(nstate):
                 for j in range(jw, W):
                     hT[bi, d0 + j, n] = h0[bi, d0 + j, n]
+    nock = np.empty((1, 1, 1, 1), dtype=dt)  # no checkpoints (ck_length 0)
     # phase 3: fix-up, every chunk from its carried state, with the readout. One job runs
     # `group` neighbouring blocks over the same tokens in tiles of _TILE tokens, so that
     # the blocks share the pages and DRAM rows of every token row (fewer TLB misses);
@@ -330,10 +344,10 @@ def selective_scan_kernel(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has
                 state = H[bi, k, blk]  # (n, W): the carried state in, the state after tb out
                 if W == 64:
                     _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_softplus,
-                             bi, d0, jw, ta, tb, state, y, 64)
+                             bi, d0, jw, ta, tb, state, y, 64, nock, 0)
                 else:
                     _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_softplus,
-                             bi, d0, jw, ta, tb, state, y, 32)
+                             bi, d0, jw, ta, tb, state, y, 32, nock, 0)
         if k == nchunks - 1:
             for blk in range(g0, g1):
                 d0, jw = _sel_block_geometry(blk, channels, W)
@@ -346,8 +360,10 @@ def selective_scan_kernel(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has
 def selective_scan_checkpoint_kernel(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias,
                                      delta_softplus, h0, y, hT, ck, ck_length, W, group):
     """The sequential selective scan that also stores the state entering every chunk of
-    ``ck_length`` tokens: ``ck[bi, k, d, n]`` is the state before token ``k * ck_length``
-    (``ck (b, nchunks, d, n)``, ``nchunks = ceil(l / ck_length)``; ``ck[:, 0]`` is ``h0``).
+    ``ck_length`` tokens: ``ck[bi, k, n, d]`` is the state before token ``k * ck_length``
+    (``ck (b, nchunks, n, d)``, state-major, so that both this kernel and the backward move
+    whole rows of lanes; ``nchunks = ceil(l / ck_length)``; ``ck[:, 0]`` is ``h0``
+    transposed).
 
     ``y`` and ``hT`` are those of :func:`selective_scan_kernel` with one chunk, bit for
     bit: each block runs :func:`_sel_run` over the same tokens in order (only the token
@@ -372,21 +388,19 @@ def selective_scan_checkpoint_kernel(u, delta, A, B, C, D, z, delta_bias, has_D,
             for n in range(nstate):
                 for j in range(W):
                     H[bi, blk, n, j] = h0[bi, d0 + j, n]
-        for k in range(nchunks):
-            ta = k * ck_length
-            tb = min(ta + ck_length, length)
+        # tiles of _TILE tokens, the blocks of the group taking turns (as the forward
+        # kernel's phase 3); _sel_run stores the checkpoints as it passes them
+        for ta in range(0, length, _TILE):
+            tb = min(ta + _TILE, length)
             for blk in range(g0, g1):
                 d0, jw = _sel_block_geometry(blk, channels, W)
                 state = H[bi, blk]
-                for n in range(nstate):
-                    for j in range(jw, W):
-                        ck[bi, k, d0 + j, n] = state[n, j]
                 if W == 64:
                     _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_softplus,
-                             bi, d0, jw, ta, tb, state, y, 64)
+                             bi, d0, jw, ta, tb, state, y, 64, ck, ck_length)
                 else:
                     _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_softplus,
-                             bi, d0, jw, ta, tb, state, y, 32)
+                             bi, d0, jw, ta, tb, state, y, 32, ck, ck_length)
         for blk in range(g0, g1):
             d0, jw = _sel_block_geometry(blk, channels, W)
             for n in range(nstate):

@@ -347,7 +347,7 @@ def _sel_vjp_group(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bi
     from the ``(b, l, d)`` arrays into stack buffers ``(cl, 32)`` (:func:`_sel_vjp_load`),
     the chunk backward (:func:`_sel_vjp_chunk`), its ``gu, gdelta, gz`` written for the owned
     lanes (:func:`_sel_vjp_store`). The chunk checkpoints: with ``has_ck``, read from
-    ``ck_in (b, nchunks, d, n)`` (the checkpointing forward's); else computed into this
+    ``ck_in (b, nchunks, n, d)`` (the checkpointing forward's, state-major); else computed into this
     job's scratch ``ck (group, nchunks, n, W)`` (:func:`_sel_vjp_checkpoints`). ``acc
     (group, 3n + 3, W)``: the blocks' carried sums (see :func:`_sel_vjp_chunk`).
     ``gA_part[bi, blk] (n, W)``, ``gD_part, gbias_part[bi, blk] (W,)`` receive the block's
@@ -395,7 +395,7 @@ def _sel_vjp_group(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bi
             if has_ck:
                 for n in range(nstate):
                     for j in range(_W):
-                        hk[n, j] = ck_in[bi, k, d0 + j, n]
+                        hk[n, j] = ck_in[bi, k, n, d0 + j]
             else:
                 for n in range(nstate):
                     for j in range(_W):
@@ -424,7 +424,7 @@ def selective_scan_vjp_kernel(gy, u, delta, A, B, C, D, z, delta_bias, has_D, ha
     """Backward of the selective scan; see the module docstring. Requires ``channels >= 32``
     (or 0): :mod:`nbssm.ops` pads.
 
-    ``ck_in (b, nchunks, d, n)``: the states entering every chunk of ``chunk_length`` tokens
+    ``ck_in (b, nchunks, n, d)``: the states (state-major) entering every chunk of ``chunk_length`` tokens
     (used with ``has_ck``; the caller checks that ``chunk_length`` is the kernel's capped one).
     One parallel job per (batch, group of ``group`` neighbouring blocks of 32 channels):
     only speed depends on ``group``, every block runs the same operations in the same order.
