@@ -27,6 +27,18 @@ import os
 #: at the first parallel kernel call; this module is imported before any kernel runs)
 OMP_WAIT_POLICY: str = os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+
+
+def affinity() -> int:
+    """The number of CPUs this process may run on (``os.sched_getaffinity``; the CPU count
+    where that is missing). Here rather than in :mod:`nbssm.threads` so that code run before
+    Numba is imported (the checkpoint read of ``nbssm generate``) can use it."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 

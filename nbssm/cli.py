@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     name = argv[0]
     want_json = "--json" in argv[1:]
     module = import_module(SUBCOMMANDS[name][0])
+    early = getattr(module, "start_early", None)
+    if early is not None and not ({"-h", "--help"} & set(argv[1:])):
+        early(argv[1:])  # e.g. generate's checkpoint read, during the imports below
     sub = build_subparser(name, module)
     want_json = want_json and _has_option(sub, "--json")
     try:

@@ -47,11 +47,7 @@ def max_threads() -> int:
     return int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]  # set at runtime
 
 
-def _affinity() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+_affinity = _config.affinity
 
 
 def _check(n, name: str = "threads", top: int | None = None) -> int:

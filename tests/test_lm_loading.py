@@ -318,7 +318,7 @@ def test_loaded_tensors_equal_safetensors_own_reader(tmp_path, dtype, threads, m
 
     monkeypatch.setattr(loading, "_PARALLEL_READ_BYTES", 0 if threads > 1 else 1 << 62)
     monkeypatch.setattr(loading, "_READ_THREADS", threads)
-    monkeypatch.setattr("nbssm.threads._affinity", lambda: 8)
+    monkeypatch.setattr("nbssm._config.affinity", lambda: 8)
 
     t = _tensors(UNTIED)
     names = sorted(t)
@@ -375,3 +375,89 @@ def test_finite_check_survives_an_overflowing_sum():
         x[617] = bad
         assert not _all_finite(x)
     assert _all_finite(np.zeros(0, np.float32))
+
+
+# --------------------------------------------------------------------------- prefetch
+# `nbssm generate` reads its checkpoint in a thread while it imports the kernels' modules
+# (nbssm.lm.loading.prefetch_checkpoint); the load then takes that result.
+
+
+def test_prefetched_checkpoint_is_taken_once_with_the_same_tensors(tmp_path):
+    from nbssm.lm import loading
+
+    d = _write(str(tmp_path / "m"), _tensors(), _config())
+    _, want = loading.load_checkpoint(d, np.float32)
+    assert loading.prefetch_checkpoint(d, np.float32)
+    assert not loading.prefetch_checkpoint(d, np.float32)  # one pending per (directory, dtype, keep)
+    pending = loading._prefetched[loading._prefetch_key(d, np.float32, None)]
+    _, got = loading.load_checkpoint(d, np.float32)
+    assert got is pending[2]["result"][1]  # the prefetched result itself, not a second read
+    assert not loading._prefetched
+    assert list(got) == list(want) and all(np.array_equal(got[n], want[n]) for n in want)
+    _, again = loading.load_checkpoint(d, np.float32)  # taken once: this call reads
+    assert again is not got and all(np.array_equal(again[n], want[n]) for n in want)
+
+
+def test_prefetch_of_other_arguments_or_changed_files_is_not_used(tmp_path):
+    from nbssm.lm import loading
+
+    t = _tensors()
+    d = _write(str(tmp_path / "m"), t, _config())
+    assert loading.prefetch_checkpoint(d, np.float64)
+    _, got = loading.load_checkpoint(d, np.float32)  # another dtype: read, the float64 prefetch stays
+    assert all(v.dtype == np.float32 for v in got.values())
+    assert len(loading._prefetched) == 1
+    _, got64 = loading.load_checkpoint(d, np.float64)
+    assert not loading._prefetched and all(v.dtype == np.float64 for v in got64.values())
+
+    assert loading.prefetch_checkpoint(d, np.float32)
+    loading._prefetched[loading._prefetch_key(d, np.float32, None)][1].join()
+    name = next(n for n in t if n.endswith("embeddings.weight"))
+    t2 = dict(t, **{name: t[name] + 1})
+    path = os.path.join(d, "model.safetensors")
+    before = os.stat(path).st_mtime_ns
+    _write(d, t2, _config())  # rewritten after the prefetch read it: the load reads again
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, max(st.st_mtime_ns, before + 1)))  # a coarse clock may repeat
+    _, got = loading.load_checkpoint(d, np.float32)
+    assert np.array_equal(got[name], t2[name].astype(np.float32))
+
+
+def test_failed_prefetch_lets_the_load_raise_its_own_error(tmp_path):
+    from nbssm.lm import loading
+
+    t = _tensors()
+    name = next(n for n in t if n.endswith("A_log"))
+    t[name] = t[name].copy()
+    t[name].flat[0] = np.nan
+    d = _write(str(tmp_path / "m"), t, _config())
+    assert loading.prefetch_checkpoint(d, np.float32)
+    with pytest.raises(CheckpointError, match="non-finite|NaN"):
+        loading.load_checkpoint(d, np.float32)
+    assert not loading._prefetched
+    assert not loading.prefetch_checkpoint(str(tmp_path / "absent"), np.float32)  # nothing to list: not started
+
+
+def test_generate_starts_the_prefetch_before_importing_numba(tmp_path):
+    """`nbssm generate` looks at its arguments before Numba is imported and starts the read;
+    arguments it cannot parse, a directory without config.json, --help: nothing started."""
+    import subprocess
+    import sys
+
+    d = _write(str(tmp_path / "m"), _tensors(), _config())
+    probe = (
+        "import sys\n"
+        "import nbssm.cli, nbssm.lm.cli, nbssm.lm.loading as L\n"
+        "assert 'numba' not in sys.modules, 'numba imported by the command line modules'\n"
+        "started = []\n"
+        "L.prefetch_checkpoint = lambda *a, **k: started.append((a, k)) or True\n"
+        "for argv in ([D, '--ids', '1,2', '--threads', '1'], ['--weights', 'bf16', D, '--ids', '1'],\n"
+        "             [D, '--ids', '1', '--dtype', 'float64', '--weights', 'bf16'], [D + '/none', '--ids', '1'],\n"
+        "             ['--ids', '1'], [D, '--max-new-tokens', 'x', '--ids', '1']):\n"
+        "    nbssm.lm.cli.start_early(argv)\n"
+        "print(started)\n"
+        "assert 'numba' not in sys.modules\n"
+    ).replace("D", repr(d))
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == repr([((d, "float32"), {"keep": None}), ((d, "float32"), {"keep": "bf16"})])

@@ -376,7 +376,6 @@ def selective_scan_checkpoint_kernel(u, delta, A, B, C, D, z, delta_bias, has_D,
     nstate = A.shape[1]
     dt = u.dtype
     nblk = (channels + W - 1) // W
-    nchunks = ck.shape[1]
     H = np.empty((batch, nblk, nstate, W), dtype=dt)
     ngroups = (nblk + group - 1) // group
     for job in prange(batch * ngroups):

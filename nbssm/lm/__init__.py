@@ -9,24 +9,41 @@ Importing this package compiles nothing (the decode kernel compiles on first use
 """
 
 import warnings
+from importlib import import_module
 
-from ..models import MambaMixer
-from ..state import ModelState, StateFileError, StateMismatchError
-from .config import MambaLMConfig, UnsupportedConfigError, parse_config
-from .loading import CheckpointError, load_checkpoint
-from .model import Generation, MambaLM
-from .sampling import sample_next
+# names resolved on first access, so that importing a submodule that needs only numpy (the
+# checkpoint reader, the command line) does not import Numba: `nbssm generate` starts reading
+# the checkpoint before the kernels' modules are imported
+_LAZY = {
+    "MambaMixer": "nbssm.models",
+    "ModelState": "nbssm.state",
+    "StateFileError": "nbssm.state",
+    "StateMismatchError": "nbssm.state",
+    "MambaLMConfig": "nbssm.lm.config",
+    "UnsupportedConfigError": "nbssm.lm.config",
+    "parse_config": "nbssm.lm.config",
+    "CheckpointError": "nbssm.lm.loading",
+    "load_checkpoint": "nbssm.lm.loading",
+    "Generation": "nbssm.lm.model",
+    "MambaLM": "nbssm.lm.model",
+    "sample_next": "nbssm.lm.sampling",
+}
 
-__all__ = [
-    "CheckpointError", "Generation", "MambaLM", "MambaLMConfig", "MambaMixer", "ModelState",
-    "StateFileError", "StateMismatchError", "UnsupportedConfigError", "load_checkpoint", "parse_config",
-    "sample_next",
-]
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str):
     if name == "MambaLMState":
         warnings.warn("MambaLMState is deprecated; use nbssm.ModelState (the one state type)", DeprecationWarning,
                       stacklevel=2)
-        return ModelState
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        return __getattr__("ModelState")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -18,7 +18,9 @@ child process starts compiling it (into the cache) before the checkpoint is read
 and reading overlap (:func:`nbssm._warmup.compile_decode_aside`); when it is in the cache, a
 thread loads it while the checkpoint is read (:func:`nbssm._warmup.preload_decode`). "kernels"
 in the timings is what is left of either after the load, plus the prefill kernels of a long
-prompt.
+prompt. Warm start: the checkpoint's read starts in a thread before Numba and the kernels'
+modules are imported (:func:`start_early`, :func:`nbssm.lm.loading.prefetch_checkpoint`), so
+"checkpoint load" is what is left of the read after the imports.
 """
 
 from __future__ import annotations
@@ -87,6 +89,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timings", action="store_true",
                         help="also print the time to the first token, split into imports, checkpoint load, kernels "
                              "(compile or cache load) and prefill, as one JSON line on stderr")
+
+
+class _EarlyParser(argparse.ArgumentParser):
+    """A parser that raises instead of printing and exiting (the early look at the arguments)."""
+
+    def error(self, message):
+        raise ValueError(message)
+
+
+def start_early(argv: list[str]) -> None:
+    """Work started before the command's parser and Numba are imported (``nbssm.cli`` calls it):
+    the checkpoint named by ``argv`` is read in a thread during the imports
+    (:func:`nbssm.lm.loading.prefetch_checkpoint`; the load takes its result). Arguments this
+    look cannot parse start nothing: the real parser reports them."""
+    parser = _EarlyParser(add_help=False)
+    add_arguments(parser)
+    parser.add_argument("--threads")  # the command's option, added with Numba's thread policy later
+    try:
+        args, _ = parser.parse_known_args(argv)
+    except (ValueError, TypeError, SystemExit):
+        return
+    weights = args.weights
+    dtype = args.dtype
+    if not os.path.isfile(os.path.join(args.model_dir, "config.json")):
+        return
+    if weights not in (None, dtype) and not (dtype == "float32" and weights in ("bf16", "fp16", "int8")):
+        return  # refused by the load itself
+    from .loading import prefetch_checkpoint
+
+    prefetch_checkpoint(args.model_dir, dtype, keep=weights if weights in ("bf16", "fp16") else None)
 
 
 def _since_process_start() -> float | None:

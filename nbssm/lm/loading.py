@@ -19,6 +19,7 @@ import os
 import re
 import stat
 import struct
+import threading
 import weakref
 from collections.abc import Iterable
 from contextlib import ExitStack
@@ -401,9 +402,9 @@ def _read_data(headers, dtype: np.dtype, wanted: set | None, keep: str | None = 
     total = sum(w[4] for w in work)
     parts = _READ_THREADS if total >= _PARALLEL_READ_BYTES else 1
     if parts > 1:
-        from ..threads import _affinity
+        from .._config import affinity
 
-        parts = min(parts, _affinity())
+        parts = min(parts, affinity())
     # the tensors in ``parts`` groups of about equal bytes, each read by its own thread with its
     # own file handles: the copies out of the page cache and the first touch of the fresh
     # memory they go to (most of a warm load) run on every core, without the Python lock
@@ -599,6 +600,13 @@ def load_checkpoint(directory: str, dtype=np.float32, keep: str | None = None) -
     if keep not in (None, "bf16", "fp16"):
         raise ValueError(f"keep: expected None, 'bf16' or 'fp16', got {keep!r}")
     dtype = np.dtype(dtype)
+    done = _take_prefetched(directory, dtype, keep)
+    if done is not None:
+        return done
+    return _load_checkpoint(directory, dtype, keep)
+
+
+def _load_checkpoint(directory: str, dtype: np.dtype, keep: str | None) -> tuple[MambaLMConfig, dict[str, np.ndarray]]:
     config = read_config(directory)
     headers = read_headers(directory)  # refuses pickles before anything else is read
     entries = {}
@@ -624,10 +632,82 @@ def load_checkpoint(directory: str, dtype=np.float32, keep: str | None = None) -
     return config, checked
 
 
+# --------------------------------------------------------------------------- prefetch
+# `nbssm generate` starts the read of its checkpoint in a thread before it imports Numba and
+# the kernels' modules (about 0.4 s), so that the copies out of the page cache and the first
+# touch of the fresh memory (0.4-0.7 s for a mamba-130m checkpoint) run during the imports.
+
+_prefetched: dict = {}  # (real path, dtype, keep) -> (files' signature, thread, result box)
+_prefetch_lock = threading.Lock()
+
+
+def _files_signature(directory: str) -> tuple:
+    """(name, size, mtime_ns, inode) of every file of the directory, sorted."""
+    out = []
+    with os.scandir(directory) as entries:
+        for e in entries:
+            if e.is_file():
+                st = e.stat()
+                out.append((e.name, st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(sorted(out))
+
+
+def _prefetch_key(directory: str, dtype, keep) -> tuple:
+    return (os.path.realpath(directory), np.dtype(dtype).str, keep)
+
+
+def prefetch_checkpoint(directory: str, dtype=np.float32, keep: str | None = None) -> bool:
+    """Start :func:`load_checkpoint` ``(directory, dtype, keep)`` in a background thread.
+
+    The next :func:`load_checkpoint` call with the same arguments waits for it and returns its
+    result, provided the directory's files are unchanged (names, sizes, modification times,
+    inodes as when the prefetch started); otherwise it reads again. The prefetch raises
+    nothing: when it fails, the call that takes it reads again and raises that error itself.
+    Returns whether a prefetch was started (not for a directory that cannot be listed, nor
+    while one with the same arguments is pending).
+    """
+    directory = os.fspath(directory)
+    try:
+        key = _prefetch_key(directory, dtype, keep)
+        signature = _files_signature(directory)
+    except (OSError, TypeError, ValueError):
+        return False
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["result"] = _load_checkpoint(directory, np.dtype(dtype), keep)
+        except BaseException as exc:  # noqa: BLE001 - kept for the taker, which reads again
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="nbssm-prefetch", daemon=True)
+    with _prefetch_lock:
+        if key in _prefetched:
+            return False
+        _prefetched[key] = (signature, thread, box)
+    thread.start()
+    return True
+
+
+def _take_prefetched(directory: str, dtype: np.dtype, keep: str | None):
+    """The result of a pending prefetch of these arguments (None: none, it failed, or the files changed)."""
+    if not _prefetched:
+        return None
+    with _prefetch_lock:
+        item = _prefetched.pop(_prefetch_key(directory, dtype, keep), None)
+    if item is None:
+        return None
+    signature, thread, box = item
+    thread.join()
+    try:
+        unchanged = _files_signature(directory) == signature
+    except OSError:
+        unchanged = False
+    return box.get("result") if unchanged else None
+
+
 def _check_scale_shapes(entries: dict, shapes: dict, directory: str) -> None:
     """Every I8 matrix has a ``.scale`` of shape (rows, ceil(n / 32)); every ``.scale`` has its matrix."""
-    from .quant import QBLOCK
-
     kinds = {_normal_name(n): e["dtype"] for n, (_, e) in entries.items()}
     for name, kind in kinds.items():
         if name.endswith(_SCALE_SUFFIX):
@@ -636,6 +716,8 @@ def _check_scale_shapes(entries: dict, shapes: dict, directory: str) -> None:
                 raise CheckpointError(f"{directory}: tensor {name!r} holds int8 scales but {base!r} is not an I8 tensor")
             if kind != "F32":
                 raise CheckpointError(f"{directory}: tensor {name!r}: int8 scales must be F32, found {kind}")
+            from .quant import QBLOCK  # here: float checkpoints are read without importing Numba
+
             rows_n = shapes[base]
             want = tuple(rows_n[:-1]) + (-(-rows_n[-1] // QBLOCK),) if rows_n else ()
             if tuple(shapes[name]) != want:
