@@ -28,7 +28,6 @@ import os
 OMP_WAIT_POLICY: str = os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-
 def affinity() -> int:
     """The number of CPUs this process may run on (``os.sched_getaffinity``; the CPU count
     where that is missing). Here rather than in :mod:`nbssm.threads` so that code run before

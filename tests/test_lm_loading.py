@@ -446,6 +446,7 @@ def test_generate_starts_the_prefetch_before_importing_numba(tmp_path):
 
     d = _write(str(tmp_path / "m"), _tensors(), _config())
     probe = (
+        f"D = {d!r}\n"
         "import sys\n"
         "import nbssm.cli, nbssm.lm.cli, nbssm.lm.loading as L\n"
         "assert 'numba' not in sys.modules, 'numba imported by the command line modules'\n"
@@ -457,7 +458,7 @@ def test_generate_starts_the_prefetch_before_importing_numba(tmp_path):
         "    nbssm.lm.cli.start_early(argv)\n"
         "print(started)\n"
         "assert 'numba' not in sys.modules\n"
-    ).replace("D", repr(d))
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == repr([((d, "float32"), {"keep": None}), ((d, "float32"), {"keep": "bf16"})])

@@ -110,15 +110,18 @@ def start_early(argv: list[str]) -> None:
         args, _ = parser.parse_known_args(argv)
     except (ValueError, TypeError, SystemExit):
         return
-    weights = args.weights
-    dtype = args.dtype
-    if not os.path.isfile(os.path.join(args.model_dir, "config.json")):
-        return
-    if weights not in (None, dtype) and not (dtype == "float32" and weights in ("bf16", "fp16", "int8")):
-        return  # refused by the load itself
-    from .loading import prefetch_checkpoint
+    if not _loadable(args.model_dir, args.dtype, args.weights):
+        return  # the load itself reports it
+    from .loading import kept_format, prefetch_checkpoint
 
-    prefetch_checkpoint(args.model_dir, dtype, keep=weights if weights in ("bf16", "fp16") else None)
+    prefetch_checkpoint(args.model_dir, args.dtype, keep=kept_format(args.weights))
+
+
+def _loadable(model_dir: str, dtype: str, weights: str | None) -> bool:
+    """A plausible checkpoint (``config.json`` present) and a dtype/weights pair the load
+    accepts: the runs worth starting work for before the load."""
+    return os.path.isfile(os.path.join(model_dir, "config.json")) and (
+        weights in (None, dtype) or (dtype == "float32" and weights in ("bf16", "fp16", "int8")))
 
 
 def _since_process_start() -> float | None:
@@ -212,8 +215,7 @@ def run(args: argparse.Namespace) -> int:
     # every run needs the decode kernel: when the cache lacks it, a child compiles it while the
     # checkpoint is read, else a thread loads it from the cache meanwhile (only for a plausible
     # checkpoint and a valid dtype/weights pair)
-    if os.path.isfile(os.path.join(args.model_dir, "config.json")) and (
-            weights in (None, dtype.name) or (dtype == np.float32 and weights in ("bf16", "fp16", "int8"))):
+    if _loadable(args.model_dir, dtype.name, weights):
         decode_state = kernel_cache_state(dtype, prefill=False)
         announce(decode_state)
         if decode_state == "cold":

@@ -656,6 +656,12 @@ def _prefetch_key(directory: str, dtype, keep) -> tuple:
     return (os.path.realpath(directory), np.dtype(dtype).str, keep)
 
 
+def kept_format(weights: str | None) -> str | None:
+    """The ``keep`` of :func:`load_checkpoint` for a model's decode ``weights`` format: the
+    16-bit formats are kept as stored, every other format is converted on load."""
+    return weights if weights in ("bf16", "fp16") else None
+
+
 def prefetch_checkpoint(directory: str, dtype=np.float32, keep: str | None = None) -> bool:
     """Start :func:`load_checkpoint` ``(directory, dtype, keep)`` in a background thread.
 
@@ -677,8 +683,8 @@ def prefetch_checkpoint(directory: str, dtype=np.float32, keep: str | None = Non
     def run() -> None:
         try:
             box["result"] = _load_checkpoint(directory, np.dtype(dtype), keep)
-        except BaseException as exc:  # noqa: BLE001 - kept for the taker, which reads again
-            box["error"] = exc
+        except BaseException:  # noqa: BLE001 - the taker reads again and raises it itself
+            pass
 
     thread = threading.Thread(target=run, name="nbssm-prefetch", daemon=True)
     with _prefetch_lock:

@@ -472,10 +472,10 @@ class MambaLM:
         ------
         nbssm.lm.CheckpointError, nbssm.lm.UnsupportedConfigError, FileNotFoundError, ValueError
         """
-        from .loading import load_checkpoint
+        from .loading import kept_format, load_checkpoint
 
         _check_weights(weights, np.dtype(dtype))
-        config, tensors = load_checkpoint(os.fspath(path), dtype, keep=weights if weights in ("bf16", "fp16") else None)
+        config, tensors = load_checkpoint(os.fspath(path), dtype, keep=kept_format(weights))
         if weights is None and any(np.asarray(v).dtype == np.int8 for v in tensors.values()):
             weights = "int8"
         model = cls(config, tensors, dtype, weights=weights)
