@@ -123,6 +123,40 @@ def test_batched_decode_bitwise_per_sequence(fmt):
         assert np.array_equal(together[:, i], alone[:, 0])
 
 
+_KERNEL_FORMATS = {"float32": lambda w: (w, None), "bf16": lambda w: (to_bf16(w), None),
+                   "fp16": lambda w: (to_fp16(w), None), "int8": quantize_q8}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("rows,n,c0", [(50, 805, 0), (7, 48, 0), (23, 96, 32), (5, 3, 0), (2, 0, 0)])
+def test_register_blocked_rows_match_lane_loops_bitwise(fmt, rows, n, c0):
+    """The IR dot products (2 x 2 register blocks, row blocks of ROW_BLOCK_BYTES, masked tail,
+    lane tree in registers) give bit for bit what Numba's own scalar lane loops give, for every
+    (row, sequence), whatever the batch and row counts (odd ones take the 1-row / 1-sequence
+    blocks); and they agree with a float64 product. 805 x 4 bytes: 20 rows per row block, so
+    50 rows span three blocks; n = 805 and 3 have tails, 0 is an empty sum."""
+    from nbssm._kernels.decode import _rows_lanes, _vrows
+
+    rng = np.random.default_rng(rows + n)
+    w = (rng.standard_normal((rows, c0 + n)) * rng.uniform(0.01, 3, (rows, 1))).astype(np.float32)
+    data, scale = _KERNEL_FORMATS[fmt](w)
+    if scale is None:
+        scale = np.zeros((rows, 0), np.float32)
+    wf = dequantize(data, scale if fmt == "int8" else None) if fmt != "float32" else w
+    for nb in (1, 2, 3, 5):
+        x = rng.standard_normal((nb, c0 + n)).astype(np.float32)
+        x[0, c0:c0 + 3] = -0.0                                  # signed zeros in the sums
+        fast = np.full((nb, rows + 4), np.nan, np.float32)
+        slow = fast.copy()
+        _vrows(data, scale, 0, rows, c0, n, x, fast, 3)
+        _rows_lanes(data, scale, 0, rows, c0, n, x, slow, 3)
+        assert np.array_equal(fast.view(np.uint32), slow.view(np.uint32)), (nb, fmt)
+        assert np.isnan(fast[:, :3]).all() and np.isnan(fast[:, rows + 3:]).all()   # nothing outside
+        ref = x[:, c0:].astype(np.float64) @ wf[:, c0:].astype(np.float64).T
+        bound = tol("decode_dot") * (np.abs(x[:, c0:]).astype(np.float64) @ np.abs(wf[:, c0:]).T + 1e-30)
+        assert (np.abs(fast[:, 3:rows + 3] - ref) <= bound).all()
+
+
 def test_thread_count_does_not_change_bits():
     import numba
 
