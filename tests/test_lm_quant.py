@@ -143,7 +143,7 @@ def test_register_blocked_rows_match_lane_loops_bitwise(fmt, rows, n, c0):
     if scale is None:
         scale = np.zeros((rows, 0), np.float32)
     wf = dequantize(data, scale if fmt == "int8" else None) if fmt != "float32" else w
-    for nb in (1, 2, 3, 5):
+    for nb in (1, 2, 3, 5, 7, 8):
         x = rng.standard_normal((nb, c0 + n)).astype(np.float32)
         x[0, c0:c0 + 3] = -0.0                                  # signed zeros in the sums
         fast = np.full((nb, rows + 4), np.nan, np.float32)
