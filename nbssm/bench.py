@@ -394,14 +394,13 @@ def isa_info():
                 break
     except OSError:
         pass
+    from ._kernels._jit import compiled_features
+
+    feats = compiled_features()
     try:
-        feats = {k for k, v in ll.get_host_cpu_features().items() if v}
         cpu_name = ll.get_host_cpu_name()
     except Exception:  # noqa: BLE001  # pragma: no cover
-        feats, cpu_name = set(), "unknown"
-    override = os.environ.get("NUMBA_CPU_FEATURES") or getattr(numba.config, "CPU_FEATURES", None)
-    if override:
-        feats = {f[1:] for f in str(override).split(",") if f.startswith("+")}
+        cpu_name = "unknown"
     cpu_name = os.environ.get("NUMBA_CPU_NAME") or getattr(numba.config, "CPU_NAME", None) or cpu_name
 
     def kind(s):

@@ -128,14 +128,18 @@ _KERNEL_FORMATS = {"float32": lambda w: (w, None), "bf16": lambda w: (to_bf16(w)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("rows,n,c0", [(50, 805, 0), (7, 48, 0), (23, 96, 32), (5, 3, 0), (2, 0, 0)])
+@pytest.mark.parametrize("rows,n,c0", [(90, 805, 0), (7, 48, 0), (23, 96, 32), (5, 3, 0), (2, 0, 0)])
 def test_register_blocked_rows_match_lane_loops_bitwise(fmt, rows, n, c0):
     """The IR dot products (2 x 2 register blocks, row blocks of ROW_BLOCK_BYTES, masked tail,
     lane tree in registers) give bit for bit what Numba's own scalar lane loops give, for every
     (row, sequence), whatever the batch and row counts (odd ones take the 1-row / 1-sequence
-    blocks); and they agree with a float64 product. 805 x 4 bytes: 20 rows per row block, so
-    50 rows span three blocks; n = 805 and 3 have tails, 0 is an empty sum."""
-    from nbssm._kernels.decode import _rows_lanes, _vrows
+    blocks) and in both block sets (AVX-512's 2 x 4, AVX2's 1 x 2); and they agree with a
+    float64 product. 805 x 4 bytes: 40 rows per 128 KiB row block, so 90 rows span three
+    blocks (the prefetch of the next one included); n = 805 and 3 have tails, 0 is an empty
+    sum."""
+    from nbssm._kernels.decode import ROW_BLOCK_BYTES, _rows_lanes, _vrows
+
+    assert ROW_BLOCK_BYTES // (805 * 4) == 40
 
     rng = np.random.default_rng(rows + n)
     w = (rng.standard_normal((rows, c0 + n)) * rng.uniform(0.01, 3, (rows, 1))).astype(np.float32)
@@ -146,12 +150,13 @@ def test_register_blocked_rows_match_lane_loops_bitwise(fmt, rows, n, c0):
     for nb in (1, 2, 3, 5, 7, 8):
         x = rng.standard_normal((nb, c0 + n)).astype(np.float32)
         x[0, c0:c0 + 3] = -0.0                                  # signed zeros in the sums
-        fast = np.full((nb, rows + 4), np.nan, np.float32)
-        slow = fast.copy()
-        _vrows(data, scale, 0, rows, c0, n, x, fast, 3)
+        slow = np.full((nb, rows + 4), np.nan, np.float32)
         _rows_lanes(data, scale, 0, rows, c0, n, x, slow, 3)
-        assert np.array_equal(fast.view(np.uint32), slow.view(np.uint32)), (nb, fmt)
-        assert np.isnan(fast[:, :3]).all() and np.isnan(fast[:, rows + 3:]).all()   # nothing outside
+        for wide in (True, False):                              # the AVX-512 and the AVX2 blocks
+            fast = np.full((nb, rows + 4), np.nan, np.float32)
+            _vrows(data, scale, 0, rows, c0, n, x, fast, 3, wide)
+            assert np.array_equal(fast.view(np.uint32), slow.view(np.uint32)), (nb, fmt, wide)
+            assert np.isnan(fast[:, :3]).all() and np.isnan(fast[:, rows + 3:]).all()   # nothing outside
         ref = x[:, c0:].astype(np.float64) @ wf[:, c0:].astype(np.float64).T
         bound = tol("decode_dot") * (np.abs(x[:, c0:]).astype(np.float64) @ np.abs(wf[:, c0:]).T + 1e-30)
         assert (np.abs(fast[:, 3:rows + 3] - ref) <= bound).all()

@@ -104,6 +104,22 @@ def _options_tag(options: dict) -> str:
     return hashlib.sha256(";".join(items).encode()).hexdigest()[:10]
 
 
+def compiled_features() -> set:
+    """The CPU features Numba compiles for: LLVM's host features, or ``NUMBA_CPU_FEATURES``
+    when set (a VM or an override can hide AVX-512 from the compiler although the CPU has it)."""
+    import numba
+    from llvmlite import binding as ll
+
+    try:
+        feats = {k for k, v in ll.get_host_cpu_features().items() if v}
+    except Exception:  # noqa: BLE001  # pragma: no cover
+        feats = set()
+    override = os.environ.get("NUMBA_CPU_FEATURES") or getattr(numba.config, "CPU_FEATURES", None)
+    if override:
+        feats = {f[1:] for f in str(override).split(",") if f.startswith("+")}
+    return feats
+
+
 def _cpu_description() -> str:
     try:
         from llvmlite import binding as ll

@@ -53,7 +53,7 @@ from numba import carray, types
 from numba.extending import intrinsic, overload
 
 from .. import _config
-from ._jit import njit, prange
+from ._jit import compiled_features, njit, prange
 from .fastmath import exp_, softplus_
 from .intrinsics import prefetch_l2, stack_buffer
 
@@ -75,6 +75,10 @@ QBLOCK = 32
 #: (16-float vectors, 2 per (row, sequence): 16 accumulators; the rest of a batch goes in
 #: 2 x 2 and 1 x 1 blocks of 8-float vectors)
 BLOCK = (2, 4)
+#: the 2 x 4 blocks need AVX-512's 32 vector registers (16 accumulators of 16 floats); with
+#: AVX2's 16 they would spill, so there the blocks are 1 row x 2 sequences (8 accumulators of 8
+#: floats, the shape before the 2 x 4 blocks) and 1 x 1. Same bits either way.
+WIDE = "avx512f" in compiled_features()
 
 #: A projection matrix in its storage format. ``data`` (..., rows, n): float32/float64 values,
 #: uint16 (bfloat16 bit patterns), int16 (IEEE half bit patterns) or int8 (quantized values);
@@ -489,10 +493,11 @@ ROW_BLOCK_BYTES = 1 << 17
 
 
 @njit(cache=_config.CACHE, fastmath=_DOT_FASTMATH)
-def _vrows(data, scale, r0, r1, c0, n, x, out, oc):
+def _vrows(data, scale, r0, r1, c0, n, x, out, oc, wide):
     """:func:`_rows` for float32 compute, in register blocks of 2 rows x 4 sequences (then 2 x 2,
     then 1 x 1; :func:`_make_vdots`). Rows in blocks of :data:`ROW_BLOCK_BYTES`, then blocks of
     sequences, then pairs of rows: the block's input rows stay in L1 while the rows pass.
+    ``wide`` False (AVX2, :data:`WIDE`): 1 x 2 and 1 x 1 blocks only.
     An odd last sequence goes row by row (one weight stream: in a batch-1 decode, bound by
     memory, that measured 41 against 33-37 tokens/s for pairs of rows)."""
     nb = x.shape[0]
@@ -503,14 +508,19 @@ def _vrows(data, scale, r0, r1, c0, n, x, out, oc):
         rr1 = min(rr0 + rb, r1)
         # while the blocks of 4 sequences compute on this row block, fetch the next one into L2,
         # spread evenly over their calls (the compute then hides the memory)
-        nxt = min(rr1 + rb, data.shape[0]) if nb >= 4 else rr1
+        nxt = min(rr1 + rb, data.shape[0]) if wide and nb >= 4 else rr1
         ncalls = max(1, (nb // 4) * ((rr1 - rr0) // 2))
         call = 0
         pr = rr1  # (past r1 too: the rows a static schedule gives this thread next)
         b0 = 0
         while b0 < nb:
             r = rr0
-            if b0 + 4 <= nb:
+            if not wide and b0 + 2 <= nb:
+                while r < rr1:
+                    _vdots12(data, scale, r, c0, n, x, b0, out, oc + r - r0)
+                    r += 1
+                b0 += 2
+            elif b0 + 4 <= nb:
                 while r + 2 <= rr1:
                     call += 1
                     until = rr1 + ((nxt - rr1) * call + ncalls - 1) // ncalls
@@ -551,7 +561,7 @@ def _rows(data, scale, r0, r1, c0, n, x, out, oc):
 @overload(_rows, jit_options={"fastmath": _DOT_FASTMATH})
 def _ov_rows(data, scale, r0, r1, c0, n, x, out, oc):
     if _vsteps_ok(data, x):
-        return lambda data, scale, r0, r1, c0, n, x, out, oc: _vrows(data, scale, r0, r1, c0, n, x, out, oc)
+        return lambda data, scale, r0, r1, c0, n, x, out, oc: _vrows(data, scale, r0, r1, c0, n, x, out, oc, WIDE)
     return lambda data, scale, r0, r1, c0, n, x, out, oc: _rows_lanes(data, scale, r0, r1, c0, n, x, out, oc)
 
 
