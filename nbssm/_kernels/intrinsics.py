@@ -2,7 +2,7 @@
 
 No arithmetic of the algorithms lives here (that is :mod:`nbssm._kernels.fastmath`):
 
-* memory hints: :func:`prefetch` and :func:`prefetch_l2` (``llvm.prefetch``), :func:`store_nontemporal`
+* memory hints: :func:`prefetch` (``llvm.prefetch``), :func:`store_nontemporal`
   (a store with ``!nontemporal`` metadata), :func:`store_fence` (``sfence``);
 * scratch memory: :func:`stack_buffer` (an ``alloca``: memory that cannot
   alias any argument, so loops over it vectorise without overlap checks);
@@ -25,8 +25,14 @@ _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
 
 
 # ----------------------------------------------------------------------------- memory hints
-def _prefetch(locality, arr, offset):
-    """Typing and code of the prefetch intrinsics (``locality`` 0-3 of ``llvm.prefetch``)."""
+@intrinsic
+def prefetch(typingctx, arr, offset):
+    """``prefetch(arr, offset)``: hint the CPU to load ``arr.flat[offset]`` into cache.
+
+    ``llvm.prefetch`` (read, high locality, data cache); never faults, so an
+    out-of-range offset is harmless. Used to hide memory latency when a
+    kernel walks a ``(b, l, d)`` array along ``l`` with a stride of ``d``.
+    """
     if not isinstance(arr, types.Array) or not isinstance(offset, types.Integer):
         return None
     sig = types.void(arr, offset)
@@ -41,30 +47,11 @@ def _prefetch(locality, arr, offset):
         fn = mod.globals.get("llvm.prefetch.p0i8")
         if fn is None:
             fn = _ir.Function(mod, fnty, name="llvm.prefetch.p0i8")
-        # (address, rw 0 = read, locality, cache type 1 = data)
-        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(locality), i32(1)])
+        # (address, rw 0 = read, locality 3 = keep in all cache levels, cache type 1 = data)
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
         return context.get_dummy_value()
 
     return sig, codegen
-
-
-@intrinsic
-def prefetch(typingctx, arr, offset):
-    """``prefetch(arr, offset)``: hint the CPU to load ``arr.flat[offset]`` into cache.
-
-    ``llvm.prefetch`` (read, high locality: every cache level, data cache); never faults, so
-    an out-of-range offset is harmless. Used to hide memory latency when a kernel walks a
-    ``(b, l, d)`` array along ``l`` with a stride of ``d``.
-    """
-    return _prefetch(3, arr, offset)
-
-
-@intrinsic
-def prefetch_l2(typingctx, arr, offset):
-    """:func:`prefetch` with locality 2 (``prefetcht1`` on x86: into L2, not L1): the decode
-    projections fetch the next row block into L2 while they compute on the current one,
-    without pushing their inputs out of L1."""
-    return _prefetch(2, arr, offset)
 
 
 @intrinsic
