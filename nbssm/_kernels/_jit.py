@@ -107,7 +107,6 @@ def _options_tag(options: dict) -> str:
 def compiled_features() -> set:
     """The CPU features Numba compiles for: LLVM's host features, or ``NUMBA_CPU_FEATURES``
     when set (a VM or an override can hide AVX-512 from the compiler although the CPU has it)."""
-    import numba
     from llvmlite import binding as ll
 
     try:

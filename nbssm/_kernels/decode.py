@@ -464,26 +464,18 @@ def _vsteps_ok(data, x):
 def _dot1(data, scale, r, c0, n, x, b0):
     """``W[r, c0:c0+n] . x[b0, c0:c0+n]`` in the lane order (``c0`` a multiple of ``QBLOCK``)."""
     acc = carray(stack_buffer(LANES, x.dtype), (1, LANES))
-    nl = _opaque(LANES)
-    for l in range(nl):
+    for l in range(_opaque(LANES)):
         acc[0, l] = 0.0
     ur, uc, ub = np.uint64(r), np.uint64(c0), np.uint64(b0)
-    nfull = np.uint64((n // LANES) * LANES)
+    un = np.uint64(n)
     uk = _U0
-    while uk < nfull:
+    while uk < un:  # one lane step per block of LANES elements; the last may be partial
         i0 = uc + uk
-        s = _wscale(data, scale, ur, i0 // _UQB)
-        for l in range(nl):
+        s = _wscale(data, scale, ur, i0 // _UQB)  # a step lies in one scale block (QBLOCK == LANES)
+        for l in range(_opaque(min(LANES, n - int(uk)))):
             i = i0 + np.uint64(l)
             acc[0, l] += _wval(data, ur, i, s) * x[ub, i]
         uk += _ULANES
-    tail = n - (n // LANES) * LANES
-    if tail > 0:
-        i0 = uc + nfull
-        s = _wscale(data, scale, ur, i0 // _UQB)  # the tail lies in one scale block (QBLOCK == LANES)
-        for l in range(tail):
-            i = i0 + np.uint64(l)
-            acc[0, l] += _wval(data, ur, i, s) * x[ub, i]
     return _fold(acc, 0)
 
 
@@ -492,32 +484,22 @@ def _dot2(data, scale, r, c0, n, x, b0):
     """:func:`_dot1` for sequences ``b0`` and ``b0 + 1`` at once: each weight is loaded and
     converted once; each sequence's sum is bitwise the one :func:`_dot1` gives."""
     acc = carray(stack_buffer(2 * LANES, x.dtype), (2, LANES))
-    nl = _opaque(LANES)
-    for l in range(nl):
+    for l in range(_opaque(LANES)):
         acc[0, l] = 0.0
         acc[1, l] = 0.0
     ur, uc, ub = np.uint64(r), np.uint64(c0), np.uint64(b0)
     ub1 = ub + _U1
-    nfull = np.uint64((n // LANES) * LANES)
+    un = np.uint64(n)
     uk = _U0
-    while uk < nfull:
+    while uk < un:
         i0 = uc + uk
         s = _wscale(data, scale, ur, i0 // _UQB)
-        for l in range(nl):
+        for l in range(_opaque(min(LANES, n - int(uk)))):
             i = i0 + np.uint64(l)
             v = _wval(data, ur, i, s)
             acc[0, l] += v * x[ub, i]
             acc[1, l] += v * x[ub1, i]
         uk += _ULANES
-    tail = n - (n // LANES) * LANES
-    if tail > 0:
-        i0 = uc + nfull
-        s = _wscale(data, scale, ur, i0 // _UQB)
-        for l in range(tail):
-            i = i0 + np.uint64(l)
-            v = _wval(data, ur, i, s)
-            acc[0, l] += v * x[ub, i]
-            acc[1, l] += v * x[ub1, i]
     return _fold(acc, 0), _fold(acc, 1)
 
 
