@@ -110,6 +110,18 @@ def empty(shape, dtype):
     return np.asarray(_Owner(raw, shape, dtype))
 
 
+def empty_aligned(shape, dtype):
+    """:func:`empty` whose data starts on a cache line (``ALIGN`` bytes) at any size (glibc
+    aligns small blocks to 16 bytes only): for kernels that stream whole lines."""
+    arr = empty(shape, dtype)
+    if arr.ctypes.data % ALIGN == 0:
+        return arr
+    dtype = np.dtype(dtype)
+    raw = np.empty(arr.nbytes + ALIGN, np.uint8)
+    off = _aligned(raw) - raw.ctypes.data
+    return raw[off:off + arr.nbytes].view(dtype).reshape(arr.shape)
+
+
 def clear_output_cache():
     """Free every kept output block (the memory goes back to the OS)."""
     with _lock:

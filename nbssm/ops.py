@@ -779,19 +779,22 @@ def _selective_vjp(gy, u, delta, A, B, C, D, z, bias, has_D, has_z, has_bias, so
     ck_ = pad(ck, 3) if has_ck else np.zeros((1, 1, 1, 1), dt)
     nblk = (chans + W - 1) // W
     run = bool(batch and length and chans)
-    full = np.empty if run else np.zeros  # the kernel writes every entry of these
-    gu = full((batch, length, chans), dt)
-    gdelta = full((batch, length, chans), dt)
-    gz = full((batch, length, chans) if has_z else (1, 1, 1), dt)
+    # the kernel writes every entry of these; rows that start cache lines are streamed
+    line = _memory.empty_aligned if run else np.zeros
+    gu = line((batch, length, chans), dt)
+    gdelta = line((batch, length, chans), dt)
+    gz = line((batch, length, chans) if has_z else (1, 1, 1), dt)
+    nt = (chans * dt.itemsize) % 64 == 0 and all(a.ctypes.data % 64 == 0 for a in (gu, gdelta, gz))
     gA_part = np.zeros((batch, nblk, nstate, W), dt)
     gD_part = np.zeros((batch, nblk, W), dt)
     gbias_part = np.zeros((batch, nblk, W), dt)
-    gB_part = full((nblk, batch, length, nstate), dt)
-    gC_part = full((nblk, batch, length, nstate), dt)
+    gB_part = line((nblk, batch, length, nstate), dt)
+    gC_part = line((nblk, batch, length, nstate), dt)
+    ntp = (nstate * dt.itemsize) % 64 == 0 and gB_part.ctypes.data % 64 == 0 and gC_part.ctypes.data % 64 == 0
     gh0 = np.zeros((batch, chans, nstate), dt)
     if run:
         selective_scan_vjp_kernel(gy_, u_, delta_, A_, B, C, D_, z_, bias_, has_D, has_z, has_bias, softplus,
-                                  h0_, ghT_, cl, has_ck, ck_, _vjp_group(batch, nblk), gu, gdelta, gz, gA_part, gD_part, gbias_part,
+                                  h0_, ghT_, cl, has_ck, ck_, _vjp_group(batch, nblk), nt, ntp, gu, gdelta, gz, gA_part, gD_part, gbias_part,
                                   gB_part, gC_part, gh0)
     elif chans:
         gh0[...] = ghT_

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from nbssm._kernels.fastmath import exp32, sigmoid32, softplus32
+from nbssm._kernels.fastmath import exp32, sigmoid32, softplus32, softplus_sigmoid32
 from tolerances import tol
 
 
@@ -23,6 +23,19 @@ def _apply(kind, x, out):
             out[i] = softplus32(x[i])
         else:
             out[i] = sigmoid32(x[i])
+
+
+@njit(error_model="numpy")
+def _apply_fused(x, sp, sg):
+    for i in range(x.size):
+        sp[i], sg[i] = softplus_sigmoid32(x[i])
+
+
+def _run_fused(x):
+    x = np.asarray(x, dtype=np.float32)
+    sp, sg = np.empty_like(x), np.empty_like(x)
+    _apply_fused(x, sp, sg)
+    return sp, sg
 
 
 def _run(kind, x):
@@ -49,6 +62,22 @@ def test_softplus32_and_sigmoid32_accuracy():
     assert _rel(_run(1, x), sp) <= tol("softplus32")
     sig = 1.0 / (1.0 + np.exp(-x64))
     assert _rel(_run(2, x), sig) <= tol("sigmoid32")
+
+
+def test_softplus_sigmoid32_is_softplus32_bitwise_and_an_accurate_sigmoid():
+    # the backward's fused form: one exp32 for softplus(x) and its derivative sigmoid(x)
+    x = np.concatenate([np.linspace(-86.6, 30, 300_001), [-1e-30, 0.0, 1e-30, 19.999, 20.0, 20.001]])
+    x = x.astype(np.float32)
+    sp, sg = _run_fused(x)
+    assert np.array_equal(sp, _run(1, x))  # the forward's softplus, bit for bit
+    x64 = x.astype(np.float64)
+    want = 1.0 / (1.0 + np.exp(-x64))
+    assert _rel(sg, want) <= tol("sigmoid32_fused")
+    sp, sg = _run_fused([np.nan, np.inf, -np.inf, 25.0, 89.0, -87.0, -200.0])
+    assert np.isnan(sp[0]) and np.isnan(sg[0])
+    assert sp[1] == np.inf and sg[1] == 1.0 and sp[2] == 0.0 and sg[2] == 0.0
+    assert sg[3] == 1.0 and sg[4] == 1.0 and sp[4] == np.float32(89.0)
+    assert sg[5] == 0.0 and sg[6] == 0.0  # below exp32's flush to zero (the true value < 2e-38)
 
 
 def test_special_values():

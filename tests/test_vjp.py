@@ -263,3 +263,55 @@ def test_vjp_inputs_not_modified_and_nan_propagates():
     g = O.selective_scan_vjp(gy, **kw)
     assert np.isnan(g.u[0, 10, 5]) or np.isnan(g.delta[0, 10, 5])
     assert np.all(np.isfinite(g.u[0, 11:]))  # later times are unaffected (backward flows to the past)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("channels,nstate,extras", [(48, 16, True), (64, 4, False), (100, 4, True), (128, 8, True),
+                                                    (96, 16, False)])
+def test_streamed_and_plain_result_stores_give_the_same_bits(monkeypatch, dtype, channels, nstate, extras):
+    """The backward streams ``gu, gdelta, gz`` (``nt``) and the ``B, C`` partials (``ntp``) as
+    whole cache lines when every row starts one; rows that do not (forced here by misaligned
+    outputs) take plain stores. Length 70: partial chunks and a partial last line."""
+    import nbssm._memory as M
+
+    kw, gy, gT = _sel_inputs((2, 70, channels, nstate), seed=5, extras=extras, dtype=dtype)
+    seen = []
+    kernel = O.selective_scan_vjp_kernel
+
+    def spy(*args):
+        seen.append(args[19:21])  # nt, ntp
+        return kernel(*args)
+
+    monkeypatch.setattr(O, "selective_scan_vjp_kernel", spy)
+    streamed = O.selective_scan_vjp(gy, grad_final_state=gT, **kw)
+    isz = np.dtype(dtype).itemsize
+
+    def misaligned(shape, dt):
+        n = int(np.prod(shape)) * np.dtype(dt).itemsize
+        raw = np.empty(n + 128, np.uint8)
+        off = (-raw.ctypes.data) % 64 + np.dtype(dt).itemsize
+        return raw[off:off + n].view(dt).reshape(shape)
+
+    monkeypatch.setattr(M, "empty_aligned", misaligned)
+    plain = O.selective_scan_vjp(gy, grad_final_state=gT, **kw)
+    assert seen == [((channels * isz) % 64 == 0, (nstate * isz) % 64 == 0), (False, False)]
+    for name in SEL_NAMES:
+        a, b = getattr(streamed, name), getattr(plain, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert np.array_equal(a, b), name
+    if dtype == np.float64:  # and both are the gradients (the reference's reverse mode)
+        ref = R.selective_scan_vjp_ref(gy, **kw, grad_final_state=gT)
+        for name in SEL_NAMES:
+            if ref[name] is not None:
+                assert max_rel_err(getattr(streamed, name), ref[name]) <= tol("vjp_float64_vs_reference"), name
+
+
+def test_empty_aligned_starts_every_array_on_a_cache_line():
+    import nbssm._memory as M
+
+    for shape in [(0,), (1,), (3, 5), (1, 70, 48), (2, 1000, 33)]:
+        for dt in (np.float32, np.float64, np.uint8):
+            arr = M.empty_aligned(shape, dt)
+            assert arr.shape == shape and arr.dtype == dt and arr.flags.c_contiguous and arr.flags.writeable
+            assert arr.size == 0 or arr.ctypes.data % M.ALIGN == 0

@@ -162,6 +162,22 @@ def sigmoid32(x):
     return _ONE / (_ONE + exp32(-x))
 
 
+@njit(cache=_config.CACHE, error_model="numpy", inline="always")
+def softplus_sigmoid32(x):
+    """``(softplus32(x), sigmoid(x))`` from one ``exp32``: the softplus bit for bit that of
+    :func:`softplus32`, the sigmoid as ``e / (1 + e)`` with ``e = exp32(x)`` (1 above the
+    softplus threshold 20, where the float32 sigmoid rounds to 1; below -86.64, where
+    ``exp32`` flushes to 0, it is 0 instead of a subnormal). NaN gives NaN twice."""
+    e = exp32(x)
+    v = _ONE + e
+    res = log32_ge1(v) + (e - (v - _ONE)) / v
+    sig = e / v
+    if x > _SOFTPLUS_THRESHOLD32:
+        res = x
+        sig = _ONE
+    return res, sig
+
+
 #: log(DBL_MAX): the largest float64 argument with a finite exp
 _LOG_DBL_MAX = math.log(np.finfo(np.float64).max)
 
@@ -219,6 +235,21 @@ def _ov_softplus(x):
         return lambda x: softplus32(x)
     if x == types.float64:
         return lambda x: softplus64(x)
+    return None
+
+
+def softplus_sigmoid_(x):  # pragma: no cover
+    """``(softplus_(x), sigmoid(x))``: float32 from one exp (:func:`softplus_sigmoid32`),
+    float64 the two libm forms (:func:`softplus64`, :func:`sigmoid64`)."""
+    raise NotImplementedError("softplus_sigmoid_ is only callable from jitted code")
+
+
+@overload(softplus_sigmoid_, jit_options={"error_model": "numpy"}, inline="always")
+def _ov_softplus_sigmoid(x):
+    if x == types.float32:
+        return lambda x: softplus_sigmoid32(x)
+    if x == types.float64:
+        return lambda x: (softplus64(x), sigmoid64(x))
     return None
 
 

@@ -3,7 +3,8 @@
 No arithmetic of the algorithms lives here (that is :mod:`nbssm._kernels.fastmath`):
 
 * memory hints: :func:`prefetch` (``llvm.prefetch``), :func:`store_nontemporal`
-  (a store with ``!nontemporal`` metadata), :func:`store_fence` (``sfence``);
+  (a store with ``!nontemporal`` metadata), :func:`store_line_nontemporal` (one aligned
+  64-byte streaming vector store), :func:`store_fence` (``sfence``);
 * scratch memory: :func:`stack_buffer` (an ``alloca``: memory that cannot
   alias any argument, so loops over it vectorise without overlap checks);
 * code generation: :func:`constant` (a literal argument as an LLVM constant),
@@ -75,6 +76,41 @@ def store_nontemporal(typingctx, arr, offset, value):
         ptr = builder.gep(ary.data, [args[1]])
         v = context.cast(builder, args[2], signature.args[2], signature.args[0].dtype)
         st = builder.store(v, ptr)
+        st.set_metadata("nontemporal", builder.module.add_metadata([_ir.IntType(32)(1)]))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def store_line_nontemporal(typingctx, dst, dst_offset, src, src_offset):
+    """Copy one 64-byte line: ``dst.flat[dst_offset : dst_offset + 64 // itemsize] =
+    src.flat[src_offset : ...]``, as one aligned non-temporal vector store.
+
+    The caller guarantees that ``dst.flat[dst_offset]`` starts a 64-byte line (the
+    store is emitted with ``align 64``: a misaligned address faults) and that both
+    ranges are in bounds; ``src`` (any alignment) has ``dst``'s dtype. Bits are copied
+    unchanged. Unlike :func:`store_nontemporal` in a lane loop, which LLVM cannot
+    vectorise without knowing the alignment (it then stores lane by lane), this is
+    always one full-line streaming store. Order with :func:`store_fence`, as there.
+    """
+    if not (isinstance(dst, types.Array) and isinstance(src, types.Array)
+            and isinstance(dst_offset, types.Integer) and isinstance(src_offset, types.Integer)
+            and dst.dtype == src.dtype and isinstance(dst.dtype, types.Float)):
+        return None
+    sig = types.void(dst, dst_offset, src, src_offset)
+
+    def codegen(context, builder, signature, args):
+        elem = signature.args[0].dtype
+        ety = context.get_value_type(elem)
+        size = context.get_abi_sizeof(ety)
+        vty = _ir.VectorType(ety, 64 // size)
+        d = context.make_array(signature.args[0])(context, builder, args[0])
+        s = context.make_array(signature.args[2])(context, builder, args[2])
+        sptr = builder.bitcast(builder.gep(s.data, [args[3]]), vty.as_pointer())
+        dptr = builder.bitcast(builder.gep(d.data, [args[1]]), vty.as_pointer())
+        v = builder.load(sptr, align=size)
+        st = builder.store(v, dptr, align=64)
         st.set_metadata("nontemporal", builder.module.add_metadata([_ir.IntType(32)(1)]))
         return context.get_dummy_value()
 

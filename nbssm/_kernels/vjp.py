@@ -16,7 +16,11 @@ group over one chunk before the next), reads the chunk's per-token inputs straig
 readout cotangent ``grad_y * silu(z)``, the softplus derivative), recomputes the chunk's
 states and transitions from its checkpoint into a stack scratch ``(chunk_length, n, 32)``
 and runs the chunk backward in time, carrying the state cotangent ``gh``; the chunk's
-``gu, gdelta, gz`` go to the owned lanes of the outputs at once.
+``gu, gdelta, gz`` go to the owned lanes of the outputs at once. Outputs whose rows start
+64-byte lines (the caller allocates them so) are written as whole lines with non-temporal
+stores (:func:`~nbssm._kernels.intrinsics.store_line_nontemporal`): they are never read
+back, and plain stores first read every line into the cache (about 10% of the kernel at
+S1).
 
 Per-lane gradients (``u, delta, z``, the initial state) are owned by one
 block. Gradients summed over channels (``B, C``) are written per job as
@@ -42,8 +46,8 @@ from numba import carray
 
 from .. import _config
 from ._jit import njit, prange
-from .fastmath import exp_, sigmoid_, softplus_
-from .intrinsics import prefetch, stack_buffer
+from .fastmath import exp_, sigmoid_, softplus_, softplus_sigmoid_
+from .intrinsics import prefetch, stack_buffer, store_fence, store_line_nontemporal
 
 #: channels per job of the selective-scan backward (a constant: fixes the order of the
 #: sums over channels)
@@ -62,7 +66,7 @@ def vjp_chunk(chunk_length, nstate):
 
 
 @njit(cache=_config.CACHE, error_model="numpy")
-def _sel_vjp_load(gy, u, delta, z, delta_bias, has_z, has_bias, softplus, bi, d0, t0, t1, back, dl, uu, gr, sp):
+def _sel_vjp_load(gy, u, delta, z, delta_bias, has_z, has_bias, softplus, bi, d0, t0, t1, back, dl, uu, gr, sp, sz):
     """Per-token inputs of tokens ``t0 .. t1-1`` of the block ``d0 .. d0+31`` into ``(cl, 32)`` buffers.
 
     Row ``t - t0``: ``dl = softplus(delta + delta_bias)`` (as requested; the forward's
@@ -84,6 +88,7 @@ def _sel_vjp_load(gy, u, delta, z, delta_bias, has_z, has_bias, softplus, bi, d0
     uuf = uu.reshape(uu.size)
     grf = gr.reshape(gr.size)
     spf = sp.reshape(sp.size)
+    szf = sz.reshape(sz.size)
     # every lane loop below is branch-free (the flags are tested outside): they vectorise
     for t in range(t0, t1):
         src = np.uint64((bi * length + t) * channels + d0)
@@ -103,9 +108,9 @@ def _sel_vjp_load(gy, u, delta, z, delta_bias, has_z, has_bias, softplus, bi, d0
                 x[j] = x[j] + delta_bias[d0 + j]
         if softplus:
             for j in range(_W):
-                spf[dst + np.uint64(j)] = sigmoid_(x[j])
-            for j in range(_W):
-                dlf[dst + np.uint64(j)] = softplus_(x[j])
+                spv, sgv = softplus_sigmoid_(x[j])
+                dlf[dst + np.uint64(j)] = spv
+                spf[dst + np.uint64(j)] = sgv
         else:
             for j in range(_W):
                 dlf[dst + np.uint64(j)] = x[j]
@@ -114,7 +119,9 @@ def _sel_vjp_load(gy, u, delta, z, delta_bias, has_z, has_bias, softplus, bi, d0
         if has_z:
             for j in range(_W):
                 zv = zf[src + np.uint64(j)]
-                x[j] = zv * sigmoid_(zv)
+                s = sigmoid_(zv)
+                szf[dst + np.uint64(j)] = s
+                x[j] = zv * s
             for j in range(_W):
                 grf[dst + np.uint64(j)] = gyf[src + np.uint64(j)] * x[j]
         else:
@@ -123,14 +130,22 @@ def _sel_vjp_load(gy, u, delta, z, delta_bias, has_z, has_bias, softplus, bi, d0
 
 
 @njit(cache=_config.CACHE, error_model="numpy")
-def _sel_vjp_store(gy, z, has_z, bi, d0, jw, t0, t1, dl, uu, gr, gu, gdelta, gz):
+def _sel_vjp_store(gy, z, has_z, bi, d0, jw, t0, t1, nt, dl, uu, gr, sz, gu, gdelta, gz):
     """The chunk's results (rows ``t - t0`` of the ``(cl, 32)`` buffers) to the owned lanes
     ``j >= jw`` of the ``(b, l, d)`` rows: ``gu = uu``, ``gdelta = dl`` and, with ``z``,
-    ``gz = grad_y * gr * silu'(z)`` (``gr`` then holds the readout before the gate)."""
+    ``gz = grad_y * gr * silu'(z)`` (``gr`` then holds the readout before the gate, ``sz`` the
+    ``sigmoid(z)`` of :func:`_sel_vjp_load`).
+
+    With ``nt`` (the caller's promise that every row of ``gu, gdelta, gz`` starts a 64-byte
+    line) a block that owns all its lanes streams them as whole lines (non-temporal stores:
+    the lines are not read into the cache first); the values are the same either way.
+    """
     length = gu.shape[1]
     channels = gu.shape[2]
     dt = gu.dtype
+    line = 64 // gu.itemsize
     one = np.ones(1, dtype=dt)[0]
+    x = carray(stack_buffer(_W, dt), (_W,))
     zf = z.reshape(z.size)
     gyf = gy.reshape(gy.size)
     guf = gu.reshape(gu.size)
@@ -139,18 +154,30 @@ def _sel_vjp_store(gy, z, has_z, bi, d0, jw, t0, t1, dl, uu, gr, gu, gdelta, gz)
     dlf = dl.reshape(dl.size)
     uuf = uu.reshape(uu.size)
     grf = gr.reshape(gr.size)
+    szf = sz.reshape(sz.size)
+    stream = nt and jw == 0
     for t in range(t0, t1):
         dst = np.uint64((bi * length + t) * channels + d0)
         src = np.uint64((t - t0) * _W)
-        for j in range(jw, _W):
-            guf[dst + np.uint64(j)] = uuf[src + np.uint64(j)]
-            gdf[dst + np.uint64(j)] = dlf[src + np.uint64(j)]
-        if has_z:
+        if stream:
+            for q in range(0, _W, line):
+                store_line_nontemporal(guf, dst + np.uint64(q), uuf, src + np.uint64(q))
+                store_line_nontemporal(gdf, dst + np.uint64(q), dlf, src + np.uint64(q))
+        else:
             for j in range(jw, _W):
+                guf[dst + np.uint64(j)] = uuf[src + np.uint64(j)]
+                gdf[dst + np.uint64(j)] = dlf[src + np.uint64(j)]
+        if has_z:
+            for j in range(_W):
                 zv = zf[dst + np.uint64(j)]
-                s = sigmoid_(zv)
-                gzf[dst + np.uint64(j)] = gyf[dst + np.uint64(j)] * grf[src + np.uint64(j)] * \
-                    (s * (one + zv * (one - s)))
+                s = szf[src + np.uint64(j)]
+                x[j] = gyf[dst + np.uint64(j)] * grf[src + np.uint64(j)] * (s * (one + zv * (one - s)))
+            if stream:
+                for q in range(0, _W, line):
+                    store_line_nontemporal(gzf, dst + np.uint64(q), x, np.uint64(q))
+            else:
+                for j in range(jw, _W):
+                    gzf[dst + np.uint64(j)] = x[j]
 
 
 @njit(cache=_config.CACHE, error_model="numpy")
@@ -202,7 +229,7 @@ def _sel_vjp_checkpoints(u, delta, A, B, delta_bias, has_bias, softplus, h0, bi,
 
 
 @njit(cache=_config.CACHE, error_model="numpy")
-def _sel_vjp_chunk(dl, uu, gr, sp, B, C, has_D, has_z, softplus, bi, jw, t0, t1, cl, hk, acc, gB, gC):
+def _sel_vjp_chunk(dl, uu, gr, sp, B, C, has_D, has_z, softplus, bi, jw, t0, t1, cl, hk, acc, ntp, gB, gC):
     """Tokens ``t1-1 .. t0`` of one block backward, from the chunk's checkpoint ``hk (n, W)``.
 
     ``dl, uu, gr, sp (cl, W)`` hold the chunk's per-token inputs (row ``t - t0``;
@@ -319,11 +346,29 @@ def _sel_vjp_chunk(dl, uu, gr, sp, B, C, has_D, has_z, softplus, bi, jw, t0, t1,
             for j in range(_W):
                 grf[row + np.uint64(j)] = ys[tt, j]
     base = t0 * nstate
-    for r in range((t1 - t0) * nstate):
-        gBf[base + r] = ((TB[r, 0] + TB[r, 4]) + (TB[r, 2] + TB[r, 6])) + \
-            ((TB[r, 1] + TB[r, 5]) + (TB[r, 3] + TB[r, 7]))
-        gCf[base + r] = ((TC[r, 0] + TC[r, 4]) + (TC[r, 2] + TC[r, 6])) + \
-            ((TC[r, 1] + TC[r, 5]) + (TC[r, 3] + TC[r, 7]))
+    nr = (t1 - t0) * nstate
+    if ntp:  # whole lines streamed (non-temporal), the tail plainly
+        line = 64 // dl.itemsize
+        RB = carray(stack_buffer(cl * ns, dt), (cl * ns,))
+        RC = carray(stack_buffer(cl * ns, dt), (cl * ns,))
+        for r in range(nr):
+            RB[r] = ((TB[r, 0] + TB[r, 4]) + (TB[r, 2] + TB[r, 6])) + \
+                ((TB[r, 1] + TB[r, 5]) + (TB[r, 3] + TB[r, 7]))
+            RC[r] = ((TC[r, 0] + TC[r, 4]) + (TC[r, 2] + TC[r, 6])) + \
+                ((TC[r, 1] + TC[r, 5]) + (TC[r, 3] + TC[r, 7]))
+        full = (nr // line) * line
+        for q in range(0, full, line):
+            store_line_nontemporal(gBf, base + q, RB, q)
+            store_line_nontemporal(gCf, base + q, RC, q)
+        for r in range(full, nr):
+            gBf[base + r] = RB[r]
+            gCf[base + r] = RC[r]
+    else:
+        for r in range(nr):
+            gBf[base + r] = ((TB[r, 0] + TB[r, 4]) + (TB[r, 2] + TB[r, 6])) + \
+                ((TB[r, 1] + TB[r, 5]) + (TB[r, 3] + TB[r, 7]))
+            gCf[base + r] = ((TC[r, 0] + TC[r, 4]) + (TC[r, 2] + TC[r, 6])) + \
+                ((TC[r, 1] + TC[r, 5]) + (TC[r, 3] + TC[r, 7]))
     for n in range(nstate):
         for j in range(_W):
             acc[n, j] = gh[n, j]
@@ -335,7 +380,7 @@ def _sel_vjp_chunk(dl, uu, gr, sp, B, C, has_D, has_z, softplus, bi, jw, t0, t1,
 
 @njit(cache=_config.CACHE, error_model="numpy")
 def _sel_vjp_group(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, softplus, h0, ghT, cl,
-                   bi, g0, g1, has_ck, ck_in, ck, acc, gu, gdelta, gz, gA_part, gD_part, gbias_part, gB_part,
+                   bi, g0, g1, has_ck, ck_in, ck, acc, nt, ntp, gu, gdelta, gz, gA_part, gD_part, gbias_part, gB_part,
                    gC_part, gh0):
     """Backward of the blocks ``g0 .. g1-1`` of batch ``bi`` (one parallel job).
 
@@ -346,7 +391,7 @@ def _sel_vjp_group(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bi
     operations is that of a block run alone). Per block and chunk: the inputs read straight
     from the ``(b, l, d)`` arrays into stack buffers ``(cl, 32)`` (:func:`_sel_vjp_load`),
     the chunk backward (:func:`_sel_vjp_chunk`), its ``gu, gdelta, gz`` written for the owned
-    lanes (:func:`_sel_vjp_store`). The chunk checkpoints: with ``has_ck``, read from
+    lanes (:func:`_sel_vjp_store`; streamed as whole lines with ``nt``). The chunk checkpoints: with ``has_ck``, read from
     ``ck_in (b, nchunks, n, d)`` (the checkpointing forward's, state-major); else computed into this
     job's scratch ``ck (group, nchunks, n, W)`` (:func:`_sel_vjp_checkpoints`). ``acc
     (group, 3n + 3, W)``: the blocks' carried sums (see :func:`_sel_vjp_chunk`).
@@ -366,6 +411,7 @@ def _sel_vjp_group(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bi
     uu = carray(stack_buffer(cl * _W, dt), (cl, _W))
     gr = carray(stack_buffer(cl * _W, dt), (cl, _W))
     sp = carray(stack_buffer(cl * _W if softplus else _W, dt), (cl if softplus else 1, _W))
+    sz = carray(stack_buffer(cl * _W if has_z else _W, dt), (cl if has_z else 1, _W))
     hk = carray(stack_buffer(ns * _W, dt), (ns, _W))
     for blk in range(g0, g1):
         dstart = blk * _W
@@ -391,7 +437,7 @@ def _sel_vjp_group(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bi
             d0 = min(dstart, channels - _W)
             jw = dstart - d0
             _sel_vjp_load(gy, u, delta, z, delta_bias, has_z, has_bias, softplus, bi, d0, t0, t1, cl,
-                          dl, uu, gr, sp)
+                          dl, uu, gr, sp, sz)
             if has_ck:
                 for n in range(nstate):
                     for j in range(_W):
@@ -401,8 +447,8 @@ def _sel_vjp_group(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bi
                     for j in range(_W):
                         hk[n, j] = ck[blk - g0, k, n, j]
             _sel_vjp_chunk(dl, uu, gr, sp, B, C, has_D, has_z, softplus, bi, jw, t0, t1, cl, hk, acc[blk - g0],
-                           gB_part[blk, bi], gC_part[blk, bi])
-            _sel_vjp_store(gy, z, has_z, bi, d0, jw, t0, t1, dl, uu, gr, gu, gdelta, gz)
+                           ntp, gB_part[blk, bi], gC_part[blk, bi])
+            _sel_vjp_store(gy, z, has_z, bi, d0, jw, t0, t1, nt, dl, uu, gr, sz, gu, gdelta, gz)
     for blk in range(g0, g1):
         dstart = blk * _W
         d0 = min(dstart, channels - _W)
@@ -415,11 +461,13 @@ def _sel_vjp_group(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bi
         for j in range(jw, _W):
             gD_part[bi, blk, j] = ab[2 * nstate, j]
             gbias_part[bi, blk, j] = ab[2 * nstate + 1, j]
+    if nt or ntp:
+        store_fence()  # the lines of gu, gdelta, gz (nt) and of gB, gC (ntp) above were streamed
 
 
 @njit(cache=_config.CACHE, parallel=True, error_model="numpy")
 def selective_scan_vjp_kernel(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, softplus,
-                              h0, ghT, chunk_length, has_ck, ck_in, group, gu, gdelta, gz, gA_part, gD_part,
+                              h0, ghT, chunk_length, has_ck, ck_in, group, nt, ntp, gu, gdelta, gz, gA_part, gD_part,
                               gbias_part, gB_part, gC_part, gh0):
     """Backward of the selective scan; see the module docstring. Requires ``channels >= 32``
     (or 0): :mod:`nbssm.ops` pads.
@@ -428,7 +476,8 @@ def selective_scan_vjp_kernel(gy, u, delta, A, B, C, D, z, delta_bias, has_D, ha
     (used with ``has_ck``; the caller checks that ``chunk_length`` is the kernel's capped one).
     One parallel job per (batch, group of ``group`` neighbouring blocks of 32 channels):
     only speed depends on ``group``, every block runs the same operations in the same order.
-    Outputs: ``gu, gdelta, gz (b, l, d)`` (every entry written), ``gh0 (b, d, n)``; per-block
+    ``nt``: every row of ``gu, gdelta, gz`` starts a 64-byte line (the caller checks), so the
+    blocks stream their results as whole lines. Outputs: ``gu, gdelta, gz (b, l, d)`` (every entry written), ``gh0 (b, d, n)``; per-block
     partials ``gA_part (b, nblk, n, 32)``, ``gD_part, gbias_part (b, nblk, 32)`` (lanes below
     a block's first owned lane are left as they were) and ``gB_part, gC_part (nblk, b, l, n)``
     (every entry written).
@@ -449,7 +498,7 @@ def selective_scan_vjp_kernel(gy, u, delta, A, B, C, D, z, delta_bias, has_D, ha
         ck = np.empty((g1 - g0, nck, nstate, _W), dtype=dt)
         acc = np.empty((g1 - g0, 3 * nstate + 3, _W), dtype=dt)
         _sel_vjp_group(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, softplus, h0, ghT, cl,
-                       bi, g0, g1, has_ck, ck_in, ck, acc, gu, gdelta, gz, gA_part, gD_part, gbias_part,
+                       bi, g0, g1, has_ck, ck_in, ck, acc, nt, ntp, gu, gdelta, gz, gA_part, gD_part, gbias_part,
                        gB_part, gC_part, gh0)
 
 
