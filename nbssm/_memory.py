@@ -34,6 +34,10 @@ from . import _config
 
 #: requests of at least this many bytes use the cache (below it glibc recycles freed heap)
 MIN_BYTES = 32 << 20
+#: the threshold for the time blocks of :mod:`nbssm.dask`'s scans: a worker process keeps
+#: its results (persisted blocks) and frees them together, so glibc returns the freed heap
+#: to the OS and every block of the next job would fault in and zero fresh pages
+WORKER_MIN_BYTES = 1 << 20
 #: cached blocks are rounded up to this granularity (the 2 MiB huge page), so that
 #: requests of nearly the same size share blocks
 GRANULE = 2 << 20
@@ -88,12 +92,13 @@ def _release(raw):
             _evict()
 
 
-def empty(shape, dtype):
-    """``np.empty(shape, dtype)`` (C order), served from the cache for large requests."""
+def empty(shape, dtype, min_bytes=None):
+    """``np.empty(shape, dtype)`` (C order), served from the cache for requests of at least
+    ``min_bytes`` (default ``MIN_BYTES``)."""
     dtype = np.dtype(dtype)
     shape = tuple(int(s) for s in shape)
     nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-    if nbytes < MIN_BYTES or _budget <= 0:
+    if nbytes < (MIN_BYTES if min_bytes is None else max(int(min_bytes), 1)) or _budget <= 0:
         return np.empty(shape, dtype)
     size = -(-nbytes // GRANULE) * GRANULE
     raw = None

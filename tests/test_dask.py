@@ -435,3 +435,18 @@ def test_worker_killed_mid_job_same_result(client):
     got = fut.result(timeout=120)
     assert np.array_equal(got, want)
     client.wait_for_workers(2, timeout=60)
+
+
+def test_time_parallel_summaries_carry_a_higher_priority():
+    # the block summaries are the critical path: annotated to run before ready fix-ups
+    da = pytest.importorskip("dask.array")
+    import nbssm.dask as nd
+
+    a = da.from_array(np.full((1, 640, 1), 0.5), chunks=(1, 128, 1))
+    b = da.from_array(np.ones((1, 640, 1)), chunks=(1, 128, 1))
+    g = nd.linear_scan(a, b, strategy="chunked", chunk_length=64).__dask_graph__()
+    prio = {name: (getattr(layer, "annotations", None) or {}).get("priority") for name, layer in g.layers.items()}
+    summaries = [n for n in prio if n.startswith("linear_summaries")]
+    assert len(summaries) == 5  # one per time block (the last one's chunks but its last)
+    assert all(prio[n] == 1 for n in summaries)
+    assert all(prio[n] is None for n in prio if n not in summaries)

@@ -315,3 +315,19 @@ def test_empty_aligned_starts_every_array_on_a_cache_line():
             arr = M.empty_aligned(shape, dt)
             assert arr.shape == shape and arr.dtype == dt and arr.flags.c_contiguous and arr.flags.writeable
             assert arr.size == 0 or arr.ctypes.data % M.ALIGN == 0
+
+
+def test_output_cache_serves_small_blocks_on_request():
+    # nbssm.dask's time blocks (below MIN_BYTES) are recycled when asked for with min_bytes
+    import nbssm._memory as M
+
+    shape = (1, (2 << 20) // 8, 1)  # 2 MiB of float64
+    first = M.empty(shape, np.float64, min_bytes=M.WORKER_MIN_BYTES)
+    ptr = first.ctypes.data
+    hits = M.output_cache_info()["hits"]
+    del first
+    again = M.empty(shape, np.float64, min_bytes=M.WORKER_MIN_BYTES)
+    assert again.ctypes.data == ptr and M.output_cache_info()["hits"] == hits + 1
+    assert again.shape == shape and again.ctypes.data % M.ALIGN == 0
+    plain = M.empty(shape, np.float64)  # below MIN_BYTES without the request: numpy's own
+    assert plain.base is None

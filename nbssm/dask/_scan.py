@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import ops
+from .. import _memory, ops
 from .._kernels.summary import (
     linear_block_carry,
     linear_block_carry_try,
@@ -112,7 +112,7 @@ def _linear_fixup(a, b, summaries, h, chunk_length, last=False):
     (the kernel's carry and fix-up, without summarising the block again); with ``last``, the
     pair ``(states, final state)``."""
     a, b = _linear_arrays(a, b)
-    out = np.empty(a.shape, a.dtype)
+    out = _memory.empty(a.shape, a.dtype, min_bytes=_memory.WORKER_MIN_BYTES)
     h = np.ascontiguousarray(h, dtype=a.dtype)
     hT = np.empty_like(h)
     linear_block_fixup(a, b, summaries, h, out, hT, chunk_length)
@@ -442,6 +442,8 @@ def _time_parallel(seqs, h0_blocks, summarize, carry, run_block, strategy, chunk
     ``(final_name, i, 0, ...)`` (``final_ndim`` zeros): the keys of dask arrays
     (:func:`_assemble`), so that no task only renames another.
     """
+    import dask
+
     if combine not in COMBINES:
         raise ValueError(f"combine: expected one of {COMBINES}, got {combine!r}")
     nb, nt = seqs[0].numblocks[0], seqs[0].numblocks[1]
@@ -489,10 +491,14 @@ def _time_parallel(seqs, h0_blocks, summarize, carry, run_block, strategy, chunk
             finals.append(delayed(_second, last, key=(final_name, i) + (0,) * final_ndim))
             results.append(row)
             continue
-        sums = [delayed(summarize, *args[j]) for j in range(nt - 1)]
-        if fixup is not None and combine == "serial" and nt > 1:
-            # the last block's chunks but its last, summarised with the others
-            sums.append(delayed(summarize, *args[nt - 1], last=True))
+        # the summaries are the critical path (every later block waits for those before it):
+        # a worker runs them before any fix-up that is ready beside them (dask's own order
+        # would finish the early blocks' outputs first and leave the late summaries waiting)
+        with dask.annotate(priority=1):
+            sums = [delayed(summarize, *args[j]) for j in range(nt - 1)]
+            if fixup is not None and combine == "serial" and nt > 1:
+                # the last block's chunks but its last, summarised with the others
+                sums.append(delayed(summarize, *args[nt - 1], last=True))
         # (central: combine="serial" on a distributed cluster)
         own = central is not None and nt > 1 and not held
         if own:
