@@ -275,6 +275,9 @@ def _sel_vjp_chunk(dl, uu, gr, sp, B, C, has_D, has_z, softplus, bi, jw, t0, t1,
     uuf = uu.reshape(uu.size)
     grf = gr.reshape(gr.size)
     spf = sp.reshape(sp.size)
+    for tt in range(t1 - t0):  # lanes of the block before: no cotangent (their terms are 0)
+        for j in range(jw):
+            grf[np.uint64(tt * _W + j)] = zero
     gBf = gB.reshape(gB.size)
     gCf = gC.reshape(gC.size)
     for t in range(t0, t1):  # recompute the chunk: states, transitions, readout, C terms
@@ -296,8 +299,7 @@ def _sel_vjp_chunk(dl, uu, gr, sp, B, C, has_D, has_z, softplus, bi, jw, t0, t1,
                 As[tt, n, j] = a
                 Hs[tt + 1, n, j] = hv
                 yr[j] = yr[j] + hv * cn
-                v = grf[row + np.uint64(j)] * hv
-                tmp[j] = v if j >= jw else zero
+                tmp[j] = grf[row + np.uint64(j)] * hv
             r = tt * nstate + n
             for q in range(8):
                 TC[r, q] = (tmp[q] + tmp[q + 16]) + (tmp[q + 8] + tmp[q + 24])
@@ -328,8 +330,7 @@ def _sel_vjp_chunk(dl, uu, gr, sp, B, C, has_D, has_z, softplus, bi, jw, t0, t1,
                 uv = uuf[row + np.uint64(j)]
                 gdl[j] = gdl[j] + (ga * At[n, j] + g * (bn * uv))
                 gAa[n, j] = gAa[n, j] + ga * dv
-                v = g * (dv * uv)
-                tmp[j] = v if j >= jw else zero
+                tmp[j] = g * (dv * uv)
                 guu[j] = guu[j] + g * (dv * bn)
                 gh[n, j] = g * a
             r = tt * nstate + n
@@ -397,7 +398,8 @@ def _sel_vjp_group(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bi
     (group, 3n + 3, W)``: the blocks' carried sums (see :func:`_sel_vjp_chunk`).
     ``gA_part[bi, blk] (n, W)``, ``gD_part, gbias_part[bi, blk] (W,)`` receive the block's
     batch-partial sums, ``gB_part, gC_part[blk, bi] (l, n)`` its channel-partial sums
-    (lanes below ``jw`` contribute 0; the 32 lanes are summed by the fixed tree
+    (lanes below ``jw``, the block before's, start with no state cotangent and get no readout
+    cotangent, so their terms are 0 and no lane loop needs a select; the 32 lanes are summed by the fixed tree
     ``((j + j+16) + (j+8 + j+24))`` for ``j < 8``, then ``((0+4)+(2+6)) + ((1+5)+(3+7))``).
     """
     length = u.shape[1]
@@ -424,7 +426,7 @@ def _sel_vjp_group(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bi
                 ab[r, j] = zero
         for n in range(nstate):
             for j in range(_W):
-                ab[n, j] = ghT[bi, d0 + j, n]
+                ab[n, j] = ghT[bi, d0 + j, n] if j >= dstart - d0 else zero
                 ab[2 * nstate + 3 + n, j] = A[d0 + j, n]
         if has_D:
             for j in range(_W):
