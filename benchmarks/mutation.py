@@ -116,17 +116,15 @@ MUTANTS = [
          "            if last:\n                if has_D:\n                    for j in range(W):\n"
          "                        yy[j] = yy[j] + Dl[j] * uu[j]\n                if has_z:")]),
     _m("sel_delta_bias_ignored", SEL,
-       "dv = dv + bl[j]\n                if delta_softplus:\n                    dv = softplus_(dv)\n"
-       "                dl[j] = dv\n                uu[j] = uv\n                yy",
-       "dv = dv\n                if delta_softplus:\n                    dv = softplus_(dv)\n"
-       "                dl[j] = dv\n                uu[j] = uv\n                yy",
+       "dv = dv + bl[j]\n        if delta_softplus:\n            dv = softplus_(dv)\n        dl2[r, j] = dv",
+       "dv = dv\n        if delta_softplus:\n            dv = softplus_(dv)\n        dl2[r, j] = dv",
        "delta_bias ignored in the readout pass", ["selective"]),
     _m("sel_softplus_twice", SEL,
-       "dv = softplus_(dv)\n                dl[j] = dv\n                uu[j] = uv\n                yy",
-       "dv = softplus_(softplus_(dv))\n                dl[j] = dv\n                uu[j] = uv\n                yy",
+       "dv = softplus_(dv)\n        dl2[r, j] = dv",
+       "dv = softplus_(softplus_(dv))\n        dl2[r, j] = dv",
        "softplus applied twice in the readout pass", ["selective"]),
     _m("sel_gate_sigmoid", SEL,
-       "yy[j] = yy[j] * (zv * sigmoid_(zv))", "yy[j] = yy[j] * sigmoid_(zv)",
+       "gz2[r, j] = zv * sigmoid_(zv)", "gz2[r, j] = sigmoid_(zv)",
        "gate sigmoid(z) instead of silu(z)", ["selective"]),
     _m("sel_initial_state_ignored", SEL,
        "H[bi, 0, blk, n, j] = h0[bi, d0 + j, n]", "H[bi, 0, blk, n, j] = 0",

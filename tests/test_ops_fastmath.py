@@ -80,6 +80,29 @@ def test_softplus_sigmoid32_is_softplus32_bitwise_and_an_accurate_sigmoid():
     assert sg[5] == 0.0 and sg[6] == 0.0  # below exp32's flush to zero (the true value < 2e-38)
 
 
+def test_exp32_clamp_edges():
+    # the range is one clamp of the argument to [-87.5, 89]: n = round(x / ln2) must stay in
+    # [-126, 128] (n = -127 would build the bits of -inf, n = 129 those of a NaN or inf)
+    f32 = np.float32
+    lo = [-1e30, -200.0, -88.4, -88.0, -87.5, np.nextafter(f32(-87.5), f32(0)), -87.0, -86.995]
+    e = _run(0, lo)
+    assert np.all(e == 0.0) and not np.any(np.signbit(e))  # +0.0, never -0.0 or -inf
+    # between -86.99 (n = -125) and -86.64 the result is the small value itself, positive,
+    # monotone, within the subnormal spacing of the true value
+    x = np.linspace(-86.98, -86.64, 2001).astype(np.float32)
+    got = _run(0, x).astype(np.float64)
+    want = np.exp(x.astype(np.float64))
+    assert np.all(got > 0) and np.all(np.diff(got) >= 0)
+    assert np.max(np.abs(got - want)) <= 2.0 ** -149 * 2 + 2.5e-7 * want.max()
+    hi = [np.nextafter(f32(88.72284), f32(np.inf)), 88.75, 88.99, 89.0, 89.5, 1e4, 1e30]
+    assert np.all(_run(0, hi) == np.inf)
+    top = f32(88.7228)  # the largest argument tested finite
+    assert np.isfinite(_run(0, [top])[0])
+    # NaN passes the clamp (both comparisons are false) and gives NaN; so do NaN payloads
+    nan_bits = np.array([0x7FC00000, 0x7FA00001, 0xFFC00000], dtype=np.uint32).view(np.float32)
+    assert np.all(np.isnan(_run(0, nan_bits)))
+
+
 def test_special_values():
     e = _run(0, [np.nan, np.inf, -np.inf, 88.8, -90.0, 0.0])
     assert np.isnan(e[0]) and e[1] == np.inf and e[2] == 0.0 and e[3] == np.inf and e[4] == 0.0 and e[5] == 1.0

@@ -15,10 +15,11 @@ the argument type at compile time (``numba.extending.overload``).
 Accuracy of the float32 approximations (measured by
 ``tests/test_ops_fastmath.py`` against float64 libm over their whole range):
 
-* ``exp32``: relative error below 2.5e-7 (measured 1.8e-7) for results >= 2**-125; results
-  below 2**-125 (arguments below about -86.64) are flushed to +0.0; arguments
-  above 88.72 give +inf; NaN gives NaN.
-* ``softplus32``: relative error below 4e-7 (measured 2.4e-7) for any finite
+* ``exp32``: relative error below 2.5e-7 (measured 1.8e-7) for results >= 2**-125 (arguments
+  from -86.64); between -86.99 and -86.64 the results are below 2**-125 (less accurate, the
+  scaling by 2**(n-1) passes through subnormals); arguments below -86.99 give +0.0;
+  arguments above 88.72 give +inf; NaN gives NaN.
+* ``softplus32``: relative error below 4e-7 (measured 2.47e-7) for any finite
   argument; ``x`` itself above 20 (as PyTorch and mamba_ssm); NaN gives NaN.
 * ``sigmoid32``: ``1 / (1 + exp32(-x))``.
 
@@ -47,8 +48,13 @@ _f32 = np.float32
 _LOG2E = _f32(1.44269504088896341)
 _LN2_HI = _f32(0.693359375)
 _LN2_LO = _f32(-2.12194440e-4)
-_EXP_LO = _f32(-86.64)  # exp(-86.64) ~ 2.5e-38 > 2**-126: keeps the exponent field normal
+_EXP_LO = _f32(-86.64)  # exp(-86.64) ~ 2.4e-38 = 2**-125.0: the accurate range starts here
 _EXP_HI = _f32(88.72283905206835)  # largest argument with a finite float32 exp
+# the clamp that replaces range selects: n = round(x/ln2) stays in [-126, 128], where the
+# exponent field built below is 0 (scale +0.0, the result +0.0) at n = -126 and the result
+# overflows to +inf at n = 128 with r >= 0
+_EXP_CLAMP_LO = _f32(-87.5)  # n = -126
+_EXP_CLAMP_HI = _f32(89.0)  # n = 128, r = 0.277
 _SHIFTER = _f32(12582912.0)  # 1.5 * 2**23
 # exp(r) ~ 1 + r + r**2 (E2 + E3 r + E4 r**2 + E5 r**3) on |r| <= ln2/2 (fitted, relative error 1.05e-7)
 _E2 = _f32(0.4999923)
@@ -58,8 +64,6 @@ _E5 = _f32(0.00831253)
 _HALF = _f32(0.5)
 _ONE = _f32(1.0)
 _TWO = _f32(2.0)
-_ZERO = _f32(0.0)
-_INF32 = _f32(np.inf)
 
 # Cephes logf constants
 _SQRTHF = _f32(0.707106781186547524)
@@ -86,14 +90,19 @@ def exp32(x):
     ``|r| <= ln2/2`` (Cody-Waite split of ln2); ``exp(r)`` by a near-minimax
     polynomial ``1 + r + r**2 (c2 + c3 r + c4 r**2 + c5 r**3)`` fitted for
     relative error (1.05e-7 in exact arithmetic). ``2**n`` is applied as
-    ``2 * 2**(n-1)`` so that ``n = 128`` stays representable. Selects handle
-    the range: below -86.64 the result is +0.0, above 88.7228 +inf; NaN gives NaN.
+    ``2 * 2**(n-1)`` so that ``n = 128`` stays representable. The range is handled
+    by one clamp of the argument to ``[-87.5, 89]`` (a min and a max; no select on the
+    result): there ``n`` stays in ``[-126, 128]``, the exponent field built for ``n = -126``
+    (arguments below -86.99) is that of +0.0, so the result is +0.0, and at ``n = 128`` with
+    ``r > 0`` (arguments above 88.7228) the product overflows to +inf. NaN passes the clamp
+    (both comparisons are false) and gives NaN. Six vector operations fewer per exp than
+    selects on the result (about 20% off the float32 selective scan).
     """
     xc = x
-    if xc < _EXP_LO:
-        xc = _EXP_LO
-    if xc > _EXP_HI:
-        xc = _EXP_HI
+    if xc < _EXP_CLAMP_LO:
+        xc = _EXP_CLAMP_LO
+    if xc > _EXP_CLAMP_HI:
+        xc = _EXP_CLAMP_HI
     t = fma32(xc, _LOG2E, _SHIFTER)
     n = t - _SHIFTER
     r = fma32(n, -_LN2_HI, xc)
@@ -105,10 +114,6 @@ def exp32(x):
     bits = np.int64(np.float32(t).view(np.int32))
     scale = np.int32((bits << 23) + np.int64(126 << 23)).view(np.float32)
     res = (p * scale) * _TWO
-    if x < _EXP_LO:
-        res = _ZERO
-    if x > _EXP_HI:
-        res = _INF32
     return res
 
 
@@ -127,17 +132,19 @@ def log32_ge1(v):
         kf = kf + _ONE
     f = m - _ONE
     f2 = f * f
-    q = _L0 * f + _L1
-    q = q * f + _L2
-    q = q * f + _L3
-    q = q * f + _L4
-    q = q * f + _L5
-    q = q * f + _L6
-    q = q * f + _L7
-    q = q * f + _L8
+    # Horner in fused multiply-adds: half the operations and a shorter dependency chain than
+    # separate products and sums (the softplus runs once per token and channel)
+    q = fma32(_L0, f, _L1)
+    q = fma32(q, f, _L2)
+    q = fma32(q, f, _L3)
+    q = fma32(q, f, _L4)
+    q = fma32(q, f, _L5)
+    q = fma32(q, f, _L6)
+    q = fma32(q, f, _L7)
+    q = fma32(q, f, _L8)
     q = q * f * f2
-    q = q - _HALF * f2
-    return (f + q) + kf * _LN2
+    q = fma32(-_HALF, f2, q)
+    return fma32(kf, _LN2, f + q)
 
 
 @njit(cache=_config.CACHE, error_model="numpy", inline="always")
@@ -166,7 +173,7 @@ def sigmoid32(x):
 def softplus_sigmoid32(x):
     """``(softplus32(x), sigmoid(x))`` from one ``exp32``: the softplus bit for bit that of
     :func:`softplus32`, the sigmoid as ``e / (1 + e)`` with ``e = exp32(x)`` (1 above the
-    softplus threshold 20, where the float32 sigmoid rounds to 1; below -86.64, where
+    softplus threshold 20, where the float32 sigmoid rounds to 1; below -86.99, where
     ``exp32`` flushes to 0, it is 0 instead of a subnormal). NaN gives NaN twice."""
     e = exp32(x)
     v = _ONE + e

@@ -282,8 +282,9 @@ def refinement_checks(seed: int = 0) -> list[CheckResult]:
 _LOG_DBL_MAX = math.log(sys.float_info.max)
 #: branch points of the kernels' activations: 0 (branched forms), PyTorch's float32 softplus
 #: threshold 20, 36.8 (where x + log1p(exp(-x)) rounds to x), float32 exp's range ends
-#: (-86.64, 88.72) and log(DBL_MAX) = 709.78 (float64 exp overflows above it)
-_THRESHOLDS = (0.0, 2.0, 20.0, 36.8, -86.64, 88.7228, 709.0, _LOG_DBL_MAX)
+#: (-86.64, 88.72), its flush to zero (-86.99) and argument clamp (-87.5, 89) and
+#: log(DBL_MAX) = 709.78 (float64 exp overflows above it)
+_THRESHOLDS = (0.0, 2.0, 20.0, 36.8, -86.64, -86.99, -87.5, 88.7228, 89.0, 709.0, _LOG_DBL_MAX)
 
 
 def _activation_grid():
