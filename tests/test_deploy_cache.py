@@ -240,3 +240,18 @@ def test_numba_ir_assumption_warning_silenced_for_nbssm_kernels_only():
             warnings.filterwarnings("always", category=UserWarning)
             warnings.warn_explicit("variable 'v' is not in scope.", numba.NumbaIRAssumptionWarning, path, 451)
         assert (len(got) == 1) is shown, path
+
+
+@pytest.mark.parametrize("name,value", [("OPT", 0), ("ENABLE_PROFILING", 1), ("DEBUGINFO_DEFAULT", 1),
+                                        ("BOUNDSCHECK", 1), ("CPU_NAME", "generic")])
+def test_codegen_settings_select_another_cache_directory(monkeypatch, name, value):
+    # a profiling or debugging run must not leave its machine code to the runs after it
+    import numba
+
+    from nbssm._kernels import _jit
+
+    before = _jit.source_key()
+    monkeypatch.setattr(numba.config, name, value)
+    assert _jit.source_key() != before
+    monkeypatch.undo()
+    assert _jit.source_key() == before

@@ -128,8 +128,17 @@ def _cpu_description() -> str:
         return platform.processor()
 
 
+#: Numba settings (``NUMBA_OPT``, ``NUMBA_ENABLE_PROFILING``, ...) that change the code a
+#: kernel compiles to but not Numba's own cache index: part of the cache key, so that a run
+#: with one of them set (a profiling session) never leaves its code to the runs after it.
+#: Measured: one ``NUMBA_ENABLE_PROFILING=1`` run left the selective scan 10-15x slower in
+#: every later process until the cache was cleared.
+_CODEGEN_CONFIG = ("OPT", "ENABLE_PROFILING", "DEBUGINFO_DEFAULT", "BOUNDSCHECK", "CPU_NAME", "CPU_FEATURES")
+
+
 def source_key(kernel_dir: str = _KERNEL_DIR) -> str:
-    """Hash of every kernel source file plus the toolchain and the host CPU.
+    """Hash of every kernel source file plus the toolchain, the host CPU and the Numba
+    settings that change generated code (:data:`_CODEGEN_CONFIG`).
 
     Parameters
     ----------
@@ -152,6 +161,8 @@ def source_key(kernel_dir: str = _KERNEL_DIR) -> str:
 
     for part in (numba.__version__, llvmlite.__version__, sys.version, platform.machine(), _cpu_description()):
         h.update(str(part).encode() + b"\0")
+    for name in _CODEGEN_CONFIG:  # Numba settings that change the machine code of a kernel
+        h.update(f"{name}={getattr(numba.config, name, None)!r}".encode() + b"\0")
     return h.hexdigest()[:24]
 
 
