@@ -48,9 +48,9 @@ _f32 = np.float32
 _LOG2E = _f32(1.44269504088896341)
 _LN2_HI = _f32(0.693359375)
 _LN2_LO = _f32(-2.12194440e-4)
-_EXP_LO = _f32(-86.64)  # exp(-86.64) ~ 2.4e-38 = 2**-125.0: the accurate range starts here
-_EXP_HI = _f32(88.72283905206835)  # largest argument with a finite float32 exp
-# the clamp that replaces range selects: n = round(x/ln2) stays in [-126, 128], where the
+# the accurate range is [-86.64, 88.7228] (exp(-86.64) = 2**-125.0; 88.7228 the largest
+# argument with a finite float32 exp); the clamp that replaces range selects keeps
+# n = round(x/ln2) in [-126, 128], where the
 # exponent field built below is 0 (scale +0.0, the result +0.0) at n = -126 and the result
 # overflows to +inf at n = 128 with r >= 0
 _EXP_CLAMP_LO = _f32(-87.5)  # n = -126

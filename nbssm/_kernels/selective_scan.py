@@ -23,9 +23,10 @@ software-pipelined in the readout pass: the next token's softplus and gate are
 computed halfway through the current token's states, so that their long
 dependency chains overlap the scan's arithmetic (computed at the start of every
 token, they stalled it: 28% of the kernel's profile samples); rows ``(b, l, d)``
-are ``d`` apart in memory, so the kernel prefetches a few tokens ahead. Each parallel iteration owns a disjoint set of outputs and runs
-a fixed sequence of floating-point operations, so the results do not depend
-on the number of threads or on scheduling.
+are ``d`` apart in memory, so the kernel prefetches a few tokens ahead. Each
+parallel iteration owns a disjoint set of outputs and runs a fixed sequence of
+floating-point operations, so the results do not depend on the number of
+threads or on scheduling.
 """
 
 from __future__ import annotations
@@ -68,7 +69,9 @@ def _sel_block_geometry(blk, channels, W):
 def _sel_lanes(df, zf, bl, row, has_bias, delta_softplus, gate, dl2, gz2, r, W):
     """One token's step sizes ``dl2[r] = softplus(delta + delta_bias)`` (as requested) and,
     with ``gate``, gates ``gz2[r] = z * sigmoid(z)`` for the block's ``W`` lanes; ``row``
-    is the token's flat offset of the block's first lane."""
+    is the token's flat offset of the block's first lane. Shared by the readout pass
+    (:func:`_sel_run`) and the summaries (:func:`_sel_summary`), so that both take the
+    same step sizes."""
     for j in range(W):
         dv = df[row + np.uint64(j)]
         if has_bias:
@@ -195,7 +198,7 @@ def _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_
                     yy[j] = yy[j] + hv * cn
                 if more and n == half:
                     _sel_lanes(df, zf, bl, nrow, has_bias, delta_softplus, gate, dl2, gz2, nxr, W)
-            if more and half >= ns:  # no states
+            if more and ns == 0:  # no states: no halfway point
                 _sel_lanes(df, zf, bl, nrow, has_bias, delta_softplus, gate, dl2, gz2, nxr, W)
             if last:
                 if has_z:
@@ -232,7 +235,7 @@ def _sel_summary(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d0, t
     P = carray(stack_buffer(cap * W, dt), (cap, W))
     Q = carray(stack_buffer(cap * W, dt), (cap, W))
     At = carray(stack_buffer(cap * W, dt), (cap, W))
-    dl = carray(stack_buffer(W, dt), (W,))
+    dl = carray(stack_buffer(W, dt), (1, W))  # row 0: the token's step sizes (_sel_lanes)
     uu = carray(stack_buffer(W, dt), (W,))
     bl = carray(stack_buffer(W, dt), (W,))
     for j in range(W):
@@ -250,20 +253,14 @@ def _sel_summary(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d0, t
             for q in range(0, W, line):
                 prefetch(u, ahead + q)
                 prefetch(delta, ahead + q)
+            _sel_lanes(df, df, bl, row, has_bias, delta_softplus, False, dl, dl, 0, W)
             for j in range(W):
-                uv = uf[row + np.uint64(j)]
-                dv = df[row + np.uint64(j)]
-                if has_bias:
-                    dv = dv + bl[j]
-                if delta_softplus:
-                    dv = softplus_(dv)
-                dl[j] = dv
-                uu[j] = uv
+                uu[j] = uf[row + np.uint64(j)]
             first = t == t0
             for n in range(ns):
                 bn = B[bi, t, n0 + n]
                 for j in range(W):
-                    dv = dl[j]
+                    dv = dl[0, j]
                     at = exp_(dv * At[n, j])
                     bt = (dv * bn) * uu[j]
                     if first:
