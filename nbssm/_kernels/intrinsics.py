@@ -4,7 +4,8 @@ No arithmetic of the algorithms lives here (that is :mod:`nbssm._kernels.fastmat
 
 * memory hints: :func:`prefetch` (``llvm.prefetch``), :func:`store_nontemporal`
   (a store with ``!nontemporal`` metadata), :func:`store_line_nontemporal` (one aligned
-  64-byte streaming vector store), :func:`store_fence` (``sfence``);
+  64-byte streaming vector store), :func:`copy_line` (one 64-byte vector copy),
+  :func:`store_fence` (``sfence``);
 * scratch memory: :func:`stack_buffer` (an ``alloca``: memory that cannot
   alias any argument, so loops over it vectorise without overlap checks);
 * code generation: :func:`constant` (a literal argument as an LLVM constant),
@@ -112,6 +113,37 @@ def store_line_nontemporal(typingctx, dst, dst_offset, src, src_offset):
         v = builder.load(sptr, align=size)
         st = builder.store(v, dptr, align=64)
         st.set_metadata("nontemporal", builder.module.add_metadata([_ir.IntType(32)(1)]))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def copy_line(typingctx, dst, dst_offset, src, src_offset):
+    """Copy 64 bytes: ``dst.flat[dst_offset : dst_offset + 64 // itemsize] =
+    src.flat[src_offset : ...]``, as one vector load and one vector store (any alignment).
+
+    The caller guarantees both ranges are in bounds and the dtypes equal. Bits are copied
+    unchanged. A lane loop that copies between two array arguments stays scalar once LLVM
+    has unrolled it (the arrays may overlap, so the loads cannot be moved above the
+    stores); this is always one full-width copy.
+    """
+    if not (isinstance(dst, types.Array) and isinstance(src, types.Array)
+            and isinstance(dst_offset, types.Integer) and isinstance(src_offset, types.Integer)
+            and dst.dtype == src.dtype and isinstance(dst.dtype, types.Float)):
+        return None
+    sig = types.void(dst, dst_offset, src, src_offset)
+
+    def codegen(context, builder, signature, args):
+        elem = signature.args[0].dtype
+        ety = context.get_value_type(elem)
+        size = context.get_abi_sizeof(ety)
+        vty = _ir.VectorType(ety, 64 // size)
+        d = context.make_array(signature.args[0])(context, builder, args[0])
+        s = context.make_array(signature.args[2])(context, builder, args[2])
+        sptr = builder.bitcast(builder.gep(s.data, [args[3]]), vty.as_pointer())
+        dptr = builder.bitcast(builder.gep(d.data, [args[1]]), vty.as_pointer())
+        builder.store(builder.load(sptr, align=size), dptr, align=size)
         return context.get_dummy_value()
 
     return sig, codegen

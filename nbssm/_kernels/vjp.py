@@ -47,7 +47,7 @@ from numba import carray
 from .. import _config
 from ._jit import njit, prange
 from .fastmath import exp_, sigmoid_, softplus_, softplus_sigmoid_
-from .intrinsics import prefetch, stack_buffer, store_fence, store_line_nontemporal
+from .intrinsics import copy_line, prefetch, stack_buffer, store_fence, store_line_nontemporal
 
 #: channels per job of the selective-scan backward (a constant: fixes the order of the
 #: sums over channels)
@@ -66,20 +66,34 @@ def vjp_chunk(chunk_length, nstate):
 
 
 @njit(cache=_config.CACHE, error_model="numpy")
-def _sel_vjp_load(gy, u, delta, z, delta_bias, has_z, has_bias, softplus, bi, d0, t0, t1, back, dl, uu, gr, sp, sz):
+def _sel_vjp_load(gy, u, delta, z, delta_bias, has_z, has_bias, softplus, bi, d0, t0, t1, has_nxt, nxt, dl, uu, gr, sp,
+                  sz):
     """Per-token inputs of tokens ``t0 .. t1-1`` of the block ``d0 .. d0+31`` into ``(cl, 32)`` buffers.
 
     Row ``t - t0``: ``dl = softplus(delta + delta_bias)`` (as requested; the forward's
     operations), ``uu = u``, ``gr = grad_y * silu(z)`` (``grad_y`` without ``z``) and, with
     the softplus, ``sp = sigmoid(delta + delta_bias)`` (its derivative). Read straight from
-    the ``(b, l, d)`` rows; the rows of the chunk before (``back``: the chunk the backward
-    visits next) are prefetched.
+    the ``(b, l, d)`` rows. With ``has_nxt``, the rows of the job's next (block, chunk) are
+    prefetched, row ``t`` with row ``t`` of this one: ``nxt`` is their distance in elements
+    (the next block of the group, over the same tokens, or the group's first block over the
+    chunk before). One block and chunk of work (about 130 KiB of scratch) passes between
+    the prefetch and the use, so the lines are still in L2; a prefetch one whole chunk
+    ahead (the group's 8 blocks and 1 MiB of scratch) found most of them gone.
+
+    Every row moves as whole 64-byte vectors (:func:`~nbssm._kernels.intrinsics.copy_line`)
+    between the arrays and stack copies, and the arithmetic runs on the stack copies only:
+    a lane loop between two array arguments (which may overlap) stays scalar once LLVM has
+    unrolled it, as this function's copies and products did (17% of the backward at S1).
     """
     length = u.shape[1]
     channels = u.shape[2]
     dt = u.dtype
     line = 64 // u.itemsize
     x = carray(stack_buffer(_W, dt), (_W,))
+    y = carray(stack_buffer(_W, dt), (_W,))
+    w = carray(stack_buffer(_W, dt), (_W,))
+    v = carray(stack_buffer(_W, dt), (_W,))
+    bl = carray(stack_buffer(_W, dt), (_W,))
     uf = u.reshape(u.size)
     df = delta.reshape(delta.size)
     zf = z.reshape(z.size)
@@ -89,44 +103,54 @@ def _sel_vjp_load(gy, u, delta, z, delta_bias, has_z, has_bias, softplus, bi, d0
     grf = gr.reshape(gr.size)
     spf = sp.reshape(sp.size)
     szf = sz.reshape(sz.size)
-    # every lane loop below is branch-free (the flags are tested outside): they vectorise
+    if has_bias:
+        for j in range(_W):
+            bl[j] = delta_bias[d0 + j]
+    # every lane loop below is branch-free (the flags are tested outside) and reads and
+    # writes stack copies only: they vectorise
     for t in range(t0, t1):
         src = np.uint64((bi * length + t) * channels + d0)
         dst = np.uint64((t - t0) * _W)
-        ahead = (bi * length + t - back) * channels + d0
-        if ahead >= 0:
+        ahead = np.int64(src) + nxt
+        if has_nxt:
             for q in range(0, _W, line):
                 prefetch(u, ahead + q)
                 prefetch(delta, ahead + q)
                 prefetch(gy, ahead + q)
                 if has_z:
                     prefetch(z, ahead + q)
-        for j in range(_W):
-            x[j] = df[src + np.uint64(j)]
+        for q in range(0, _W, line):
+            copy_line(x, q, df, src + np.uint64(q))
+            copy_line(uuf, dst + np.uint64(q), uf, src + np.uint64(q))
         if has_bias:
             for j in range(_W):
-                x[j] = x[j] + delta_bias[d0 + j]
+                x[j] = x[j] + bl[j]
         if softplus:
             for j in range(_W):
                 spv, sgv = softplus_sigmoid_(x[j])
-                dlf[dst + np.uint64(j)] = spv
-                spf[dst + np.uint64(j)] = sgv
+                y[j] = spv
+                w[j] = sgv
+            for q in range(0, _W, line):
+                copy_line(dlf, dst + np.uint64(q), y, q)
+                copy_line(spf, dst + np.uint64(q), w, q)
         else:
-            for j in range(_W):
-                dlf[dst + np.uint64(j)] = x[j]
-        for j in range(_W):
-            uuf[dst + np.uint64(j)] = uf[src + np.uint64(j)]
+            for q in range(0, _W, line):
+                copy_line(dlf, dst + np.uint64(q), x, q)
         if has_z:
+            for q in range(0, _W, line):
+                copy_line(x, q, zf, src + np.uint64(q))
+                copy_line(v, q, gyf, src + np.uint64(q))
             for j in range(_W):
-                zv = zf[src + np.uint64(j)]
+                zv = x[j]
                 s = sigmoid_(zv)
-                szf[dst + np.uint64(j)] = s
-                x[j] = zv * s
-            for j in range(_W):
-                grf[dst + np.uint64(j)] = gyf[src + np.uint64(j)] * x[j]
+                y[j] = s
+                w[j] = v[j] * (zv * s)
+            for q in range(0, _W, line):
+                copy_line(szf, dst + np.uint64(q), y, q)
+                copy_line(grf, dst + np.uint64(q), w, q)
         else:
-            for j in range(_W):
-                grf[dst + np.uint64(j)] = gyf[src + np.uint64(j)]
+            for q in range(0, _W, line):
+                copy_line(grf, dst + np.uint64(q), gyf, src + np.uint64(q))
 
 
 @njit(cache=_config.CACHE, error_model="numpy")
@@ -415,6 +439,9 @@ def _sel_vjp_group(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bi
     sp = carray(stack_buffer(cl * _W if softplus else _W, dt), (cl if softplus else 1, _W))
     sz = carray(stack_buffer(cl * _W if has_z else _W, dt), (cl if has_z else 1, _W))
     hk = carray(stack_buffer(ns * _W, dt), (ns, _W))
+    hkf = hk.reshape(hk.size)
+    ckf = ck_in.reshape(ck_in.size)
+    line = 64 // u.itemsize
     for blk in range(g0, g1):
         dstart = blk * _W
         d0 = min(dstart, channels - _W)
@@ -438,12 +465,22 @@ def _sel_vjp_group(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bi
             dstart = blk * _W
             d0 = min(dstart, channels - _W)
             jw = dstart - d0
-            _sel_vjp_load(gy, u, delta, z, delta_bias, has_z, has_bias, softplus, bi, d0, t0, t1, cl,
-                          dl, uu, gr, sp, sz)
-            if has_ck:
+            # the job's next (block, chunk): its rows are prefetched while this one runs
+            kn = k
+            nd0 = min((blk + 1) * _W, channels - _W)
+            if blk + 1 == g1:
+                kn = k - 1
+                nd0 = min(g0 * _W, channels - _W)
+            _sel_vjp_load(gy, u, delta, z, delta_bias, has_z, has_bias, softplus, bi, d0, t0, t1, kn >= 0,
+                          (kn - k) * cl * channels + nd0 - d0, dl, uu, gr, sp, sz)
+            if has_ck:  # whole-vector copies of the checkpoint's rows; the next one's prefetched
                 for n in range(nstate):
-                    for j in range(_W):
-                        hk[n, j] = ck_in[bi, k, n, d0 + j]
+                    crow = ((bi * ck_in.shape[1] + k) * nstate + n) * ck_in.shape[3] + d0
+                    nrow = ((bi * ck_in.shape[1] + kn) * nstate + n) * ck_in.shape[3] + nd0
+                    for q in range(0, _W, line):
+                        copy_line(hkf, n * _W + q, ckf, crow + q)
+                        if kn >= 0:
+                            prefetch(ck_in, nrow + q)
             else:
                 for n in range(nstate):
                     for j in range(_W):
