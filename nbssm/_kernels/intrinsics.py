@@ -6,6 +6,10 @@ No arithmetic of the algorithms lives here (that is :mod:`nbssm._kernels.fastmat
   (a store with ``!nontemporal`` metadata), :func:`store_line_nontemporal` (one aligned
   64-byte streaming vector store), :func:`copy_line` (one 64-byte vector copy),
   :func:`store_fence` (``sfence``);
+* views: :func:`flat` (the 1-D view of a C-contiguous array, without Numba's reshape call);
+* fixed-order sums as whole vectors: :func:`fold32_8` (32 lanes to 8) and
+  :func:`tree8_rows` (eight 8-lane rows to eight sums), the additions of the lane
+  loops they replace in the same order;
 * scratch memory: :func:`stack_buffer` (an ``alloca``: memory that cannot
   alias any argument, so loops over it vectorise without overlap checks);
 * code generation: :func:`constant` (a literal argument as an LLVM constant),
@@ -145,6 +149,116 @@ def copy_line(typingctx, dst, dst_offset, src, src_offset):
         dptr = builder.bitcast(builder.gep(d.data, [args[1]]), vty.as_pointer())
         builder.store(builder.load(sptr, align=size), dptr, align=size)
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _vec_ops(context, builder, signature, args):
+    """(element type, element size, source pointer, destination pointer) of a
+    ``(dst, dst_offset, src, src_offset)`` intrinsic's arguments."""
+    elem = signature.args[0].dtype
+    ety = context.get_value_type(elem)
+    size = context.get_abi_sizeof(ety)
+    d = context.make_array(signature.args[0])(context, builder, args[0])
+    s = context.make_array(signature.args[2])(context, builder, args[2])
+    return ety, size, builder.gep(s.data, [args[3]]), builder.gep(d.data, [args[1]])
+
+
+def _lanes(builder, vec, idx):
+    """The lanes ``idx`` of ``vec`` as a new vector (a ``shufflevector``)."""
+    i32 = _ir.IntType(32)
+    idx = list(idx)
+    return builder.shuffle_vector(vec, vec, _ir.Constant(_ir.VectorType(i32, len(idx)), [i32(i) for i in idx]))
+
+
+def _float_copy_args(dst, dst_offset, src, src_offset):
+    return (isinstance(dst, types.Array) and isinstance(src, types.Array)
+            and isinstance(dst_offset, types.Integer) and isinstance(src_offset, types.Integer)
+            and dst.dtype == src.dtype and isinstance(dst.dtype, types.Float))
+
+
+@intrinsic
+def fold32_8(typingctx, dst, dst_offset, src, src_offset):
+    """``dst.flat[dst_offset + q] = (s[q] + s[q + 16]) + (s[q + 8] + s[q + 24])`` for
+    ``q < 8``, ``s = src.flat[src_offset:]``: 32 lanes folded to 8 by a fixed tree.
+
+    The same additions, in the same order, as the lane loop it replaces (so the same
+    bits), written as whole-vector operations: LLVM's own vectorisation of that loop
+    (after unrolling it) computed half of the lanes twice and blended them.
+    """
+    if not _float_copy_args(dst, dst_offset, src, src_offset):
+        return None
+    sig = types.void(dst, dst_offset, src, src_offset)
+
+    def codegen(context, builder, signature, args):
+        ety, size, sptr, dptr = _vec_ops(context, builder, signature, args)
+        # loads of whole 64-byte lines, as the lane loop before stored them (a narrower
+        # load of part of a wider store cannot take the stored value: it waits for the cache)
+        per = 64 // size
+        vty = _ir.VectorType(ety, per)
+        i64 = _ir.IntType(64)
+        v = [builder.load(builder.bitcast(builder.gep(sptr, [i64(k)]), vty.as_pointer()), align=size)
+             for k in range(0, 32, per)]
+        if per == 16:  # float32: lanes q of (v0 + v1) are s[q] + s[q + 16]; then halves added
+            h = builder.fadd(v[0], v[1])
+            r = builder.fadd(_lanes(builder, h, range(8)), _lanes(builder, h, range(8, 16)))
+        else:  # float64: v[k] holds lanes 8k .. 8k+7
+            r = builder.fadd(builder.fadd(v[0], v[2]), builder.fadd(v[1], v[3]))
+        builder.store(r, builder.bitcast(dptr, _ir.VectorType(ety, 8).as_pointer()), align=size)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def tree8_rows(typingctx, dst, dst_offset, src, src_offset):
+    """Eight rows of 8 lanes to eight sums: ``dst.flat[dst_offset + i] =
+    ((x0 + x4) + (x2 + x6)) + ((x1 + x5) + (x3 + x7))`` with ``xk = src.flat[src_offset +
+    8 i + k]``, ``i < 8``.
+
+    The same additions in the same order as the scalar expression per row (so the same
+    bits), eight rows at a time: the 8 x 8 block is transposed with shuffles, then added
+    as vectors.
+    """
+    if not _float_copy_args(dst, dst_offset, src, src_offset):
+        return None
+    sig = types.void(dst, dst_offset, src, src_offset)
+
+    def codegen(context, builder, signature, args):
+        ety, size, sptr, dptr = _vec_ops(context, builder, signature, args)
+        v = builder.load(builder.bitcast(sptr, _ir.VectorType(ety, 64).as_pointer()), align=size)
+        x = [_lanes(builder, v, range(k, 64, 8)) for k in range(8)]  # x[k]: lane k of each row
+        add = builder.fadd
+        r = add(add(add(x[0], x[4]), add(x[2], x[6])), add(add(x[1], x[5]), add(x[3], x[7])))
+        builder.store(r, builder.bitcast(dptr, _ir.VectorType(ety, 8).as_pointer()), align=size)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def flat(typingctx, arr):
+    """``arr.reshape(arr.size)`` for a C-contiguous array, without a call.
+
+    Numba's ``reshape`` calls its C helper (about 20 ns) even when the answer is only a new
+    shape; the backward's per-chunk helpers took 24 such views per block and chunk (1.3% of
+    the backward at S1). The view shares ``arr``'s data and owner.
+    """
+    if not (isinstance(arr, types.Array) and arr.layout == "C"):
+        return None
+    ret = arr.copy(ndim=1, layout="C")
+    sig = ret(arr)
+
+    def codegen(context, builder, signature, args):
+        from numba.core.imputils import impl_ret_borrowed
+        from numba.np.arrayobj import populate_array
+
+        src = context.make_array(signature.args[0])(context, builder, args[0])
+        out = context.make_array(signature.return_type)(context, builder)
+        itemsize = context.get_constant(types.intp, context.get_abi_sizeof(context.get_data_type(arr.dtype)))
+        populate_array(out, data=src.data, shape=[src.nitems], strides=[itemsize], itemsize=src.itemsize,
+                       meminfo=src.meminfo, parent=src.parent)
+        return impl_ret_borrowed(context, builder, signature.return_type, out._getvalue())
 
     return sig, codegen
 

@@ -26,7 +26,7 @@ from numba import carray
 from .. import _config
 from ._jit import njit, prange
 from .chunking import carry_ok
-from .intrinsics import prefetch, stack_buffer
+from .intrinsics import flat, prefetch, stack_buffer
 
 #: how many tokens ahead the fix-up prefetches its (b, l, d) rows
 _PREFETCH = 16
@@ -64,8 +64,8 @@ def _linear_group_summary(a, b, PQ, bi, d0, nd, k0, ng, cl):
         # one channel: _G independent scalar chains, unrolled; flat unsigned offsets
         pv = carray(stack_buffer(_G, dt), (_G,))
         qv = carray(stack_buffer(_G, dt), (_G,))
-        af1 = a.reshape(a.size)
-        bf1 = b.reshape(b.size)
+        af1 = flat(a)
+        bf1 = flat(b)
         chans = a.shape[2]
         base = np.uint64((bi * a.shape[1] + k0 * cl) * chans + d0)
         lane = np.uint64(cl * chans)
@@ -88,8 +88,8 @@ def _linear_group_summary(a, b, PQ, bi, d0, nd, k0, ng, cl):
         for j in range(nd):
             p[g, j] = a[bi, t, d0 + j]
             q[g, j] = b[bi, t, d0 + j]
-    af = a.reshape(a.size)
-    bf = b.reshape(b.size)
+    af = flat(a)
+    bf = flat(b)
     length = a.shape[1]
     channels = a.shape[2]
     for i in range(1, cl):
@@ -125,9 +125,9 @@ def _linear_group_run(a, b, H, out, bi, d0, nd, k0, ng, cl, t_end):
         if ng == _G and last_len == cl:
             # one channel, a full group: _G independent scalar chains, unrolled
             hv1 = carray(stack_buffer(_G, dt), (_G,))
-            af1 = a.reshape(a.size)
-            bf1 = b.reshape(b.size)
-            of1 = out.reshape(out.size)
+            af1 = flat(a)
+            bf1 = flat(b)
+            of1 = flat(out)
             base = np.uint64((bi * a.shape[1] + k0 * cl) * channels + d0)
             lane = np.uint64(cl * channels)
             step = np.uint64(channels)
@@ -143,9 +143,9 @@ def _linear_group_run(a, b, H, out, bi, d0, nd, k0, ng, cl, t_end):
             for g in range(_G):
                 H[bi, k0 + g, d0] = hv1[g]
         else:
-            af1 = a.reshape(a.size)
-            bf1 = b.reshape(b.size)
-            of1 = out.reshape(out.size)
+            af1 = flat(a)
+            bf1 = flat(b)
+            of1 = flat(out)
             step = np.uint64(channels)
             for g in range(ng):
                 x = H[bi, k0 + g, d0]
@@ -158,9 +158,9 @@ def _linear_group_run(a, b, H, out, bi, d0, nd, k0, ng, cl, t_end):
                     o += step
                 H[bi, k0 + g, d0] = x
         return
-    af = a.reshape(a.size)
-    bf = b.reshape(b.size)
-    of = out.reshape(out.size)
+    af = flat(a)
+    bf = flat(b)
+    of = flat(out)
     length = a.shape[1]
     # the lockstep part: steps present in every chunk of the group
     for i in range(last_len):

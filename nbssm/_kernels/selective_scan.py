@@ -38,7 +38,7 @@ from .. import _config
 from ._jit import njit, prange
 from .chunking import carry_ok
 from .fastmath import exp_, sigmoid_, softplus_
-from .intrinsics import constant, prefetch, stack_buffer, store_fence, store_nontemporal
+from .intrinsics import constant, flat, prefetch, stack_buffer, store_fence, store_nontemporal
 
 #: channel-block widths (a compile-time constant per specialisation); the results do not
 #: depend on the width (every lane runs the same operations)
@@ -136,11 +136,11 @@ def _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_
         Dl[j] = D[d0 + j] if has_D else 0
         bl[j] = delta_bias[d0 + j] if has_bias else 0
     # flat views indexed with unsigned offsets: contiguous vector loads (no negative-index selects)
-    uf = u.reshape(u.size)
-    df = delta.reshape(delta.size)
-    zf = z.reshape(z.size)
-    yf = y.reshape(y.size)
-    ckf = ck.reshape(ck.size)
+    uf = flat(u)
+    df = flat(delta)
+    zf = flat(z)
+    yf = flat(y)
+    ckf = flat(ck)
     for n0 in range(0, max(nstate, 1), _SLAB):
         ns = min(_SLAB, nstate - n0)
         first = n0 == 0
@@ -240,8 +240,8 @@ def _sel_summary(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d0, t
     bl = carray(stack_buffer(W, dt), (W,))
     for j in range(W):
         bl[j] = delta_bias[d0 + j] if has_bias else 0
-    uf = u.reshape(u.size)
-    df = delta.reshape(delta.size)
+    uf = flat(u)
+    df = flat(delta)
     for n0 in range(0, nstate, _SLAB):
         ns = min(_SLAB, nstate - n0)
         for n in range(ns):

@@ -47,7 +47,7 @@ from numba import carray
 from .. import _config
 from ._jit import njit, prange
 from .fastmath import exp_, sigmoid_, softplus_, softplus_sigmoid_
-from .intrinsics import copy_line, prefetch, stack_buffer, store_fence, store_line_nontemporal
+from .intrinsics import copy_line, flat, fold32_8, prefetch, stack_buffer, store_fence, store_line_nontemporal, tree8_rows
 
 #: channels per job of the selective-scan backward (a constant: fixes the order of the
 #: sums over channels)
@@ -94,15 +94,15 @@ def _sel_vjp_load(gy, u, delta, z, delta_bias, has_z, has_bias, softplus, bi, d0
     w = carray(stack_buffer(_W, dt), (_W,))
     v = carray(stack_buffer(_W, dt), (_W,))
     bl = carray(stack_buffer(_W, dt), (_W,))
-    uf = u.reshape(u.size)
-    df = delta.reshape(delta.size)
-    zf = z.reshape(z.size)
-    gyf = gy.reshape(gy.size)
-    dlf = dl.reshape(dl.size)
-    uuf = uu.reshape(uu.size)
-    grf = gr.reshape(gr.size)
-    spf = sp.reshape(sp.size)
-    szf = sz.reshape(sz.size)
+    uf = flat(u)
+    df = flat(delta)
+    zf = flat(z)
+    gyf = flat(gy)
+    dlf = flat(dl)
+    uuf = flat(uu)
+    grf = flat(gr)
+    spf = flat(sp)
+    szf = flat(sz)
     if has_bias:
         for j in range(_W):
             bl[j] = delta_bias[d0 + j]
@@ -111,6 +111,11 @@ def _sel_vjp_load(gy, u, delta, z, delta_bias, has_z, has_bias, softplus, bi, d0
     for t in range(t0, t1):
         src = np.uint64((bi * length + t) * channels + d0)
         dst = np.uint64((t - t0) * _W)
+        near = np.int64(src) + 4 * channels
+        if t + 4 < t1:
+            for q in range(0, _W, line):
+                prefetch(u, near + q)
+                prefetch(delta, near + q)
         ahead = np.int64(src) + nxt
         if has_nxt:
             for q in range(0, _W, line):
@@ -170,15 +175,15 @@ def _sel_vjp_store(gy, z, has_z, bi, d0, jw, t0, t1, nt, dl, uu, gr, sz, gu, gde
     line = 64 // gu.itemsize
     one = np.ones(1, dtype=dt)[0]
     x = carray(stack_buffer(_W, dt), (_W,))
-    zf = z.reshape(z.size)
-    gyf = gy.reshape(gy.size)
-    guf = gu.reshape(gu.size)
-    gdf = gdelta.reshape(gdelta.size)
-    gzf = gz.reshape(gz.size)
-    dlf = dl.reshape(dl.size)
-    uuf = uu.reshape(uu.size)
-    grf = gr.reshape(gr.size)
-    szf = sz.reshape(sz.size)
+    zf = flat(z)
+    gyf = flat(gy)
+    guf = flat(gu)
+    gdf = flat(gdelta)
+    gzf = flat(gz)
+    dlf = flat(dl)
+    uuf = flat(uu)
+    grf = flat(gr)
+    szf = flat(sz)
     stream = nt and jw == 0
     for t in range(t0, t1):
         dst = np.uint64((bi * length + t) * channels + d0)
@@ -223,8 +228,8 @@ def _sel_vjp_checkpoints(u, delta, A, B, delta_bias, has_bias, softplus, h0, bi,
         for j in range(_W):
             At[n, j] = A[d0 + j, n]
             h[n, j] = h0[bi, d0 + j, n]
-    uf = u.reshape(u.size)
-    df = delta.reshape(delta.size)
+    uf = flat(u)
+    df = flat(delta)
     for k in range(nchunks):
         for n in range(nstate):
             for j in range(_W):
@@ -275,8 +280,10 @@ def _sel_vjp_chunk(dl, uu, gr, sp, B, C, has_D, has_z, softplus, bi, jw, t0, t1,
     gAa = carray(stack_buffer(ns * _W, dt), (ns, _W))
     Hs = carray(stack_buffer((cl + 1) * ns * _W, dt), (cl + 1, ns, _W))  # Hs[tt+1]: after token tt
     As = carray(stack_buffer(cl * ns * _W, dt), (cl, ns, _W))  # transitions exp(dl * A)
-    TB = carray(stack_buffer(cl * ns * 8, dt), (cl * ns, 8))  # B, C cotangent terms, 32 -> 8 lanes
-    TC = carray(stack_buffer(cl * ns * 8, dt), (cl * ns, 8))
+    # B, C cotangent terms, 32 -> 8 lanes: rows of 8 (flat, so that no reshape hides the stack
+    # memory from LLVM's alias analysis)
+    TBf = carray(stack_buffer(cl * ns * 8, dt), (cl * ns * 8,))
+    TCf = carray(stack_buffer(cl * ns * 8, dt), (cl * ns * 8,))
     ys = carray(stack_buffer(cl * _W, dt), (cl, _W))  # readout before the gate
     tmp = carray(stack_buffer(_W, dt), (_W,))
     Dl = carray(stack_buffer(_W, dt), (_W,))
@@ -295,15 +302,15 @@ def _sel_vjp_chunk(dl, uu, gr, sp, B, C, has_D, has_z, softplus, bi, jw, t0, t1,
             gh[n, j] = acc[n, j]
             gAa[n, j] = acc[nstate + n, j]
             Hs[0, n, j] = hk[n, j]
-    dlf = dl.reshape(dl.size)
-    uuf = uu.reshape(uu.size)
-    grf = gr.reshape(gr.size)
-    spf = sp.reshape(sp.size)
+    dlf = flat(dl)
+    uuf = flat(uu)
+    grf = flat(gr)
+    spf = flat(sp)
     for tt in range(t1 - t0):  # lanes of the block before: no cotangent (their terms are 0)
         for j in range(jw):
             grf[np.uint64(tt * _W + j)] = zero
-    gBf = gB.reshape(gB.size)
-    gCf = gC.reshape(gC.size)
+    gBf = flat(gB)
+    gCf = flat(gC)
     for t in range(t0, t1):  # recompute the chunk: states, transitions, readout, C terms
         tt = t - t0
         row = np.uint64(tt * _W)
@@ -324,9 +331,7 @@ def _sel_vjp_chunk(dl, uu, gr, sp, B, C, has_D, has_z, softplus, bi, jw, t0, t1,
                 Hs[tt + 1, n, j] = hv
                 yr[j] = yr[j] + hv * cn
                 tmp[j] = grf[row + np.uint64(j)] * hv
-            r = tt * nstate + n
-            for q in range(8):
-                TC[r, q] = (tmp[q] + tmp[q + 16]) + (tmp[q + 8] + tmp[q + 24])
+            fold32_8(TCf, (tt * nstate + n) * 8, tmp, 0)
         if has_z:
             for j in range(_W):
                 ys[tt, j] = yr[j]
@@ -357,9 +362,7 @@ def _sel_vjp_chunk(dl, uu, gr, sp, B, C, has_D, has_z, softplus, bi, jw, t0, t1,
                 tmp[j] = g * (dv * uv)
                 guu[j] = guu[j] + g * (dv * bn)
                 gh[n, j] = g * a
-            r = tt * nstate + n
-            for q in range(8):
-                TB[r, q] = (tmp[q] + tmp[q + 16]) + (tmp[q + 8] + tmp[q + 24])
+            fold32_8(TBf, (tt * nstate + n) * 8, tmp, 0)
         if softplus:
             for j in range(_W):
                 gdl[j] = gdl[j] * spf[row + np.uint64(j)]
@@ -372,15 +375,22 @@ def _sel_vjp_chunk(dl, uu, gr, sp, B, C, has_D, has_z, softplus, bi, jw, t0, t1,
                 grf[row + np.uint64(j)] = ys[tt, j]
     base = t0 * nstate
     nr = (t1 - t0) * nstate
+    # the 8 partials of each row summed ((0+4)+(2+6)) + ((1+5)+(3+7)): eight rows at a time
+    # as vectors, the tail row by row
+    RB = carray(stack_buffer(cl * ns, dt), (cl * ns,))
+    RC = carray(stack_buffer(cl * ns, dt), (cl * ns,))
+    n8 = nr // 8 * 8
+    for r in range(0, n8, 8):
+        tree8_rows(RB, r, TBf, r * 8)
+        tree8_rows(RC, r, TCf, r * 8)
+    for r in range(n8, nr):
+        o = r * 8
+        RB[r] = ((TBf[o] + TBf[o + 4]) + (TBf[o + 2] + TBf[o + 6])) + \
+            ((TBf[o + 1] + TBf[o + 5]) + (TBf[o + 3] + TBf[o + 7]))
+        RC[r] = ((TCf[o] + TCf[o + 4]) + (TCf[o + 2] + TCf[o + 6])) + \
+            ((TCf[o + 1] + TCf[o + 5]) + (TCf[o + 3] + TCf[o + 7]))
     if ntp:  # whole lines streamed (non-temporal), the tail plainly
         line = 64 // dl.itemsize
-        RB = carray(stack_buffer(cl * ns, dt), (cl * ns,))
-        RC = carray(stack_buffer(cl * ns, dt), (cl * ns,))
-        for r in range(nr):
-            RB[r] = ((TB[r, 0] + TB[r, 4]) + (TB[r, 2] + TB[r, 6])) + \
-                ((TB[r, 1] + TB[r, 5]) + (TB[r, 3] + TB[r, 7]))
-            RC[r] = ((TC[r, 0] + TC[r, 4]) + (TC[r, 2] + TC[r, 6])) + \
-                ((TC[r, 1] + TC[r, 5]) + (TC[r, 3] + TC[r, 7]))
         full = (nr // line) * line
         for q in range(0, full, line):
             store_line_nontemporal(gBf, base + q, RB, q)
@@ -390,10 +400,8 @@ def _sel_vjp_chunk(dl, uu, gr, sp, B, C, has_D, has_z, softplus, bi, jw, t0, t1,
             gCf[base + r] = RC[r]
     else:
         for r in range(nr):
-            gBf[base + r] = ((TB[r, 0] + TB[r, 4]) + (TB[r, 2] + TB[r, 6])) + \
-                ((TB[r, 1] + TB[r, 5]) + (TB[r, 3] + TB[r, 7]))
-            gCf[base + r] = ((TC[r, 0] + TC[r, 4]) + (TC[r, 2] + TC[r, 6])) + \
-                ((TC[r, 1] + TC[r, 5]) + (TC[r, 3] + TC[r, 7]))
+            gBf[base + r] = RB[r]
+            gCf[base + r] = RC[r]
     for n in range(nstate):
         for j in range(_W):
             acc[n, j] = gh[n, j]
@@ -439,8 +447,8 @@ def _sel_vjp_group(gy, u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bi
     sp = carray(stack_buffer(cl * _W if softplus else _W, dt), (cl if softplus else 1, _W))
     sz = carray(stack_buffer(cl * _W if has_z else _W, dt), (cl if has_z else 1, _W))
     hk = carray(stack_buffer(ns * _W, dt), (ns, _W))
-    hkf = hk.reshape(hk.size)
-    ckf = ck_in.reshape(ck_in.size)
+    hkf = flat(hk)
+    ckf = flat(ck_in)
     line = 64 // u.itemsize
     for blk in range(g0, g1):
         dstart = blk * _W
