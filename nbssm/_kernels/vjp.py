@@ -47,7 +47,16 @@ from numba import carray
 from .. import _config
 from ._jit import njit, prange
 from .fastmath import exp_, sigmoid_, softplus_, softplus_sigmoid_
-from .intrinsics import copy_line, flat, fold32_8, prefetch, stack_buffer, store_fence, store_line_nontemporal, tree8_rows
+from .intrinsics import (
+    copy_line,
+    flat,
+    fold32_8,
+    prefetch,
+    stack_buffer,
+    store_fence,
+    store_line_nontemporal,
+    tree8_rows,
+)
 
 #: channels per job of the selective-scan backward (a constant: fixes the order of the
 #: sums over channels)
