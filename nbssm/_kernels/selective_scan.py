@@ -172,11 +172,11 @@ def _sel_run(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, delta_
             # rows (b, l, d) are `channels` apart: prefetch every cache line of the block's
             # row a few tokens ahead
             ahead = (bi * length + t + _PREFETCH) * channels + d0
-            for q in range(0, W, line):
-                prefetch(u, ahead + q)
-                prefetch(delta, ahead + q)
+            for q in range(0, W + line, line):  # every line of the span, aligned or not
+                prefetch(u, ahead + min(q, W - 1))
+                prefetch(delta, ahead + min(q, W - 1))
                 if has_z:
-                    prefetch(z, ahead + q)
+                    prefetch(z, ahead + min(q, W - 1))
             cur = t & 1
             nxr = cur ^ 1
             more = t + 1 < t1
@@ -250,9 +250,9 @@ def _sel_summary(u, delta, A, B, delta_bias, has_bias, delta_softplus, bi, d0, t
         for t in range(t0, t1):
             row = np.uint64((bi * length + t) * channels + d0)
             ahead = (bi * length + t + _PREFETCH) * channels + d0
-            for q in range(0, W, line):
-                prefetch(u, ahead + q)
-                prefetch(delta, ahead + q)
+            for q in range(0, W + line, line):  # every line of the span, aligned or not
+                prefetch(u, ahead + min(q, W - 1))
+                prefetch(delta, ahead + min(q, W - 1))
             _sel_lanes(df, df, bl, row, has_bias, delta_softplus, False, dl, dl, 0, W)
             for j in range(W):
                 uu[j] = uf[row + np.uint64(j)]

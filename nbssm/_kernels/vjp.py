@@ -122,17 +122,17 @@ def _sel_vjp_load(gy, u, delta, z, delta_bias, has_z, has_bias, softplus, bi, d0
         dst = np.uint64((t - t0) * _W)
         near = np.int64(src) + 4 * channels
         if t + 4 < t1:
-            for q in range(0, _W, line):
-                prefetch(u, near + q)
-                prefetch(delta, near + q)
+            for q in range(0, _W + line, line):  # every line of the span, aligned or not
+                prefetch(u, near + min(q, _W - 1))
+                prefetch(delta, near + min(q, _W - 1))
         ahead = np.int64(src) + nxt
         if has_nxt:
-            for q in range(0, _W, line):
-                prefetch(u, ahead + q)
-                prefetch(delta, ahead + q)
-                prefetch(gy, ahead + q)
+            for q in range(0, _W + line, line):  # every line of the span, aligned or not
+                prefetch(u, ahead + min(q, _W - 1))
+                prefetch(delta, ahead + min(q, _W - 1))
+                prefetch(gy, ahead + min(q, _W - 1))
                 if has_z:
-                    prefetch(z, ahead + q)
+                    prefetch(z, ahead + min(q, _W - 1))
         for q in range(0, _W, line):
             copy_line(x, q, df, src + np.uint64(q))
             copy_line(uuf, dst + np.uint64(q), uf, src + np.uint64(q))
@@ -248,9 +248,9 @@ def _sel_vjp_checkpoints(u, delta, A, B, delta_bias, has_bias, softplus, h0, bi,
         for t in range(k * cl, (k + 1) * cl):
             row = np.uint64((bi * length + t) * channels + d0)
             ahead = (bi * length + t + 16) * channels + d0
-            for q in range(0, _W, line):
-                prefetch(u, ahead + q)
-                prefetch(delta, ahead + q)
+            for q in range(0, _W + line, line):  # every line of the span, aligned or not
+                prefetch(u, ahead + min(q, _W - 1))
+                prefetch(delta, ahead + min(q, _W - 1))
             for j in range(_W):
                 x = df[row + np.uint64(j)]
                 if has_bias:
