@@ -395,6 +395,7 @@ def _prefetch_span_l2(typingctx, data, start, count):
 
 
 _vdots11 = _make_vdots(1, 1)
+_vdots11w = _make_vdots(1, 1, 16)  # the same lanes and tree in 16-float vectors (AVX-512)
 _vdots12 = _make_vdots(1, 2)
 _vdots22 = _make_vdots(2, 2)
 _vdots24 = _make_vdots(2, 4, 16)
@@ -573,6 +574,11 @@ def _vrows(data, scale, r0, r1, c0, n, x, out, oc, wide):
                 if r < rr1:
                     _vdots12(data, scale, r, c0, n, x, b0, out, oc + r - r0)
                 b0 += 2
+            elif wide:
+                while r < rr1:
+                    _vdots11w(data, scale, r, c0, n, x, b0, out, oc + r - r0)
+                    r += 1
+                b0 += 1
             else:
                 while r < rr1:
                     _vdots11(data, scale, r, c0, n, x, b0, out, oc + r - r0)
